@@ -1,0 +1,145 @@
+"""Configuration, read from the environment once at start-up.
+
+`CREDITAPP_ENV` picks the class: development (default), production or testing.
+"""
+import json
+import os
+from datetime import timedelta
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
+
+
+DEFAULT_CREDIT_COSTS = {
+    "basic_generation": 1,
+    "professional_photo": 1,
+    "change_hairstyle": 1,
+    "upscale": 2,
+    # AI tokens charged per token used by /api/ai/complete.
+    "ai_complete": 1,
+}
+
+
+def _credit_costs() -> dict:
+    costs = dict(DEFAULT_CREDIT_COSTS)
+    raw = os.environ.get("CREDIT_COSTS")
+    if raw:
+        try:
+            override = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"CREDIT_COSTS must be a JSON object: {exc}") from None
+        if not isinstance(override, dict):
+            raise RuntimeError("CREDIT_COSTS must be a JSON object")
+        costs.update(override)
+    return costs
+
+
+class Config:
+    CREDITAPP_ENV = "development"
+    # None means "a SQLite file in the instance folder"; create_app fills it in.
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL") or None
+    SQLALCHEMY_ENGINE_OPTIONS = {
+        # Only used for server databases; see creditapp.database.engine_options.
+        "pool_size": _int("DB_POOL_SIZE", 5),
+        "max_overflow": _int("DB_MAX_OVERFLOW", 5),
+        "pool_timeout": _int("DB_POOL_TIMEOUT", 10),
+        "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
+        "pool_pre_ping": True,
+    }
+    SQLITE_BUSY_TIMEOUT_MS = _int("SQLITE_BUSY_TIMEOUT_MS", 30000)
+
+    JWT_SECRET_KEY = os.environ.get("JWT_SECRET_KEY") or "dev-only-insecure-secret-change-me!"
+    JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_ACCESS_TOKEN_EXPIRES", 3600))
+    PASSWORD_HASH_METHOD = "scrypt"
+    MAX_CONTENT_LENGTH = _int("MAX_CONTENT_LENGTH", 64 * 1024)
+
+    CREDIT_COSTS = _credit_costs()
+    CREDIT_HOLD_TTL_SECONDS = _int("CREDIT_HOLD_TTL_SECONDS", 600)
+    CREDITS_SIGNUP_GRANT = _int("CREDITS_SIGNUP_GRANT", 3)
+    AI_TOKENS_SIGNUP_GRANT = _int("AI_TOKENS_SIGNUP_GRANT", 1000)
+
+    AI_STUB_LATENCY_MS = _int("AI_STUB_LATENCY_MS", 0)
+    AI_STUB_FAILURE_RATE = _float("AI_STUB_FAILURE_RATE", 0.0)
+    # When set, the stub appends one line per call: lets tests count calls across workers.
+    AI_STUB_CALL_LOG = os.environ.get("AI_STUB_CALL_LOG") or None
+
+    API_TITLE = "creditapp"
+    API_VERSION = "1.0"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/api"
+    OPENAPI_JSON_PATH = "openapi.json"
+    OPENAPI_SWAGGER_UI_PATH = "/docs"
+    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+    API_SPEC_OPTIONS = {
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+        }
+    }
+
+
+class DevelopmentConfig(Config):
+    pass
+
+
+MIN_SECRET_LENGTH = 32
+
+
+class ProductionConfig(Config):
+    CREDITAPP_ENV = "production"
+    JWT_SECRET_KEY = os.environ.get("JWT_SECRET_KEY") or None
+
+
+def check_config(config) -> None:
+    """Refuse to start in production with a secret anyone could guess."""
+    if config["CREDITAPP_ENV"] == "production":
+        secret = config.get("JWT_SECRET_KEY")
+        if not secret or len(secret) < MIN_SECRET_LENGTH:
+            raise RuntimeError(
+                f"JWT_SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production"
+            )
+
+
+class TestingConfig(Config):
+    CREDITAPP_ENV = "testing"
+    TESTING = True
+    JWT_SECRET_KEY = "testing-secret-that-is-long-enough-0123456789"
+    # scrypt's cost is the point in production; in tests it only slows the suite.
+    PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+    AI_STUB_LATENCY_MS = 0
+    AI_STUB_FAILURE_RATE = 0.0
+
+
+CONFIGS = {
+    "development": DevelopmentConfig,
+    "production": ProductionConfig,
+    "testing": TestingConfig,
+}
+
+
+def config_from_env() -> type[Config]:
+    name = os.environ.get("CREDITAPP_ENV", "development")
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise RuntimeError(
+            f"CREDITAPP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}"
+        ) from None

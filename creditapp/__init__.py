@@ -1,0 +1,54 @@
+"""creditapp: sell AI features for credits, with a ledger that is never wrong."""
+import os
+
+from flask import Flask
+
+from config import Config, check_config, config_from_env
+
+from . import ai
+from .api import register_blueprints
+from .cli import register_commands
+from .credits import credit_service
+from .database import configure_engine, engine_options
+from .errors import register_error_handlers, register_jwt_handlers
+from .extensions import api, db, jwt, migrate
+from .features import check_costs
+from .schemas import ErrorSchema
+
+
+def create_app(config_class: type[Config] | None = None, overrides: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(config_class or config_from_env())
+    app.config.update(overrides or {})
+    check_config(app.config)
+    configure_database(app)
+    check_costs(app.config["CREDIT_COSTS"])
+    credit_service.configure(hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"])
+
+    register_extensions(app)
+    register_blueprints(api)
+    register_error_handlers(app)
+    register_commands(app)
+    return app
+
+
+def configure_database(app: Flask) -> None:
+    uri = app.config.get("SQLALCHEMY_DATABASE_URI")
+    if not uri:
+        os.makedirs(app.instance_path, exist_ok=True)
+        uri = "sqlite:///" + os.path.join(app.instance_path, "creditapp.db")
+    app.config["SQLALCHEMY_DATABASE_URI"] = uri
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(uri, app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(app, db, render_as_batch=True)
+    jwt.init_app(app)
+    register_jwt_handlers(jwt)
+    # Document every route's default error with our envelope, not flask-smorest's own.
+    api.ERROR_SCHEMA = ErrorSchema
+    api.init_app(app)
+    ai.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])

@@ -1,0 +1,10 @@
+"""The JSON API's blueprints, registered with flask-smorest so they appear in the OpenAPI document."""
+from flask_smorest import Api
+
+from . import admin, auth, credits, generate, health
+
+
+def register_blueprints(api: Api) -> None:
+    for module in (auth, credits, admin, generate):
+        api.register_blueprint(module.blp)
+    api.register_blueprint(health.blp)

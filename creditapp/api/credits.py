@@ -1,0 +1,45 @@
+from flask_smorest import Blueprint
+
+from ..auth import current_user_id, require_login
+from ..credits import credit_service
+from ..features import price_list
+from ..schemas import (
+    BalanceSchema, CostListSchema, ErrorSchema, TransactionPageSchema, TransactionQuerySchema,
+)
+
+blp = Blueprint("credits", __name__, url_prefix="/api/credits", description="Balances and history.")
+
+
+@blp.get("/balance")
+@blp.response(200, BalanceSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
+@blp.doc(security=[{"bearerAuth": []}])
+def balance():
+    """What the caller can spend now, per credit type."""
+    return credit_service.get_credit_balance(current_user_id()).as_dict()
+
+
+@blp.get("/transactions")
+@blp.arguments(TransactionQuerySchema, location="query", as_kwargs=True)
+@blp.response(200, TransactionPageSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
+@blp.doc(security=[{"bearerAuth": []}])
+def transactions(limit, cursor, credit_type):
+    """The caller's ledger, newest first, a page at a time."""
+    page = credit_service.list_transactions(
+        current_user_id(), limit=limit, before_id=int(cursor) if cursor else None,
+        credit_type=credit_type,
+    )
+    next_cursor = str(page.next_cursor) if page.next_cursor is not None else None
+    return {"items": page.items, "next_cursor": next_cursor}
+
+
+@blp.get("/costs")
+@blp.response(200, CostListSchema)
+def costs():
+    """The price of every paid feature."""
+    return {"costs": price_list()}
+
+
+# The price list is public: clients show it before anyone logs in.
+blp.before_request(require_login(public_endpoints={"credits.costs"}))

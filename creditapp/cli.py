@@ -1,0 +1,93 @@
+"""Flask CLI: `flask --app wsgi users ...` and `flask --app wsgi credits ...`."""
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+from marshmallow import ValidationError
+
+from . import users as user_service
+from .credits import CreditType, credit_service
+from .credits.types import Balance
+from .exceptions import UnknownUser, UsernameTaken
+from .schemas import MAX_AMOUNT, CredentialsSchema
+
+users_cli = AppGroup("users", help="Manage users.")
+credits_cli = AppGroup("credits", help="Grant, inspect and audit credits.")
+
+_credentials = CredentialsSchema()
+_credit_types = click.Choice([t.value for t in CreditType])
+
+
+def _user_id(name: str) -> int:
+    try:
+        return user_service.user_id_by_name(name)
+    except UnknownUser as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@users_cli.command("create")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--admin", is_flag=True, help="Give administrator rights.")
+def create_user(name: str, password: str, admin: bool) -> None:
+    """Create user NAME (with the signup grant)."""
+    try:
+        _credentials.load({"username": name, "password": password})
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.messages.items())
+        raise click.ClickException(problems) from None
+    config = current_app.config
+    try:
+        user = user_service.create_user(
+            name, password, is_admin=admin,
+            signup_grant=Balance(config["CREDITS_SIGNUP_GRANT"], config["AI_TOKENS_SIGNUP_GRANT"]),
+            hash_method=config["PASSWORD_HASH_METHOD"],
+        )
+    except UsernameTaken as exc:
+        raise click.ClickException(str(exc)) from None
+    role = "administrator" if admin else "user"
+    click.echo(f"created {role} {user['username']} (id {user['id']})")
+
+
+@credits_cli.command("grant")
+@click.argument("name")
+@click.argument("amount", type=click.IntRange(1, MAX_AMOUNT))
+@click.option("--type", "credit_type", type=_credit_types, default=CreditType.GENERATION_CREDITS.value,
+              show_default=True)
+@click.option("--reason", default="granted from the command line", show_default=True)
+def grant(name: str, amount: int, credit_type: str, reason: str) -> None:
+    """Add AMOUNT credits to user NAME."""
+    balance = credit_service.add_credits(_user_id(name), amount, credit_type, reason=reason)
+    click.echo(f"{name}: {_format(balance)}")
+
+
+@credits_cli.command("balance")
+@click.argument("name")
+def balance(name: str) -> None:
+    """Show what user NAME can spend now."""
+    click.echo(f"{name}: {_format(credit_service.get_credit_balance(_user_id(name)))}")
+
+
+@credits_cli.command("release-expired")
+def release_expired() -> None:
+    """Give back credits held by requests that never finished (older than the hold TTL)."""
+    click.echo(f"released {credit_service.release_expired()} expired hold(s)")
+
+
+@credits_cli.command("verify")
+def verify() -> None:
+    """Check every balance against the ledger; exits 1 when any differs."""
+    problems = credit_service.verify()
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if problems:
+        raise click.exceptions.Exit(1)
+    click.echo("ledger ok: every balance matches its ledger")
+
+
+def _format(balance: Balance) -> str:
+    return f"generation_credits={balance.generation_credits} ai_tokens={balance.ai_tokens}"
+
+
+def register_commands(app: Flask) -> None:
+    app.cli.add_command(users_cli)
+    app.cli.add_command(credits_cli)

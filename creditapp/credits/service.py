@@ -1,0 +1,431 @@
+"""The credit ledger: grants, reservations (holds), settlements and audits.
+
+No Flask request code lives here, so the same service serves the API, the CLI and workers.
+Every public method is one transaction. Balances change only through relative, conditional
+UPDATEs (`available = available - n ... WHERE available >= n`) and each change appends a ledger
+row in the same transaction, so the database itself refuses an overdraft and the ledger always
+sums to the balance.
+
+Lock order is always account row first, then hold rows, so settle, release and the expiry sweep
+cannot deadlock with each other.
+"""
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, insert, select, update
+
+from ..database import atomic, utcnow
+from ..exceptions import InsufficientCredits, UnknownUser
+from ..models import CreditAccount, CreditHold, LedgerEntry
+from .types import Balance, CreditType, Reservation
+
+ACCOUNTS = CreditAccount.__table__
+HOLDS = CreditHold.__table__
+LEDGER = LedgerEntry.__table__
+
+MAX_AMOUNT = 10**12  # far below BigInteger's limit, so sums of many grants cannot overflow
+
+_active_reservations: ContextVar[tuple[Reservation, ...]] = ContextVar(
+    "creditapp_active_reservations", default=()
+)
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    user_id: int
+    credit_type: str
+    field: str
+    recorded: int
+    expected: int
+
+    def __str__(self) -> str:
+        return (
+            f"user {self.user_id} {self.credit_type}: {self.field} is {self.recorded}, "
+            f"ledger says {self.expected}"
+        )
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    items: list
+    next_cursor: int | None
+
+
+def _credit_type(value) -> CreditType:
+    try:
+        return CreditType(value)
+    except ValueError:
+        raise ValueError(f"unknown credit type {value!r}") from None
+
+
+def _amount(value) -> int:
+    # bool is an int subclass: True must not pass for 1 credit.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"amount must be an integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"amount must be positive, got {value}")
+    if value > MAX_AMOUNT:
+        raise ValueError(f"amount must be at most {MAX_AMOUNT}, got {value}")
+    return value
+
+
+def _account_key(user_id: int, credit_type: CreditType):
+    return and_(ACCOUNTS.c.user_id == user_id, ACCOUNTS.c.credit_type == credit_type.value)
+
+
+class CreditService:
+    def __init__(self, hold_ttl_seconds: int = 600):
+        self.hold_ttl_seconds = hold_ttl_seconds
+
+    def configure(self, *, hold_ttl_seconds: int) -> None:
+        if hold_ttl_seconds <= 0:
+            raise ValueError("hold TTL must be positive")
+        self.hold_ttl_seconds = hold_ttl_seconds
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get_credit_balance(self, user_id: int) -> Balance:
+        with atomic(write=False) as session:
+            return self._balance(session, user_id)
+
+    def list_transactions(
+        self, user_id: int, *, limit: int = 20, before_id: int | None = None,
+        credit_type=None,
+    ) -> LedgerPage:
+        """A page of the user's ledger, newest first; `before_id` is the previous page's cursor."""
+        query = select(LEDGER).where(LEDGER.c.user_id == user_id)
+        if credit_type is not None:
+            query = query.where(LEDGER.c.credit_type == _credit_type(credit_type).value)
+        if before_id is not None:
+            query = query.where(LEDGER.c.id < before_id)
+        query = query.order_by(LEDGER.c.id.desc()).limit(limit + 1)
+        with atomic(write=False) as session:
+            self._balance(session, user_id)  # raises UnknownUser
+            rows = session.execute(query).mappings().all()
+        items = [dict(row) for row in rows[:limit]]
+        next_cursor = items[-1]["id"] if len(rows) > limit else None
+        return LedgerPage(items=items, next_cursor=next_cursor)
+
+    # --- changing ------------------------------------------------------------------------
+
+    def add_credits(self, user_id: int, amount: int, credit_type, reason: str | None = None) -> Balance:
+        amount, credit_type = _amount(amount), _credit_type(credit_type)
+        with atomic() as session:
+            row = session.execute(
+                update(ACCOUNTS)
+                .where(_account_key(user_id, credit_type))
+                .values(available=ACCOUNTS.c.available + amount)
+                .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
+            ).one_or_none()
+            if row is None:
+                raise UnknownUser(f"no user with id {user_id}")
+            self._ledger(session, user_id, credit_type, "grant", amount, 0, row, reason=reason)
+            return self._balance(session, user_id)
+
+    def reserve(self, user_id: int, amount: int, credit_type) -> Reservation:
+        """Hold `amount` credits, or raise InsufficientCredits and hold nothing."""
+        amount, credit_type = _amount(amount), _credit_type(credit_type)
+        shortfall = None
+        with atomic() as session:
+            now = utcnow()
+            row = self._take_available(session, user_id, credit_type, amount, held_change=amount)
+            if row is None:
+                # Maybe expired holds are what is missing: lock, sweep them, and try once more.
+                self._lock_account(session, user_id, credit_type)
+                self._expire_holds(session, user_id, credit_type, now)
+                row = self._take_available(session, user_id, credit_type, amount, held_change=amount)
+                if row is None:
+                    shortfall = self._lock_account(session, user_id, credit_type).available
+            else:
+                self._expire_holds(session, user_id, credit_type, now)
+            if shortfall is None:
+                hold_id = session.execute(
+                    insert(HOLDS)
+                    .values(
+                        user_id=user_id, credit_type=credit_type.value, amount=amount,
+                        settled_amount=0, status="open", created_at=now,
+                        expires_at=now + timedelta(seconds=self.hold_ttl_seconds),
+                    )
+                    .returning(HOLDS.c.id)
+                ).scalar_one()
+                self._ledger(session, user_id, credit_type, "hold", -amount, amount, row, hold_id=hold_id)
+        # Raised after the commit so that an expiry sweep done on the way is kept.
+        if shortfall is not None:
+            raise InsufficientCredits(amount, shortfall, credit_type.value)
+        return Reservation(
+            hold_id=hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
+            available_before=row.available + amount, available_after=row.available,
+        )
+
+    def deduct_credits(
+        self, user_id: int, amount: int, credit_type, reason: str | None = None
+    ) -> Balance:
+        """Charge `amount`; settles this context's reservation for the same balance if there is one.
+
+        Without a reservation the charge is taken directly, or InsufficientCredits is raised.
+        """
+        amount, credit_type = _amount(amount), _credit_type(credit_type)
+        for reservation in _active_reservations.get():
+            if (
+                reservation.user_id == user_id
+                and reservation.credit_type == credit_type
+                and not reservation.settled
+                and not reservation.closed
+            ):
+                return self.settle(reservation, amount, reason=reason)
+        with atomic() as session:
+            self._charge(session, user_id, credit_type, amount, reason)
+            return self._balance(session, user_id)
+
+    def settle(self, reservation: Reservation, amount: int, reason: str | None = None) -> Balance:
+        """Charge `amount` against a reservation, giving back what it held beyond that.
+
+        A charge above the reservation takes the difference from the available balance or
+        raises InsufficientCredits (and the reservation stays open, to be given back).
+        """
+        amount = _amount(amount)
+        user_id, credit_type = reservation.user_id, reservation.credit_type
+        with atomic() as session:
+            now = utcnow()
+            self._lock_account(session, user_id, credit_type)
+            hold = session.execute(
+                update(HOLDS)
+                .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "open")
+                .values(status="settled", settled_amount=amount, closed_at=now)
+                .returning(HOLDS.c.amount)
+            ).one_or_none()
+            if hold is None:
+                # The hold expired (the request outlived CREDIT_HOLD_TTL_SECONDS): charge afresh.
+                self._charge(session, user_id, credit_type, amount, reason)
+            else:
+                held = hold.amount
+                consumed, extra, remainder = min(amount, held), max(amount - held, 0), max(held - amount, 0)
+                if extra:
+                    row = self._take_available(session, user_id, credit_type, extra, held_change=-held)
+                    if row is None:
+                        available = self._lock_account(session, user_id, credit_type).available
+                        raise InsufficientCredits(amount, available + held, credit_type.value)
+                else:
+                    row = self._move(session, user_id, credit_type, remainder, -held)
+                self._ledger(
+                    session, user_id, credit_type, "settle", -extra, -consumed,
+                    (row.available - remainder, row.held + remainder),
+                    hold_id=reservation.hold_id, reason=reason,
+                )
+                if remainder:
+                    self._ledger(
+                        session, user_id, credit_type, "release", remainder, -remainder, row,
+                        hold_id=reservation.hold_id,
+                    )
+            balance = self._balance(session, user_id)
+        reservation.settled = True
+        return balance
+
+    def close(self, reservation: Reservation, *, succeeded: bool) -> None:
+        """End a reservation: give back what was held and never settled; on failure also refund
+        what was settled, so that a failed piece of work is never paid for."""
+        if reservation.closed:
+            return
+        user_id, credit_type = reservation.user_id, reservation.credit_type
+        with atomic() as session:
+            now = utcnow()
+            self._lock_account(session, user_id, credit_type)
+            hold = session.execute(
+                update(HOLDS)
+                .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "open")
+                .values(status="released", closed_at=now)
+                .returning(HOLDS.c.amount)
+            ).one_or_none()
+            if hold is not None:
+                row = self._move(session, user_id, credit_type, hold.amount, -hold.amount)
+                self._ledger(
+                    session, user_id, credit_type, "release", hold.amount, -hold.amount, row,
+                    hold_id=reservation.hold_id,
+                )
+            elif not succeeded:
+                settled = session.execute(
+                    update(HOLDS)
+                    .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "settled")
+                    .values(status="refunded", closed_at=now)
+                    .returning(HOLDS.c.settled_amount)
+                ).one_or_none()
+                if settled is not None and settled.settled_amount > 0:
+                    row = self._move(session, user_id, credit_type, settled.settled_amount, 0)
+                    self._ledger(
+                        session, user_id, credit_type, "refund", settled.settled_amount, 0, row,
+                        hold_id=reservation.hold_id, reason="work failed after it was charged",
+                    )
+        reservation.closed = True
+
+    def release_expired(self, now: datetime | None = None) -> int:
+        """Give back every hold past its expiry; returns how many were released."""
+        now = now or utcnow()
+        with atomic(write=False) as session:
+            accounts = session.execute(
+                select(HOLDS.c.user_id, HOLDS.c.credit_type)
+                .where(HOLDS.c.status == "open", HOLDS.c.expires_at <= now)
+                .distinct()
+            ).all()
+        released = 0
+        for user_id, credit_type in accounts:
+            with atomic() as session:
+                self._lock_account(session, user_id, CreditType(credit_type))
+                released += self._expire_holds(session, user_id, CreditType(credit_type), now)
+        return released
+
+    @contextmanager
+    def activate(self, reservation: Reservation) -> Iterator[Reservation]:
+        """Make deduct_credits in this context settle `reservation` instead of charging afresh."""
+        token = _active_reservations.set(_active_reservations.get() + (reservation,))
+        try:
+            yield reservation
+        finally:
+            _active_reservations.reset(token)
+
+    # --- auditing ------------------------------------------------------------------------
+
+    def verify(self) -> list[Discrepancy]:
+        """Every balance against its ledger and its open holds; an empty list means all agree."""
+        ledger = (
+            select(
+                LEDGER.c.user_id, LEDGER.c.credit_type,
+                func.sum(LEDGER.c.amount).label("available"),
+                func.sum(LEDGER.c.held_change).label("held"),
+            )
+            .group_by(LEDGER.c.user_id, LEDGER.c.credit_type)
+            .subquery()
+        )
+        holds = (
+            select(HOLDS.c.user_id, HOLDS.c.credit_type, func.sum(HOLDS.c.amount).label("held"))
+            .where(HOLDS.c.status == "open")
+            .group_by(HOLDS.c.user_id, HOLDS.c.credit_type)
+            .subquery()
+        )
+        query = (
+            select(
+                ACCOUNTS.c.user_id, ACCOUNTS.c.credit_type, ACCOUNTS.c.available, ACCOUNTS.c.held,
+                func.coalesce(ledger.c.available, 0).label("ledger_available"),
+                func.coalesce(ledger.c.held, 0).label("ledger_held"),
+                func.coalesce(holds.c.held, 0).label("open_holds"),
+            )
+            .outerjoin(ledger, and_(
+                ledger.c.user_id == ACCOUNTS.c.user_id, ledger.c.credit_type == ACCOUNTS.c.credit_type
+            ))
+            .outerjoin(holds, and_(
+                holds.c.user_id == ACCOUNTS.c.user_id, holds.c.credit_type == ACCOUNTS.c.credit_type
+            ))
+            .order_by(ACCOUNTS.c.user_id, ACCOUNTS.c.credit_type)
+        )
+        orphans = select(ledger.c.user_id, ledger.c.credit_type, ledger.c.available).where(
+            ~select(ACCOUNTS.c.user_id).where(
+                ACCOUNTS.c.user_id == ledger.c.user_id, ACCOUNTS.c.credit_type == ledger.c.credit_type
+            ).exists()
+        )
+        problems: list[Discrepancy] = []
+        with atomic(write=False) as session:
+            for r in session.execute(query):
+                checks = (
+                    ("available", r.available, r.ledger_available),
+                    ("held", r.held, r.ledger_held),
+                    ("held (open holds)", r.held, r.open_holds),
+                    ("available (must not be negative)", r.available, max(r.available, 0)),
+                )
+                problems += [
+                    Discrepancy(r.user_id, r.credit_type, field, recorded, expected)
+                    for field, recorded, expected in checks if recorded != expected
+                ]
+            for r in session.execute(orphans):
+                problems.append(Discrepancy(r.user_id, r.credit_type, "account (missing)", 0, r.available))
+        return problems
+
+    # --- internals (all run inside the caller's transaction) -----------------------------
+
+    def _balance(self, session, user_id: int) -> Balance:
+        rows = session.execute(
+            select(ACCOUNTS.c.credit_type, ACCOUNTS.c.available).where(ACCOUNTS.c.user_id == user_id)
+        ).all()
+        if not rows:
+            raise UnknownUser(f"no user with id {user_id}")
+        return Balance(**{credit_type: available for credit_type, available in rows})
+
+    def _lock_account(self, session, user_id: int, credit_type: CreditType):
+        row = session.execute(
+            select(ACCOUNTS.c.available, ACCOUNTS.c.held)
+            .where(_account_key(user_id, credit_type))
+            .with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise UnknownUser(f"no user with id {user_id}")
+        return row
+
+    def _take_available(self, session, user_id, credit_type, amount: int, *, held_change: int):
+        """The one conditional write: None when `amount` is more than is available."""
+        return session.execute(
+            update(ACCOUNTS)
+            .where(_account_key(user_id, credit_type), ACCOUNTS.c.available >= amount)
+            .values(available=ACCOUNTS.c.available - amount, held=ACCOUNTS.c.held + held_change)
+            .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
+        ).one_or_none()
+
+    def _move(self, session, user_id, credit_type, available_change: int, held_change: int):
+        return session.execute(
+            update(ACCOUNTS)
+            .where(_account_key(user_id, credit_type))
+            .values(
+                available=ACCOUNTS.c.available + available_change,
+                held=ACCOUNTS.c.held + held_change,
+            )
+            .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
+        ).one()
+
+    def _charge(self, session, user_id, credit_type, amount: int, reason) -> None:
+        row = self._take_available(session, user_id, credit_type, amount, held_change=0)
+        if row is None:
+            available = self._lock_account(session, user_id, credit_type).available
+            raise InsufficientCredits(amount, available, credit_type.value)
+        self._ledger(session, user_id, credit_type, "charge", -amount, 0, row, reason=reason)
+
+    def _expire_holds(self, session, user_id, credit_type, now: datetime) -> int:
+        expired = session.execute(
+            update(HOLDS)
+            .where(
+                HOLDS.c.user_id == user_id, HOLDS.c.credit_type == credit_type.value,
+                HOLDS.c.status == "open", HOLDS.c.expires_at <= now,
+            )
+            .values(status="expired", closed_at=now)
+            .returning(HOLDS.c.id, HOLDS.c.amount)
+        ).all()
+        for hold_id, amount in sorted(expired):
+            row = self._move(session, user_id, credit_type, amount, -amount)
+            self._ledger(session, user_id, credit_type, "expire", amount, -amount, row, hold_id=hold_id)
+        return len(expired)
+
+    def _ledger(
+        self, session, user_id, credit_type, kind, amount, held_change, after,
+        *, hold_id=None, reason=None,
+    ) -> None:
+        balance_after, held_after = after
+        session.execute(
+            insert(LEDGER).values(
+                user_id=user_id, credit_type=credit_type.value, kind=kind, amount=amount,
+                held_change=held_change, balance_after=balance_after, held_after=held_after,
+                hold_id=hold_id, reason=reason, created_at=utcnow(),
+            )
+        )
+
+
+credit_service = CreditService()
+
+
+def open_accounts(session, user_id: int, grant: Balance, reason: str) -> None:
+    """Open both balances of a new user inside the caller's transaction, granting `grant`."""
+    for credit_type in CreditType:
+        amount = getattr(grant, credit_type.value)
+        session.execute(
+            insert(ACCOUNTS).values(user_id=user_id, credit_type=credit_type.value, available=amount, held=0)
+        )
+        if amount:
+            credit_service._ledger(session, user_id, credit_type, "grant", amount, 0, (amount, 0), reason=reason)

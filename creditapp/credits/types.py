@@ -1,0 +1,35 @@
+from dataclasses import dataclass
+from enum import Enum
+
+
+class CreditType(str, Enum):
+    GENERATION_CREDITS = "generation_credits"
+    AI_TOKENS = "ai_tokens"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What a user can spend now, per credit type."""
+
+    generation_credits: int = 0
+    ai_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return {"generation_credits": self.generation_credits, "ai_tokens": self.ai_tokens}
+
+
+@dataclass
+class Reservation:
+    """Credits held for one unit of work (a request) until it settles or gives them back."""
+
+    hold_id: int
+    user_id: int
+    credit_type: CreditType
+    amount: int
+    available_before: int
+    available_after: int
+    settled: bool = False
+    closed: bool = False

@@ -1,0 +1,88 @@
+"""Transactions and per-dialect engine set-up.
+
+Every public service call runs inside `atomic()`: one transaction, committed or rolled back
+as a whole. On SQLite a writing transaction takes the write lock up front (BEGIN IMMEDIATE),
+so two writers queue on the busy timeout instead of failing with "database is locked" when
+one of them tries to upgrade a read lock.
+"""
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
+
+from .extensions import db
+
+_WRITE_OPTION = "creditapp_write"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC timestamp on every dialect (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given where UTC is required")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+@contextmanager
+def atomic(write: bool = True) -> Iterator[Session]:
+    """One transaction on the request's session; commits on success, rolls back on error."""
+    session = db.session()  # the request's Session behind the scoped proxy
+    if session.in_transaction():
+        # A transaction left open (autobegun by a read, or by a caller that raised) must not be
+        # silently merged into this one.
+        session.rollback()
+    with session.begin():
+        if write:
+            session.connection(execution_options={_WRITE_OPTION: True})
+        yield session
+
+
+def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection, _record):
+        # Take transaction control away from pysqlite so that BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn):
+        if conn.get_execution_options().get(_WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def engine_options(uri: str, configured: dict) -> dict:
+    """Pool settings are for server databases; SQLite takes none of them."""
+    if uri.startswith("sqlite"):
+        return {}
+    return dict(configured)

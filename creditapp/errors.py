@@ -1,0 +1,134 @@
+"""Every error the app produces, in one JSON shape: {"error", "message", ...details}.
+
+Domain errors are mapped to HTTP here and only here.
+"""
+from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from .exceptions import (
+    GenerationFailed, InsufficientCredits, InvalidCredentials, InvalidIdentity, NotAdmin,
+    UnknownUser, UsernameTaken,
+)
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+}
+
+DOMAIN_ERRORS = {
+    InvalidCredentials: (401, "invalid_credentials"),
+    InvalidIdentity: (401, "invalid_token"),
+    NotAdmin: (403, "forbidden"),
+    UnknownUser: (404, "unknown_user"),
+    UsernameTaken: (409, "username_taken"),
+    GenerationFailed: (502, "generation_failed"),
+}
+
+
+def error_response(status: int, error: str, message: str, **details):
+    response = jsonify({"error": error, "message": message, **details})
+    response.status_code = status
+    return response
+
+
+def _field_errors(messages) -> dict:
+    """webargs nests field errors under the location ("json", "query"); clients want the fields."""
+    if isinstance(messages, dict) and len(messages) == 1:
+        (location, fields), = messages.items()
+        if location in ("json", "query", "form", "headers", "view_args") and isinstance(fields, dict):
+            return fields
+    return messages
+
+
+def handle_http_exception(exc: HTTPException):
+    status = exc.code or 500
+    data = getattr(exc, "data", None) or {}
+    details = {}
+    if "messages" in data:
+        details["errors"] = _field_errors(data["messages"])
+    message = exc.description or exc.name
+    if status == 422 and "errors" in details:
+        message = "The request is not valid; see errors for each field."
+    response = error_response(status, HTTP_CODES.get(status, "http_error"), message, **details)
+    if getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def handle_insufficient_credits(exc: InsufficientCredits):
+    return error_response(
+        403, "insufficient_credits",
+        f"This needs {exc.required} {exc.credit_type}; {exc.available} available.",
+        required=exc.required, available=exc.available, credit_type=exc.credit_type,
+    )
+
+
+def _domain_handler(status: int, code: str):
+    def handle(exc: Exception):
+        return error_response(status, code, str(exc))
+
+    return handle
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(InsufficientCredits, handle_insufficient_credits)
+    for exc_class, (status, code) in DOMAIN_ERRORS.items():
+        app.register_error_handler(exc_class, _domain_handler(status, code))
+
+    @app.errorhandler(OperationalError)
+    def handle_database_unavailable(exc):
+        app.logger.warning("database unavailable: %s", exc.orig)
+        return error_response(503, "database_unavailable", "The database is not reachable; retry later.")
+
+    @app.errorhandler(DBAPIError)
+    def handle_database_error(exc):
+        if exc.connection_invalidated:
+            return handle_database_unavailable(exc)
+        app.logger.exception("database error")
+        return error_response(500, "internal_error", "Internal server error.")
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc):
+        app.logger.exception("unhandled error")
+        return error_response(500, "internal_error", "Internal server error.")
+
+
+def register_jwt_handlers(jwt) -> None:
+    """flask-jwt-extended answers some token errors with 422 by default; every one is a 401 here."""
+
+    @jwt.unauthorized_loader
+    def missing_token(reason: str):
+        return error_response(401, "authorization_required", f"Authorization required: {reason}")
+
+    @jwt.invalid_token_loader
+    def invalid_token(reason: str):
+        return error_response(401, "invalid_token", f"Invalid token: {reason}")
+
+    @jwt.expired_token_loader
+    def expired_token(_header, _payload):
+        return error_response(401, "token_expired", "The token has expired; log in again.")
+
+    @jwt.revoked_token_loader
+    def revoked_token(_header, _payload):
+        return error_response(401, "token_revoked", "The token has been revoked.")
+
+    @jwt.needs_fresh_token_loader
+    def stale_token(_header, _payload):
+        return error_response(401, "fresh_token_required", "A fresh token is required.")
+
+    @jwt.user_lookup_error_loader
+    def unknown_identity(_header, _payload):
+        return error_response(401, "invalid_token", "The token's user no longer exists.")

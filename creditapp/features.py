@@ -1,0 +1,57 @@
+"""The paid features and their prices. Prices come from config (CREDIT_COSTS)."""
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import current_app
+
+from .credits.types import CreditType
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    credit_type: CreditType
+    endpoint: str
+    unit: str  # what one `cost` buys: one request, or one token used
+
+
+FEATURES = {
+    feature.name: feature
+    for feature in (
+        Feature("basic_generation", CreditType.GENERATION_CREDITS, "POST /api/generate", "request"),
+        Feature("professional_photo", CreditType.GENERATION_CREDITS,
+                "POST /api/generate/professional-photo", "request"),
+        Feature("change_hairstyle", CreditType.GENERATION_CREDITS, "POST /api/generate/hairstyle",
+                "request"),
+        Feature("upscale", CreditType.GENERATION_CREDITS, "POST /api/generate/upscale", "request"),
+        Feature("ai_complete", CreditType.AI_TOKENS, "POST /api/ai/complete", "token"),
+    )
+}
+
+
+def check_costs(costs: dict) -> None:
+    """Refuse to start with a price table that is missing a feature or has a bad price."""
+    missing = sorted(set(FEATURES) - set(costs))
+    unknown = sorted(set(costs) - set(FEATURES))
+    if missing or unknown:
+        raise RuntimeError(f"CREDIT_COSTS: missing {missing}, unknown {unknown}")
+    for name, cost in costs.items():
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost <= 0:
+            raise RuntimeError(f"CREDIT_COSTS[{name!r}] must be a positive integer, got {cost!r}")
+
+
+def cost_of(name: str) -> int:
+    return current_app.config["CREDIT_COSTS"][name]
+
+
+def price(name: str) -> Callable[..., int]:
+    """A `require_credits` amount that reads the feature's price when the request comes in."""
+    return lambda *args, **kwargs: cost_of(name)
+
+
+def price_list() -> list[dict]:
+    return [
+        {"feature": f.name, "credit_type": f.credit_type.value, "cost": cost_of(f.name),
+         "unit": f.unit, "endpoint": f.endpoint}
+        for f in FEATURES.values()
+    ]

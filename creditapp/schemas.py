@@ -1,0 +1,169 @@
+"""Request and response schemas, made once; they also describe the API in /api/openapi.json."""
+from marshmallow import Schema, fields, validate
+
+from .credits.types import CreditType
+from .models import CREDIT_TYPES
+
+MAX_AMOUNT = 10**12
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses 1.0, "1" and true, which a lenient parser would take for 1."""
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+def _text(max_length: int, **kwargs):
+    return fields.String(required=True, validate=validate.Length(min=1, max=max_length), **kwargs)
+
+
+class CredentialsSchema(Schema):
+    username = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=3, max=64),
+            validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' or '-'."),
+        ],
+    )
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))
+
+
+class UserSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    username = fields.String(dump_only=True)
+
+
+class TokenSchema(Schema):
+    access_token = fields.String(dump_only=True)
+    token_type = fields.String(dump_only=True)
+    expires_in = fields.Integer(dump_only=True)
+
+
+class BalanceSchema(Schema):
+    generation_credits = fields.Integer(dump_only=True)
+    ai_tokens = fields.Integer(dump_only=True)
+
+
+class TransactionSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    credit_type = fields.String(dump_only=True)
+    kind = fields.String(dump_only=True, metadata={
+        "description": "grant, hold, settle, release, expire, charge or refund"})
+    amount = fields.Integer(dump_only=True, metadata={"description": "change of the spendable balance"})
+    held_change = fields.Integer(dump_only=True, metadata={"description": "change of the reserved credits"})
+    balance_after = fields.Integer(dump_only=True)
+    held_after = fields.Integer(dump_only=True)
+    hold_id = fields.Integer(dump_only=True, allow_none=True)
+    reason = fields.String(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+
+
+class TransactionPageSchema(Schema):
+    items = fields.List(fields.Nested(TransactionSchema), dump_only=True)
+    next_cursor = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next (older) page; null on the last page"})
+
+
+class TransactionQuerySchema(Schema):
+    # Query strings are text, so a lenient integer: "20" is 20, "2.5" and "x" are refused.
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Regexp(r"^[1-9][0-9]{0,18}$"))
+    credit_type = fields.String(load_default=None, validate=validate.OneOf(CREDIT_TYPES))
+
+
+class CostSchema(Schema):
+    feature = fields.String(dump_only=True)
+    credit_type = fields.String(dump_only=True)
+    cost = fields.Integer(dump_only=True)
+    unit = fields.String(dump_only=True, metadata={"description": "request, or token used"})
+    endpoint = fields.String(dump_only=True)
+
+
+class CostListSchema(Schema):
+    costs = fields.List(fields.Nested(CostSchema), dump_only=True)
+
+
+class GrantSchema(Schema):
+    amount = StrictInteger(required=True, validate=validate.Range(min=1, max=MAX_AMOUNT))
+    credit_type = fields.String(
+        load_default=CreditType.GENERATION_CREDITS.value, validate=validate.OneOf(CREDIT_TYPES)
+    )
+    reason = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
+
+
+class GrantResultSchema(BalanceSchema):
+    user_id = fields.Integer(dump_only=True)
+
+
+class ImageSchema(Schema):
+    image_url = fields.Url(required=True, schemes={"http", "https"}, validate=validate.Length(max=2048))
+
+
+class GenerateSchema(Schema):
+    prompt = _text(2000)
+
+
+class HairstyleSchema(ImageSchema):
+    hairstyle = _text(100)
+
+
+class UpscaleSchema(ImageSchema):
+    scale = StrictInteger(required=True, validate=validate.OneOf([2, 4]))
+
+
+class CompleteSchema(Schema):
+    prompt = _text(8000)
+    max_tokens = StrictInteger(required=True, validate=validate.Range(min=1, max=4096))
+
+
+class ChargedSchema(Schema):
+    credit_type = fields.String(dump_only=True)
+    amount = fields.Integer(dump_only=True)
+
+
+class ImageResultSchema(Schema):
+    feature = fields.String(dump_only=True)
+    image_url = fields.String(dump_only=True)
+
+
+class GenerationResponseSchema(Schema):
+    result = fields.Nested(ImageResultSchema, dump_only=True)
+    charged = fields.Nested(ChargedSchema, dump_only=True)
+    balance = fields.Nested(BalanceSchema, dump_only=True)
+
+
+class UsageSchema(Schema):
+    prompt_tokens = fields.Integer(dump_only=True)
+    completion_tokens = fields.Integer(dump_only=True)
+    total_tokens = fields.Integer(dump_only=True)
+
+
+class CompletionResultSchema(Schema):
+    text = fields.String(dump_only=True)
+
+
+class CompletionResponseSchema(GenerationResponseSchema):
+    result = fields.Nested(CompletionResultSchema, dump_only=True)
+    usage = fields.Nested(UsageSchema, dump_only=True)
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "stable machine-readable code"})
+    message = fields.String(required=True)
+    errors = fields.Dict(metadata={"description": "field errors, on 422"})
+
+
+class InsufficientCreditsSchema(ErrorSchema):
+    required = fields.Integer()
+    available = fields.Integer()
+    credit_type = fields.String()
+
+
+class HealthSchema(Schema):
+    status = fields.String(dump_only=True)

@@ -1,0 +1,77 @@
+"""Accounts of people: registration, login, admin rights. One transaction per call."""
+from functools import lru_cache
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .credits.service import open_accounts
+from .credits.types import Balance
+from .database import atomic, utcnow
+from .exceptions import InvalidCredentials, NotAdmin, UnknownUser, UsernameTaken
+from .models import User
+
+USERS = User.__table__
+
+
+def create_user(
+    username: str, password: str, *, is_admin: bool = False, signup_grant: Balance = Balance(),
+    hash_method: str = "scrypt",
+) -> dict:
+    """A new user with both balances opened and the signup grant in the ledger."""
+    password_hash = generate_password_hash(password, method=hash_method)
+    try:
+        with atomic() as session:
+            if session.execute(select(USERS.c.id).where(USERS.c.username == username)).first():
+                raise UsernameTaken(f"username {username!r} is taken")
+            user_id = session.execute(
+                insert(USERS)
+                .values(username=username, password_hash=password_hash, is_admin=is_admin,
+                        created_at=utcnow())
+                .returning(USERS.c.id)
+            ).scalar_one()
+            open_accounts(session, user_id, signup_grant, reason="signup grant")
+    except IntegrityError:
+        # Two registrations of one name at once: the unique index decides.
+        raise UsernameTaken(f"username {username!r} is taken") from None
+    return {"id": user_id, "username": username, "is_admin": is_admin}
+
+
+def authenticate(username: str, password: str) -> int:
+    """The user's id, or InvalidCredentials; as slow for an unknown name as for a wrong password."""
+    with atomic(write=False) as session:
+        row = session.execute(
+            select(USERS.c.id, USERS.c.password_hash).where(USERS.c.username == username)
+        ).first()
+    if row is None:
+        check_password_hash(_dummy_hash(), password)
+        raise InvalidCredentials("invalid username or password")
+    if not check_password_hash(row.password_hash, password):
+        raise InvalidCredentials("invalid username or password")
+    return row.id
+
+
+def user_id_by_name(username: str) -> int:
+    with atomic(write=False) as session:
+        user_id = session.execute(select(USERS.c.id).where(USERS.c.username == username)).scalar()
+    if user_id is None:
+        raise UnknownUser(f"no user named {username!r}")
+    return user_id
+
+
+def require_admin(user_id: int) -> None:
+    """Admin rights are read from the database on every call, so a demotion takes effect at once."""
+    with atomic(write=False) as session:
+        is_admin = session.execute(select(USERS.c.is_admin).where(USERS.c.id == user_id)).scalar()
+    if not is_admin:
+        raise NotAdmin("administrator rights required")
+
+
+def user_exists(user_id: int) -> bool:
+    with atomic(write=False) as session:
+        return session.execute(select(USERS.c.id).where(USERS.c.id == user_id)).first() is not None
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return generate_password_hash("not-a-real-password")

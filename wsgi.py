@@ -1,0 +1,3 @@
+from creditapp import create_app
+
+app = create_app()
