@@ -37,7 +37,7 @@ class Completion:
 
 
 class AIProvider(Protocol):
-    def generate_image(self, feature: str, params: dict) -> dict:
+    def generate_image(self, params: dict, feature: str = "basic_generation") -> dict:
         """Run an image feature; returns at least {"image_url"}. Raises GenerationFailed."""
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
@@ -58,7 +58,7 @@ class StubAIProvider:
         self._lock = threading.Lock()
         self._random = random.Random(seed)
 
-    def generate_image(self, feature: str, params: dict) -> dict:
+    def generate_image(self, params: dict, feature: str = "basic_generation") -> dict:
         self._call(feature)
         return {"feature": feature, "image_url": f"https://images.stub.invalid/{uuid.uuid4().hex}.png"}
 

@@ -3,6 +3,7 @@
 Domain errors are mapped to HTTP here and only here.
 """
 from flask import Flask, jsonify
+from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -75,6 +76,14 @@ def handle_insufficient_credits(exc: InsufficientCredits):
     )
 
 
+def handle_validation_error(exc: ValidationError):
+    """A schema loaded inside a view (rather than with @blp.arguments) fails the same way."""
+    return error_response(
+        422, "validation_error", "The request is not valid; see errors for each field.",
+        errors=exc.messages,
+    )
+
+
 def _domain_handler(status: int, code: str):
     def handle(exc: Exception):
         return error_response(status, code, str(exc))
@@ -84,6 +93,7 @@ def _domain_handler(status: int, code: str):
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(InsufficientCredits, handle_insufficient_credits)
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))

@@ -39,7 +39,7 @@ def _charge_and_answer(result: dict, amount: int, **extra) -> dict:
 
 
 def _image_feature(feature: str, params: dict) -> dict:
-    result = ai_service.generate_image(feature, params)
+    result = ai_service.generate_image(params, feature=feature)
     return _charge_and_answer(result, g.credit_info.required)
 
 

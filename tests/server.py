@@ -1,0 +1,79 @@
+"""Real gunicorn servers for tests where concurrency matters; always stopped by PID."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(database_url: str, **settings) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "AI_STUB_"))}
+    env.update(CREDITAPP_ENV="testing", DATABASE_URL=database_url)
+    env.update({key: str(value) for key, value in settings.items()})
+    return env
+
+
+def flask_cli(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@contextmanager
+def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | None = None):
+    """Yields the base URL of a gunicorn serving wsgi:app; stops it (and its workers) on exit."""
+    port = free_port()
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", "5",
+         "--timeout", "60"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(base, process)
+        yield base
+    finally:
+        _stop(process)
+        if log_path:
+            log.close()
+
+
+def _wait_until_up(base: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode} before serving")
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn did not answer on {base} within {timeout}s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        # The whole session: the arbiter and every worker it forked.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
