@@ -1,10 +1,11 @@
 """Who is calling: the verified JWT identity as a user id."""
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 
 from flask import request
 from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
 
-from .exceptions import InvalidIdentity
+from .exceptions import InvalidIdentity, UnknownUser
 
 
 def require_login(public_endpoints: Collection[str] = ()) -> Callable[[], None]:
@@ -28,3 +29,12 @@ def current_user_id() -> int:
         return int(identity)
     except (TypeError, ValueError):
         raise InvalidIdentity("the token does not name a user") from None
+
+
+@contextmanager
+def caller_must_exist() -> Iterator[None]:
+    """A valid token whose user is gone is a 401 (not a 404 that would confirm the id is free)."""
+    try:
+        yield
+    except UnknownUser:
+        raise InvalidIdentity("the token's user no longer exists") from None

@@ -5,12 +5,16 @@ as a whole. On SQLite a writing transaction takes the write lock up front (BEGIN
 so two writers queue on the busy timeout instead of failing with "database is locked" when
 one of them tries to upgrade a read lock.
 """
-from collections.abc import Iterator
+import functools
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from sqlalchemy import DateTime, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
@@ -56,6 +60,30 @@ def atomic(write: bool = True) -> Iterator[Session]:
         if write:
             session.connection(execution_options={_WRITE_OPTION: True})
         yield session
+
+
+# PostgreSQL's serialization_failure and deadlock_detected: the transaction did nothing and may
+# simply run again. READ COMMITTED and a fixed lock order make them rare; they must still never
+# reach a client as a 500.
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+MAX_ATTEMPTS = 3
+
+
+def retry_conflicts(function: Callable) -> Callable:
+    """Run a function that is one whole transaction again when the database says it conflicted."""
+
+    @functools.wraps(function)
+    def retrying(*args, **kwargs):
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return function(*args, **kwargs)
+            except DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, 0.01 * attempt))
+
+    return retrying
 
 
 def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:

@@ -8,8 +8,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from .exceptions import (
-    GenerationFailed, InsufficientCredits, InvalidCredentials, InvalidIdentity, NotAdmin,
-    UnknownUser, UsernameTaken,
+    GenerationFailed, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits,
+    InvalidCredentials, InvalidIdentity, NotAdmin, ReferenceConflict, UnknownUser, UsernameTaken,
 )
 
 HTTP_CODES = {
@@ -34,6 +34,9 @@ DOMAIN_ERRORS = {
     NotAdmin: (403, "forbidden"),
     UnknownUser: (404, "unknown_user"),
     UsernameTaken: (409, "username_taken"),
+    IdempotencyKeyInUse: (409, "idempotency_key_in_use"),
+    ReferenceConflict: (409, "reference_conflict"),
+    IdempotencyKeyReused: (422, "idempotency_key_reused"),
     GenerationFailed: (502, "generation_failed"),
 }
 

@@ -37,3 +37,15 @@ class GenerationFailed(CreditAppError):
 
 class InvalidIdentity(CreditAppError):
     """A verified token names no user of this service."""
+
+
+class IdempotencyKeyReused(CreditAppError):
+    """The Idempotency-Key was already used for a different request."""
+
+
+class IdempotencyKeyInUse(CreditAppError):
+    """A request with the same Idempotency-Key has not finished yet."""
+
+
+class ReferenceConflict(CreditAppError):
+    """A grant with this reference exists with a different amount or credit type."""

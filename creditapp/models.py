@@ -1,7 +1,9 @@
 """Tables. Models hold no behaviour and never commit: the services do."""
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, text
+from sqlalchemy import (
+    BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .database import UTCDateTime, utcnow
@@ -48,7 +50,7 @@ class CreditHold(db.Model):
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("settled_amount >= 0", name="settled_not_negative"),
         CheckConstraint(
-            "status IN ('open', 'settled', 'released', 'expired', 'refunded')", name="status_known"
+            "status IN ('open', 'settled', 'released', 'expired')", name="status_known"
         ),
         CheckConstraint(_credit_type_check, name="credit_type_known"),
         # Open holds are what reservations and the expiry sweep look for.
@@ -93,11 +95,13 @@ class LedgerEntry(db.Model):
         CheckConstraint("held_after >= 0", name="held_after_not_negative"),
         CheckConstraint(_credit_type_check, name="credit_type_known"),
         CheckConstraint(
-            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge', 'refund')",
+            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge')",
             name="kind_known",
         ),
         # Keyset pagination of a user's history, newest first.
         Index("ix_ledger_entries_user_id_id", "user_id", "id"),
+        Index("uq_ledger_entries_user_id_reference", "user_id", "reference", unique=True,
+              postgresql_where=text("reference IS NOT NULL"), sqlite_where=text("reference IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -110,4 +114,28 @@ class LedgerEntry(db.Model):
     held_after: Mapped[int] = mapped_column(BigInteger)
     hold_id: Mapped[int | None] = mapped_column(ForeignKey("credit_holds.id"), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # A grant's outside reference (a payment provider's event id): one grant per reference.
+    reference: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKey(db.Model):
+    """A client's Idempotency-Key and the answer its first request got."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_id_key"),
+        CheckConstraint("status IN ('in_flight', 'completed')", name="status_known"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("credit_holds.id"), nullable=True)
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

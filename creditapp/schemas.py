@@ -54,7 +54,7 @@ class TransactionSchema(Schema):
     id = fields.Integer(dump_only=True)
     credit_type = fields.String(dump_only=True)
     kind = fields.String(dump_only=True, metadata={
-        "description": "grant, hold, settle, release, expire, charge or refund"})
+        "description": "grant, hold, settle, release, expire or charge"})
     amount = fields.Integer(dump_only=True, metadata={"description": "change of the spendable balance"})
     held_change = fields.Integer(dump_only=True, metadata={"description": "change of the reserved credits"})
     balance_after = fields.Integer(dump_only=True)
@@ -95,10 +95,21 @@ class GrantSchema(Schema):
         load_default=CreditType.GENERATION_CREDITS.value, validate=validate.OneOf(CREDIT_TYPES)
     )
     reason = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
+    reference = fields.String(load_default=None, validate=validate.Length(min=1, max=255), metadata={
+        "description": "an outside id (e.g. a payment event): a second grant with it adds nothing"})
+
+
+class GrantRecordSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    amount = fields.Integer(dump_only=True)
+    credit_type = fields.String(dump_only=True)
+    reason = fields.String(dump_only=True, allow_none=True)
+    reference = fields.String(dump_only=True, allow_none=True)
 
 
 class GrantResultSchema(BalanceSchema):
     user_id = fields.Integer(dump_only=True)
+    grant = fields.Nested(GrantRecordSchema, dump_only=True)
 
 
 class ImageSchema(Schema):

@@ -63,13 +63,10 @@ def require_admin(user_id: int) -> None:
     """Admin rights are read from the database on every call, so a demotion takes effect at once."""
     with atomic(write=False) as session:
         is_admin = session.execute(select(USERS.c.is_admin).where(USERS.c.id == user_id)).scalar()
+    if is_admin is None:
+        raise UnknownUser(f"no user with id {user_id}")
     if not is_admin:
         raise NotAdmin("administrator rights required")
-
-
-def user_exists(user_id: int) -> bool:
-    with atomic(write=False) as session:
-        return session.execute(select(USERS.c.id).where(USERS.c.id == user_id)).first() is not None
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ from creditapp import users
 from .pg import postgres_database
 
 BACKENDS = ["sqlite", "postgresql"]
-TABLES = ("ledger_entries", "credit_holds", "credit_accounts", "users")
+TABLES = ("idempotency_keys", "ledger_entries", "credit_holds", "credit_accounts", "users")
 
 
 def make_app(database_url: str, **overrides):

@@ -76,7 +76,11 @@ def test_admin_grants_credits(client, make_user):
                            json={"amount": 10, "credit_type": "generation_credits", "reason": "promo"},
                            headers=admin.headers)
     assert response.status_code == 201
-    assert response.json == {"user_id": user.id, "generation_credits": 11, "ai_tokens": 0}
+    body = response.json
+    grant = body.pop("grant")
+    assert body == {"user_id": user.id, "generation_credits": 11, "ai_tokens": 0}
+    assert (grant["amount"], grant["credit_type"], grant["reason"], grant["reference"]) == (
+        10, "generation_credits", "promo", None)
     item = client.get("/api/credits/transactions?limit=1", headers=user.headers).json["items"][0]
     assert (item["kind"], item["amount"], item["reason"]) == ("grant", 10, "promo")
     tokens = client.post(f"/api/admin/users/{user.id}/credits", json={"amount": 500, "credit_type": "ai_tokens"},

@@ -159,12 +159,12 @@ def test_unsettled_reservation_is_given_back(client, make_user, path, status):
     assert credit_service.verify() == []
 
 
-def test_charge_is_refunded_when_the_response_is_an_error(client, make_user):
+def test_charge_is_not_committed_when_the_response_is_an_error(client, make_user):
     user = make_user(credits=1)
     response = client.post("/example/deducts-then-fails", headers=user.headers)
     assert response.status_code == 500
     assert balance(user).generation_credits == 1
-    assert hold_statuses(user) == ["refunded"]
+    assert hold_statuses(user) == ["released"]
     assert credit_service.verify() == []
 
 

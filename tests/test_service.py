@@ -111,7 +111,8 @@ def test_settle_more_than_reserved_takes_the_difference(make_user):
     user = make_user(tokens=100)
     reservation = credit_service.reserve(user.id, 30, TOK)
     assert credit_service.settle(reservation, 50).ai_tokens == 50
-    assert holds(user.id) == [("settled", 30, 50)]
+    assert holds(user.id) == [("settled", 50, 50)]
+    assert [row.kind for row in ledger(user.id)] == ["grant", "hold", "hold", "settle"]
     assert credit_service.verify() == []
 
 
@@ -146,14 +147,40 @@ def test_close_without_settle_releases(make_user):
     assert credit_service.verify() == []
 
 
-def test_failure_after_settle_is_refunded(make_user):
+def test_charge_inside_a_reservation_commits_only_on_success(make_user):
+    user = make_user(tokens=100)
+    reservation = credit_service.reserve(user.id, 60, TOK)
+    with credit_service.activate(reservation):
+        # The balance answered already counts the 35 that the close will give back.
+        assert credit_service.deduct_credits(user.id, 25, TOK).ai_tokens == 75
+    assert credit_service.get_credit_balance(user.id).ai_tokens == 40
+    assert holds(user.id) == [("open", 60, 0)]
+    credit_service.close(reservation, succeeded=True)
+    assert credit_service.get_credit_balance(user.id).ai_tokens == 75
+    assert holds(user.id) == [("settled", 60, 25)]
+    assert credit_service.verify() == []
+
+
+def test_charge_inside_a_failed_reservation_is_never_committed(make_user):
     user = make_user(credits=2)
     reservation = credit_service.reserve(user.id, 1, GEN)
-    credit_service.settle(reservation, 1)
+    with credit_service.activate(reservation):
+        credit_service.deduct_credits(user.id, 1, GEN)
     credit_service.close(reservation, succeeded=False)
     assert credit_service.get_credit_balance(user.id).generation_credits == 2
-    assert holds(user.id) == [("refunded", 1, 1)]
-    assert ledger(user.id)[-1] == ("refund", "generation_credits", 1, 0)
+    assert holds(user.id) == [("released", 1, 0)]
+    assert [row.kind for row in ledger(user.id)] == ["grant", "hold", "release"]
+    assert credit_service.verify() == []
+
+
+def test_two_charges_in_one_reservation_add_up(make_user):
+    user = make_user(tokens=100)
+    reservation = credit_service.reserve(user.id, 10, TOK)
+    with credit_service.activate(reservation):
+        credit_service.deduct_credits(user.id, 6, TOK)
+        assert credit_service.deduct_credits(user.id, 6, TOK).ai_tokens == 88
+    credit_service.close(reservation, succeeded=True)
+    assert credit_service.get_credit_balance(user.id).ai_tokens == 88
     assert credit_service.verify() == []
 
 

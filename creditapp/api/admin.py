@@ -1,26 +1,64 @@
+import json
+
+from flask import current_app
 from flask_smorest import Blueprint
 
-from .. import users
-from ..auth import current_user_id, require_login
+from .. import idempotency, users
+from ..auth import caller_must_exist, current_user_id, require_login
 from ..credits import credit_service
+from ..credits.types import Grant
+from ..idempotent_requests import idempotency_key, replay, request_fingerprint
 from ..schemas import ErrorSchema, GrantResultSchema, GrantSchema
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration.")
 blp.before_request(require_login())
+grant_result_schema = GrantResultSchema()
 
 
 @blp.post("/users/<int:user_id>/credits")
 @blp.arguments(GrantSchema)
-@blp.response(201, GrantResultSchema)
+@blp.response(201, GrantResultSchema, description="Granted")
+@blp.alt_response(200, schema=GrantResultSchema, description="A grant with this reference existed; nothing added")
 @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
 @blp.alt_response(403, schema=ErrorSchema, description="Not an administrator")
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown user")
-@blp.alt_response(422, schema=ErrorSchema, description="Invalid input")
-@blp.doc(security=[{"bearerAuth": []}])
+@blp.alt_response(409, schema=ErrorSchema, description="Idempotency-Key in use, or reference used differently")
+@blp.alt_response(422, schema=ErrorSchema, description="Invalid input, or Idempotency-Key reused")
+@blp.doc(security=[{"bearerAuth": []}], parameters=[{
+    "in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string"},
+    "description": "Retries with the same key replay the first answer and grant nothing more"}])
 def grant_credits(grant, user_id):
     """Add credits to a user's balance (administrators only)."""
-    users.require_admin(current_user_id())
-    balance = credit_service.add_credits(
-        user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant"
+    admin_id = current_user_id()
+    with caller_must_exist():
+        users.require_admin(admin_id)
+    key = idempotency_key()
+    fingerprint = request_fingerprint() if key else None
+    if key and (stored := idempotency.lookup(admin_id, key, fingerprint)):
+        return replay(stored)
+
+    def store_answer(session, result: Grant):
+        if key:
+            key_id = idempotency.claim(
+                session, admin_id, key, fingerprint, current_app.config["IDEMPOTENCY_TTL_SECONDS"]
+            )
+            body = json.dumps(grant_result_schema.dump(_answer(result)))
+            idempotency.complete(session, key_id, _status(result), body)
+
+    result = credit_service.grant(
+        user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",
+        reference=grant["reference"], also=store_answer,
     )
-    return {"user_id": user_id, **balance.as_dict()}
+    return _answer(result), _status(result)
+
+
+def _answer(result: Grant) -> dict:
+    return {
+        "user_id": result.user_id, **result.balance.as_dict(),
+        "grant": {"id": result.id, "amount": result.amount, "credit_type": result.credit_type.value,
+                  "reason": result.reason, "reference": result.reference},
+    }
+
+
+def _status(result: Grant) -> int:
+    return 201 if result.created else 200

@@ -1,6 +1,6 @@
 from flask_smorest import Blueprint
 
-from ..auth import current_user_id, require_login
+from ..auth import caller_must_exist, current_user_id, require_login
 from ..credits import credit_service
 from ..features import price_list
 from ..schemas import (
@@ -16,7 +16,8 @@ blp = Blueprint("credits", __name__, url_prefix="/api/credits", description="Bal
 @blp.doc(security=[{"bearerAuth": []}])
 def balance():
     """What the caller can spend now, per credit type."""
-    return credit_service.get_credit_balance(current_user_id()).as_dict()
+    with caller_must_exist():
+        return credit_service.get_credit_balance(current_user_id()).as_dict()
 
 
 @blp.get("/transactions")
@@ -26,10 +27,11 @@ def balance():
 @blp.doc(security=[{"bearerAuth": []}])
 def transactions(limit, cursor, credit_type):
     """The caller's ledger, newest first, a page at a time."""
-    page = credit_service.list_transactions(
-        current_user_id(), limit=limit, before_id=int(cursor) if cursor else None,
-        credit_type=credit_type,
-    )
+    with caller_must_exist():
+        page = credit_service.list_transactions(
+            current_user_id(), limit=limit, before_id=int(cursor) if cursor else None,
+            credit_type=credit_type,
+        )
     next_cursor = str(page.next_cursor) if page.next_cursor is not None else None
     return {"items": page.items, "next_cursor": next_cursor}
 

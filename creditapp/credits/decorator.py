@@ -1,18 +1,21 @@
 """`require_credits`: the guard in front of every paid view.
 
 It reserves the credits before the view runs (so two requests can never both spend the last
-credit), lets the view's `deduct_credits` settle that reservation, and gives back whatever was
-not settled when the request ends. A request that fails (an exception or an error status)
-is never charged: credits it settled are refunded.
+credit); the view's `deduct_credits` charges that reservation; when the request ends the charge
+is committed if the response succeeded, and everything is given back if it did not. With an
+`Idempotency-Key`, a retry replays the first answer and is not charged again.
 """
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import after_this_request, current_app, g
+from flask import Response, after_this_request, current_app, g
 
-from ..auth import current_user_id
-from ..exceptions import InvalidIdentity, UnknownUser
+from .. import idempotency
+from ..auth import caller_must_exist, current_user_id
+from ..errors import error_response, handle_insufficient_credits
+from ..exceptions import InsufficientCredits
+from ..idempotent_requests import idempotency_key, replay, request_fingerprint
 from .service import credit_service
 from .types import CreditType, Reservation
 
@@ -42,11 +45,25 @@ def require_credits(amount: Amount, credit_type) -> Callable:
         @functools.wraps(view)
         def guarded(*args, **kwargs):
             user_id = current_user_id()
+            key = idempotency_key()
+            if key is not None:
+                fingerprint = request_fingerprint()
+                stored = idempotency.lookup(user_id, key, fingerprint)
+                if stored is not None:
+                    return replay(stored)
             required = amount(*args, **kwargs) if callable(amount) else amount
-            try:
-                reservation = credit_service.reserve(user_id, required, credit_type)
-            except UnknownUser:
-                raise InvalidIdentity("the token's user no longer exists") from None
+            claimed = {}
+
+            def claim_key(session, hold_id):
+                claimed["id"] = idempotency.claim(
+                    session, user_id, key, fingerprint,
+                    current_app.config["IDEMPOTENCY_TTL_SECONDS"], hold_id=hold_id,
+                )
+
+            with caller_must_exist():
+                reservation = credit_service.reserve(
+                    user_id, required, credit_type, also=claim_key if key is not None else None
+                )
             g.credit_info = CreditInfo(
                 user_id=user_id, credit_type=credit_type, required=required,
                 available=reservation.available_before, hold_id=reservation.hold_id,
@@ -54,14 +71,13 @@ def require_credits(amount: Amount, credit_type) -> Callable:
 
             @after_this_request
             def close_reservation(response):
-                _close(reservation, succeeded=response.status_code < 400)
-                return response
+                return _close(reservation, claimed.get("id"), response)
 
             try:
                 with credit_service.activate(reservation):
                     return view(*args, **kwargs)
             except Exception:
-                _close(reservation, succeeded=False)
+                _close(reservation, claimed.get("id"), None)
                 raise
 
         return guarded
@@ -69,11 +85,29 @@ def require_credits(amount: Amount, credit_type) -> Callable:
     return decorator
 
 
-def _close(reservation: Reservation, *, succeeded: bool) -> None:
+def _close(reservation: Reservation, key_id: int | None, response: Response | None):
+    """Commit the charge with the answer it paid for, or give everything back."""
+    succeeded = response is not None and response.status_code < 400
+
+    def record_answer(session):
+        if key_id is None:
+            return
+        if succeeded:
+            idempotency.complete(session, key_id, response.status_code, response.get_data(as_text=True))
+        else:
+            idempotency.forget(session, key_id)  # a failed request may be retried with its key
+
     try:
-        credit_service.close(reservation, succeeded=succeeded)
+        credit_service.close(reservation, succeeded=succeeded, also=record_answer)
+    except InsufficientCredits as exc:
+        # The hold expired during a very slow request and the balance is spent meanwhile.
+        return handle_insufficient_credits(exc)
     except Exception:
-        # The hold stays open and the expiry sweep gives it back after CREDIT_HOLD_TTL_SECONDS.
-        current_app.logger.exception(
-            "could not close credit hold %s; it will expire", reservation.hold_id
-        )
+        # The hold stays open and expires after CREDIT_HOLD_TTL_SECONDS: the user is not charged,
+        # so the result must not be handed out either.
+        current_app.logger.exception("could not close credit hold %s", reservation.hold_id)
+        if succeeded:
+            return error_response(
+                503, "database_unavailable", "The charge could not be recorded; nothing was charged."
+            )
+    return response

@@ -9,18 +9,20 @@ sums to the balance.
 Lock order is always account row first, then hold rows, so settle, release and the expiry sweep
 cannot deadlock with each other.
 """
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from ..database import atomic, utcnow
-from ..exceptions import InsufficientCredits, UnknownUser
+from ..database import atomic, retry_conflicts, utcnow
+from ..exceptions import InsufficientCredits, ReferenceConflict, UnknownUser
 from ..models import CreditAccount, CreditHold, LedgerEntry
-from .types import Balance, CreditType, Reservation
+from .types import Balance, CreditType, Grant, Reservation
 
 ACCOUNTS = CreditAccount.__table__
 HOLDS = CreditHold.__table__
@@ -112,21 +114,42 @@ class CreditService:
     # --- changing ------------------------------------------------------------------------
 
     def add_credits(self, user_id: int, amount: int, credit_type, reason: str | None = None) -> Balance:
-        amount, credit_type = _amount(amount), _credit_type(credit_type)
-        with atomic() as session:
-            row = session.execute(
-                update(ACCOUNTS)
-                .where(_account_key(user_id, credit_type))
-                .values(available=ACCOUNTS.c.available + amount)
-                .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
-            ).one_or_none()
-            if row is None:
-                raise UnknownUser(f"no user with id {user_id}")
-            self._ledger(session, user_id, credit_type, "grant", amount, 0, row, reason=reason)
-            return self._balance(session, user_id)
+        return self.grant(user_id, amount, credit_type, reason=reason).balance
 
-    def reserve(self, user_id: int, amount: int, credit_type) -> Reservation:
-        """Hold `amount` credits, or raise InsufficientCredits and hold nothing."""
+    @retry_conflicts
+    def grant(
+        self, user_id: int, amount: int, credit_type, *, reason: str | None = None,
+        reference: str | None = None, also: Callable[[Session, Grant], None] | None = None,
+    ) -> Grant:
+        """Add credits. A grant with a `reference` already granted to this user adds nothing and
+        answers the original grant (so a re-sent payment webhook cannot pay twice).
+        `also(session, grant)` runs in the same transaction."""
+        amount, credit_type = _amount(amount), _credit_type(credit_type)
+        try:
+            with atomic() as session:
+                result = self._grant(session, user_id, amount, credit_type, reason, reference)
+                if also is not None:
+                    also(session, result)
+                return result
+        except IntegrityError:
+            if reference is None:
+                raise
+            # Another grant with this reference committed first; answer it.
+            with atomic() as session:
+                result = self._grant(session, user_id, amount, credit_type, reason, reference)
+                if also is not None:
+                    also(session, result)
+                return result
+
+    @retry_conflicts
+    def reserve(
+        self, user_id: int, amount: int, credit_type,
+        also: Callable[[Session, int], None] | None = None,
+    ) -> Reservation:
+        """Hold `amount` credits, or raise InsufficientCredits and hold nothing.
+
+        `also(session, hold_id)` runs in the same transaction (to claim an idempotency key).
+        """
         amount, credit_type = _amount(amount), _credit_type(credit_type)
         shortfall = None
         with atomic() as session:
@@ -152,6 +175,8 @@ class CreditService:
                     .returning(HOLDS.c.id)
                 ).scalar_one()
                 self._ledger(session, user_id, credit_type, "hold", -amount, amount, row, hold_id=hold_id)
+                if also is not None:
+                    also(session, hold_id)
         # Raised after the commit so that an expiry sweep done on the way is kept.
         if shortfall is not None:
             raise InsufficientCredits(amount, shortfall, credit_type.value)
@@ -163,103 +188,71 @@ class CreditService:
     def deduct_credits(
         self, user_id: int, amount: int, credit_type, reason: str | None = None
     ) -> Balance:
-        """Charge `amount`; settles this context's reservation for the same balance if there is one.
+        """Charge `amount`, or raise InsufficientCredits and change nothing.
 
-        Without a reservation the charge is taken directly, or InsufficientCredits is raised.
+        Inside `activate(reservation)` for the same balance, the charge is taken from that
+        reservation and committed when it closes successfully; the balance returned already
+        counts what the close will give back. Elsewhere the charge is taken at once.
         """
         amount, credit_type = _amount(amount), _credit_type(credit_type)
         for reservation in _active_reservations.get():
-            if (
-                reservation.user_id == user_id
-                and reservation.credit_type == credit_type
-                and not reservation.settled
-                and not reservation.closed
-            ):
-                return self.settle(reservation, amount, reason=reason)
-        with atomic() as session:
-            self._charge(session, user_id, credit_type, amount, reason)
-            return self._balance(session, user_id)
+            if (reservation.user_id, reservation.credit_type) == (user_id, credit_type) and not reservation.closed:
+                self._add_charge(reservation, amount, reason)
+                balance = self.get_credit_balance(user_id)
+                unspent = reservation.amount - reservation.pending
+                return replace(balance, **{credit_type.value: getattr(balance, credit_type.value) + unspent})
+        return self._charge_now(user_id, credit_type, amount, reason)
 
     def settle(self, reservation: Reservation, amount: int, reason: str | None = None) -> Balance:
-        """Charge `amount` against a reservation, giving back what it held beyond that.
+        """Charge `amount` against a reservation and close it now, giving back the rest."""
+        self._add_charge(reservation, _amount(amount), reason)
+        self.close(reservation, succeeded=True)
+        return self.get_credit_balance(reservation.user_id)
 
-        A charge above the reservation takes the difference from the available balance or
-        raises InsufficientCredits (and the reservation stays open, to be given back).
-        """
-        amount = _amount(amount)
+    @retry_conflicts
+    def close(
+        self, reservation: Reservation, *, succeeded: bool,
+        also: Callable[[Session], None] | None = None,
+    ) -> None:
+        """End a reservation in one transaction: on success settle its charges and give back the
+        rest; on failure give back everything. `also` runs in the same transaction (to record
+        what was delivered for the charge)."""
+        if reservation.closed:
+            return
         user_id, credit_type = reservation.user_id, reservation.credit_type
+        charge = reservation.pending if succeeded else 0
         with atomic() as session:
             now = utcnow()
             self._lock_account(session, user_id, credit_type)
             hold = session.execute(
                 update(HOLDS)
                 .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "open")
-                .values(status="settled", settled_amount=amount, closed_at=now)
+                .values(status="settled" if charge else "released", settled_amount=charge, closed_at=now)
                 .returning(HOLDS.c.amount)
             ).one_or_none()
             if hold is None:
-                # The hold expired (the request outlived CREDIT_HOLD_TTL_SECONDS): charge afresh.
-                self._charge(session, user_id, credit_type, amount, reason)
+                if charge:
+                    # The hold expired while the work ran (it outlived CREDIT_HOLD_TTL_SECONDS).
+                    self._charge(session, user_id, credit_type, charge, reservation.reason)
             else:
-                held = hold.amount
-                consumed, extra, remainder = min(amount, held), max(amount - held, 0), max(held - amount, 0)
-                if extra:
-                    row = self._take_available(session, user_id, credit_type, extra, held_change=-held)
-                    if row is None:
-                        available = self._lock_account(session, user_id, credit_type).available
-                        raise InsufficientCredits(amount, available + held, credit_type.value)
-                else:
-                    row = self._move(session, user_id, credit_type, remainder, -held)
-                self._ledger(
-                    session, user_id, credit_type, "settle", -extra, -consumed,
-                    (row.available - remainder, row.held + remainder),
-                    hold_id=reservation.hold_id, reason=reason,
-                )
+                remainder = hold.amount - charge
+                row = self._move(session, user_id, credit_type, remainder, -hold.amount)
+                if charge:
+                    self._ledger(
+                        session, user_id, credit_type, "settle", 0, -charge,
+                        (row.available - remainder, row.held + remainder),
+                        hold_id=reservation.hold_id, reason=reservation.reason,
+                    )
                 if remainder:
                     self._ledger(
                         session, user_id, credit_type, "release", remainder, -remainder, row,
                         hold_id=reservation.hold_id,
                     )
-            balance = self._balance(session, user_id)
-        reservation.settled = True
-        return balance
-
-    def close(self, reservation: Reservation, *, succeeded: bool) -> None:
-        """End a reservation: give back what was held and never settled; on failure also refund
-        what was settled, so that a failed piece of work is never paid for."""
-        if reservation.closed:
-            return
-        user_id, credit_type = reservation.user_id, reservation.credit_type
-        with atomic() as session:
-            now = utcnow()
-            self._lock_account(session, user_id, credit_type)
-            hold = session.execute(
-                update(HOLDS)
-                .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "open")
-                .values(status="released", closed_at=now)
-                .returning(HOLDS.c.amount)
-            ).one_or_none()
-            if hold is not None:
-                row = self._move(session, user_id, credit_type, hold.amount, -hold.amount)
-                self._ledger(
-                    session, user_id, credit_type, "release", hold.amount, -hold.amount, row,
-                    hold_id=reservation.hold_id,
-                )
-            elif not succeeded:
-                settled = session.execute(
-                    update(HOLDS)
-                    .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "settled")
-                    .values(status="refunded", closed_at=now)
-                    .returning(HOLDS.c.settled_amount)
-                ).one_or_none()
-                if settled is not None and settled.settled_amount > 0:
-                    row = self._move(session, user_id, credit_type, settled.settled_amount, 0)
-                    self._ledger(
-                        session, user_id, credit_type, "refund", settled.settled_amount, 0, row,
-                        hold_id=reservation.hold_id, reason="work failed after it was charged",
-                    )
+            if also is not None:
+                also(session)
         reservation.closed = True
 
+    @retry_conflicts
     def release_expired(self, now: datetime | None = None) -> int:
         """Give back every hold past its expiry; returns how many were released."""
         now = now or utcnow()
@@ -278,7 +271,7 @@ class CreditService:
 
     @contextmanager
     def activate(self, reservation: Reservation) -> Iterator[Reservation]:
-        """Make deduct_credits in this context settle `reservation` instead of charging afresh."""
+        """Make deduct_credits in this context charge `reservation` instead of the balance."""
         token = _active_reservations.set(_active_reservations.get() + (reservation,))
         try:
             yield reservation
@@ -388,6 +381,39 @@ class CreditService:
             raise InsufficientCredits(amount, available, credit_type.value)
         self._ledger(session, user_id, credit_type, "charge", -amount, 0, row, reason=reason)
 
+    @retry_conflicts
+    def _charge_now(self, user_id, credit_type, amount: int, reason) -> Balance:
+        with atomic() as session:
+            self._charge(session, user_id, credit_type, amount, reason)
+            return self._balance(session, user_id)
+
+    @retry_conflicts
+    def _add_charge(self, reservation: Reservation, amount: int, reason: str | None) -> None:
+        """Count `amount` against the reservation, first holding more if it is not enough."""
+        if reservation.closed:
+            raise ValueError("the reservation is already closed")
+        total = reservation.pending + amount
+        extra = total - reservation.amount
+        if extra > 0:
+            user_id, credit_type = reservation.user_id, reservation.credit_type
+            with atomic() as session:
+                self._lock_account(session, user_id, credit_type)
+                grown = session.execute(
+                    update(HOLDS)
+                    .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "open")
+                    .values(amount=HOLDS.c.amount + extra)
+                ).rowcount
+                if grown:
+                    row = self._take_available(session, user_id, credit_type, extra, held_change=extra)
+                    if row is None:
+                        available = self._lock_account(session, user_id, credit_type).available
+                        raise InsufficientCredits(total, available + reservation.amount, credit_type.value)
+                    self._ledger(session, user_id, credit_type, "hold", -extra, extra, row,
+                                 hold_id=reservation.hold_id)
+            reservation.amount = total
+        reservation.pending = total
+        reservation.reason = reason or reservation.reason
+
     def _expire_holds(self, session, user_id, credit_type, now: datetime) -> int:
         expired = session.execute(
             update(HOLDS)
@@ -403,18 +429,49 @@ class CreditService:
             self._ledger(session, user_id, credit_type, "expire", amount, -amount, row, hold_id=hold_id)
         return len(expired)
 
+    def _grant(self, session, user_id, amount, credit_type, reason, reference) -> Grant:
+        if reference is not None:
+            original = session.execute(
+                select(LEDGER).where(LEDGER.c.user_id == user_id, LEDGER.c.reference == reference)
+            ).mappings().one_or_none()
+            if original is not None:
+                if (original["amount"], original["credit_type"]) != (amount, credit_type.value):
+                    raise ReferenceConflict(
+                        f"reference {reference!r} was used for a grant of {original['amount']} "
+                        f"{original['credit_type']}"
+                    )
+                return Grant(
+                    id=original["id"], user_id=user_id, amount=amount, credit_type=credit_type,
+                    reason=original["reason"], reference=reference,
+                    balance=self._balance(session, user_id), created=False,
+                )
+        row = session.execute(
+            update(ACCOUNTS)
+            .where(_account_key(user_id, credit_type))
+            .values(available=ACCOUNTS.c.available + amount)
+            .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
+        ).one_or_none()
+        if row is None:
+            raise UnknownUser(f"no user with id {user_id}")
+        entry_id = self._ledger(session, user_id, credit_type, "grant", amount, 0, row,
+                                reason=reason, reference=reference)
+        return Grant(
+            id=entry_id, user_id=user_id, amount=amount, credit_type=credit_type, reason=reason,
+            reference=reference, balance=self._balance(session, user_id), created=True,
+        )
+
     def _ledger(
         self, session, user_id, credit_type, kind, amount, held_change, after,
-        *, hold_id=None, reason=None,
-    ) -> None:
+        *, hold_id=None, reason=None, reference=None,
+    ) -> int:
         balance_after, held_after = after
-        session.execute(
+        return session.execute(
             insert(LEDGER).values(
                 user_id=user_id, credit_type=credit_type.value, kind=kind, amount=amount,
                 held_change=held_change, balance_after=balance_after, held_after=held_after,
-                hold_id=hold_id, reason=reason, created_at=utcnow(),
-            )
-        )
+                hold_id=hold_id, reason=reason, reference=reference, created_at=utcnow(),
+            ).returning(LEDGER.c.id)
+        ).scalar_one()
 
 
 credit_service = CreditService()

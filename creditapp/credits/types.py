@@ -31,5 +31,20 @@ class Reservation:
     amount: int
     available_before: int
     available_after: int
-    settled: bool = False
+    pending: int = 0  # charged so far; committed when the reservation closes successfully
+    reason: str | None = None
     closed: bool = False
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Credits added to a balance; `created` is False when a grant with its reference existed."""
+
+    id: int
+    user_id: int
+    amount: int
+    credit_type: CreditType
+    reason: str | None
+    reference: str | None
+    balance: Balance
+    created: bool = True

@@ -54,7 +54,7 @@ def upgrade():
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(CREDIT_TYPE_KNOWN, name=op.f("ck_credit_holds_credit_type_known")),
         sa.CheckConstraint(
-            "status IN ('open', 'settled', 'released', 'expired', 'refunded')",
+            "status IN ('open', 'settled', 'released', 'expired')",
             name=op.f("ck_credit_holds_status_known"),
         ),
         sa.CheckConstraint("amount > 0", name=op.f("ck_credit_holds_amount_positive")),
@@ -85,7 +85,7 @@ def upgrade():
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(CREDIT_TYPE_KNOWN, name=op.f("ck_ledger_entries_credit_type_known")),
         sa.CheckConstraint(
-            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge', 'refund')",
+            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge')",
             name=op.f("ck_ledger_entries_kind_known"),
         ),
         sa.CheckConstraint("amount <> 0 OR held_change <> 0", name=op.f("ck_ledger_entries_changes_something")),

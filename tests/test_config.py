@@ -1,0 +1,122 @@
+"""Start-up checks: production refuses a guessable secret, and the price table is validated and used."""
+from contextlib import contextmanager
+
+import pytest
+
+import config
+from config import DEFAULT_CREDIT_COSTS, MIN_SECRET_LENGTH, ProductionConfig, config_from_env
+from creditapp import create_app
+from creditapp.ai import StubAIProvider, set_provider
+from creditapp.extensions import db
+
+from .conftest import make_app
+
+
+@contextmanager
+def started(app):
+    """Yield an app that create_app returned, and close its pool afterwards."""
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+def production_app(database_url: str, secret):
+    return create_app(ProductionConfig, {"SQLALCHEMY_DATABASE_URI": database_url, "JWT_SECRET_KEY": secret})
+
+
+# --- production secrets ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [None, "", "short", "x" * (MIN_SECRET_LENGTH - 1)],
+                         ids=["unset", "empty", "short", "one-too-short"])
+def test_production_refuses_to_start_without_a_long_secret(database_url, secret):
+    with pytest.raises(RuntimeError, match="JWT_SECRET_KEY"):
+        production_app(database_url, secret)
+
+
+def test_production_starts_with_a_long_enough_secret(database_url):
+    with started(production_app(database_url, "s" * MIN_SECRET_LENGTH)) as app:
+        assert app.config["CREDITAPP_ENV"] == "production"
+        assert app.test_client().get("/healthz").status_code == 200
+
+
+# --- CREDITAPP_ENV --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("development", config.DevelopmentConfig),
+    ("production", ProductionConfig),
+    ("testing", config.TestingConfig),
+])
+def test_config_from_env_picks_the_class(monkeypatch, name, expected):
+    monkeypatch.setenv("CREDITAPP_ENV", name)
+    assert config_from_env() is expected
+
+
+def test_config_from_env_defaults_to_development(monkeypatch):
+    monkeypatch.delenv("CREDITAPP_ENV", raising=False)
+    assert config_from_env() is config.DevelopmentConfig
+
+
+@pytest.mark.parametrize("name", ["bogus", "Production", ""])
+def test_config_from_env_refuses_an_unknown_environment(monkeypatch, name):
+    monkeypatch.setenv("CREDITAPP_ENV", name)
+    with pytest.raises(RuntimeError, match="CREDITAPP_ENV"):
+        config_from_env()
+
+
+# --- CREDIT_COSTS ---------------------------------------------------------------------------
+
+
+def costs_with(**changes) -> dict:
+    costs = {**DEFAULT_CREDIT_COSTS, **changes}
+    return {name: cost for name, cost in costs.items() if cost is not None}
+
+
+@pytest.mark.parametrize("costs", [
+    pytest.param(costs_with(upscale=None), id="missing-feature"),
+    pytest.param(costs_with(teleport=1), id="unknown-feature"),
+    pytest.param(costs_with(upscale=0), id="zero"),
+    pytest.param(costs_with(upscale=-2), id="negative"),
+    pytest.param(costs_with(upscale=True), id="bool"),
+    pytest.param(costs_with(upscale=1.5), id="fraction"),
+    pytest.param(costs_with(upscale="3"), id="string"),
+])
+def test_a_bad_price_table_stops_the_app_from_starting(database_url, costs):
+    with pytest.raises(RuntimeError, match="CREDIT_COSTS"):
+        make_app(database_url, CREDIT_COSTS=costs)
+
+
+def test_credit_costs_environment_variable_overrides_single_prices(monkeypatch):
+    monkeypatch.setenv("CREDIT_COSTS", '{"upscale": 3}')
+    assert config._credit_costs() == costs_with(upscale=3)
+
+
+@pytest.mark.parametrize("raw", ["{upscale: 3}", "[3]", '"upscale"'])
+def test_credit_costs_environment_variable_must_be_a_json_object(monkeypatch, raw):
+    monkeypatch.setenv("CREDIT_COSTS", raw)
+    with pytest.raises(RuntimeError, match="CREDIT_COSTS"):
+        config._credit_costs()
+
+
+def test_a_changed_price_is_listed_and_charged(database_url, make_user):
+    user = make_user(credits=10)  # same database and JWT secret as the app below
+    with started(make_app(database_url, CREDIT_COSTS=costs_with(upscale=3))) as app:
+        provider = StubAIProvider()
+        set_provider(app, provider)
+        client = app.test_client()
+
+        listed = {cost["feature"]: cost["cost"] for cost in client.get("/api/credits/costs").json["costs"]}
+        response = client.post(
+            "/api/generate/upscale", json={"image_url": "https://example.com/a.png", "scale": 2},
+            headers=user.headers,
+        )
+
+        assert listed["upscale"] == 3
+        assert response.status_code == 200, response.json
+        assert response.json["charged"] == {"credit_type": "generation_credits", "amount": 3}
+        assert response.json["balance"]["generation_credits"] == 7
+        assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 7
+        assert provider.calls == 1
