@@ -125,8 +125,6 @@ class TestingConfig(Config):
     JWT_SECRET_KEY = "testing-secret-that-is-long-enough-0123456789"
     # scrypt's cost is the point in production; in tests it only slows the suite.
     PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
-    AI_STUB_LATENCY_MS = 0
-    AI_STUB_FAILURE_RATE = 0.0
 
 
 CONFIGS = {

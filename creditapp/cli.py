@@ -4,10 +4,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
+from . import idempotency
 from . import users as user_service
 from .credits import CreditType, credit_service
 from .credits.types import Balance
-from .exceptions import UnknownUser, UsernameTaken
+from .exceptions import ReferenceConflict, UnknownUser, UsernameTaken
 from .schemas import MAX_AMOUNT, CredentialsSchema
 
 users_cli = AppGroup("users", help="Manage users.")
@@ -54,10 +55,16 @@ def create_user(name: str, password: str, admin: bool) -> None:
 @click.option("--type", "credit_type", type=_credit_types, default=CreditType.GENERATION_CREDITS.value,
               show_default=True)
 @click.option("--reason", default="granted from the command line", show_default=True)
-def grant(name: str, amount: int, credit_type: str, reason: str) -> None:
+@click.option("--reference", default=None, help="An outside id; a second grant with it adds nothing.")
+def grant(name: str, amount: int, credit_type: str, reason: str, reference: str | None) -> None:
     """Add AMOUNT credits to user NAME."""
-    balance = credit_service.add_credits(_user_id(name), amount, credit_type, reason=reason)
-    click.echo(f"{name}: {_format(balance)}")
+    try:
+        result = credit_service.grant(_user_id(name), amount, credit_type, reason=reason, reference=reference)
+    except ReferenceConflict as exc:
+        raise click.ClickException(str(exc)) from None
+    if not result.created:
+        click.echo(f"reference {reference!r} was already granted; nothing added")
+    click.echo(f"{name}: {_format(result.balance)}")
 
 
 @credits_cli.command("balance")
@@ -71,6 +78,12 @@ def balance(name: str) -> None:
 def release_expired() -> None:
     """Give back credits held by requests that never finished (older than the hold TTL)."""
     click.echo(f"released {credit_service.release_expired()} expired hold(s)")
+
+
+@credits_cli.command("prune-idempotency")
+def prune_idempotency() -> None:
+    """Delete stored Idempotency-Key answers past IDEMPOTENCY_TTL_SECONDS."""
+    click.echo(f"pruned {idempotency.prune()} expired idempotency key(s)")
 
 
 @credits_cli.command("verify")

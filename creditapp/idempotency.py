@@ -43,15 +43,17 @@ def lookup(user_id: int, key: str, request_fingerprint: str, now: datetime | Non
     with atomic() as session:
         row = session.execute(
             select(KEYS.c.id, KEYS.c.fingerprint, KEYS.c.status, KEYS.c.response_status,
-                   KEYS.c.response_body, KEYS.c.expires_at, HOLDS.c.status.label("hold_status"))
+                   KEYS.c.response_body, KEYS.c.expires_at, HOLDS.c.status.label("hold_status"),
+                   HOLDS.c.expires_at.label("hold_expires_at"))
             .outerjoin(HOLDS, HOLDS.c.id == KEYS.c.hold_id)
             .where(KEYS.c.user_id == user_id, KEYS.c.key == key)
         ).one_or_none()
         if row is None:
             return None
-        abandoned = row.status == "in_flight" and row.hold_status not in (None, "open")
+        hold_alive = row.hold_status == "open" and row.hold_expires_at > now
+        abandoned = row.status == "in_flight" and row.hold_status is not None and not hold_alive
         if row.expires_at <= now or abandoned:
-            # Expired, or its request died and its hold was given back: the key is free again.
+            # Expired, or its request died and its hold is given back (or due to be): free again.
             session.execute(delete(KEYS).where(KEYS.c.id == row.id))
             return None
     if row.fingerprint != request_fingerprint:
@@ -67,7 +69,7 @@ def claim(session, user_id: int, key: str, request_fingerprint: str, ttl_seconds
     request claimed it first (the caller's transaction then rolls back whole)."""
     now = utcnow()
     _prune(session, now)
-    dialect_insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     key_id = session.execute(
         dialect_insert(KEYS)
         .values(user_id=user_id, key=key, fingerprint=request_fingerprint, status="in_flight",

@@ -1,16 +1,34 @@
-"""Real gunicorn servers for tests where concurrency matters; always stopped by PID."""
+"""Real gunicorn servers and parallel clients for tests where concurrency matters.
+
+Every server is stopped by PID (its whole process group) when its `with` block ends.
+"""
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def fire_together(n: int, send) -> list:
+    """Run `send(i)` in n threads released at the same instant; returns the results in order."""
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        barrier.wait()
+        return send(i)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(run, range(n)))
 
 
 def free_port() -> int:
@@ -33,9 +51,30 @@ def flask_cli(env: dict, *args: str, timeout: float = 60) -> subprocess.Complete
     )
 
 
+@dataclass
+class Server:
+    url: str
+    pid: int
+    log_path: Path | None
+
+    def worker_pids(self) -> list[int]:
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.pid:
+                children.append(int(stat.parent.name))
+        return children
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+
 @contextmanager
 def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | None = None):
-    """Yields the base URL of a gunicorn serving wsgi:app; stops it (and its workers) on exit."""
+    """Yields a Server running wsgi:app; stops it (the arbiter and its workers) on exit."""
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
@@ -44,10 +83,10 @@ def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | Non
          "--timeout", "60"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    server = Server(f"http://127.0.0.1:{port}", process.pid, log_path)
     try:
-        _wait_until_up(base, process)
-        yield base
+        _wait_until_up(server.url, process)
+        yield server
     finally:
         _stop(process)
         if log_path:
@@ -70,7 +109,6 @@ def _wait_until_up(base: str, process: subprocess.Popen, timeout: float = 30) ->
 
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        # The whole session: the arbiter and every worker it forked.
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=10)

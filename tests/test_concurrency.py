@@ -1,7 +1,5 @@
 """Many requests at once, from real threads and real worker processes: the balance can never be
 overdrawn, every success is paid for exactly once, and every failure is free."""
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -9,21 +7,9 @@ import requests
 
 from creditapp.credits import CreditType, InsufficientCredits, credit_service
 
-from .server import flask_cli, gunicorn, server_env
+from .server import fire_together, flask_cli, gunicorn, server_env
 
 GEN = CreditType.GENERATION_CREDITS
-
-
-def fire_together(n: int, send) -> list:
-    """Run `send(i)` in n threads released at the same instant; returns the results in order."""
-    barrier = threading.Barrier(n)
-
-    def run(i):
-        barrier.wait()
-        return send(i)
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(run, range(n)))
 
 
 def test_threads_cannot_reserve_more_than_the_balance(app, make_user):
@@ -72,10 +58,10 @@ def test_gunicorn_workers_sell_exactly_the_balance(app, make_user, database_url,
     user = make_user(credits=50)
     calls = tmp_path / "ai-calls.log"
     env = server_env(database_url, AI_STUB_CALL_LOG=calls, AI_STUB_LATENCY_MS=20)
-    with gunicorn(env, workers=4, log_path=tmp_path / "gunicorn.log") as base:
+    with gunicorn(env, workers=4, log_path=tmp_path / "gunicorn.log") as server:
         def generate(i):
             with requests.Session() as http:
-                response = http.post(f"{base}/api/generate", json={"prompt": f"image {i}"},
+                response = http.post(f"{server.url}/api/generate", json={"prompt": f"image {i}"},
                                      headers=user.headers, timeout=60)
                 return response.status_code, response.json()
 
@@ -90,3 +76,4 @@ def test_gunicorn_workers_sell_exactly_the_balance(app, make_user, database_url,
     verify = flask_cli(env, "credits", "verify")
     assert verify.returncode == 0, verify.stderr
     assert "ledger ok" in verify.stdout
+    assert "database is locked" not in (tmp_path / "gunicorn.log").read_text()

@@ -88,8 +88,25 @@ def require_credits(amount: Amount, credit_type) -> Callable:
 def _close(reservation: Reservation, key_id: int | None, response: Response | None):
     """Commit the charge with the answer it paid for, or give everything back."""
     succeeded = response is not None and response.status_code < 400
+    try:
+        credit_service.close(reservation, succeeded=succeeded, also=_record_answer(key_id, response, succeeded))
+        return response
+    except InsufficientCredits as exc:
+        # The hold expired during a very slow request and the balance is spent meanwhile.
+        return handle_insufficient_credits(exc)
+    except Exception:
+        current_app.logger.exception("could not close credit hold %s", reservation.hold_id)
+        if succeeded and _settled_anyway(reservation):
+            return response
+    _give_back(reservation, key_id)
+    if not succeeded:
+        return response
+    # Not charged, so the result must not be handed out either.
+    return error_response(503, "database_unavailable", "The charge could not be recorded; nothing was charged.")
 
-    def record_answer(session):
+
+def _record_answer(key_id: int | None, response: Response | None, succeeded: bool):
+    def record(session):
         if key_id is None:
             return
         if succeeded:
@@ -97,17 +114,20 @@ def _close(reservation: Reservation, key_id: int | None, response: Response | No
         else:
             idempotency.forget(session, key_id)  # a failed request may be retried with its key
 
+    return record
+
+
+def _give_back(reservation: Reservation, key_id: int | None) -> None:
+    """Second try on a fresh connection; failing that, the hold expires after its TTL."""
     try:
-        credit_service.close(reservation, succeeded=succeeded, also=record_answer)
-    except InsufficientCredits as exc:
-        # The hold expired during a very slow request and the balance is spent meanwhile.
-        return handle_insufficient_credits(exc)
+        credit_service.close(reservation, succeeded=False, also=_record_answer(key_id, None, False))
     except Exception:
-        # The hold stays open and expires after CREDIT_HOLD_TTL_SECONDS: the user is not charged,
-        # so the result must not be handed out either.
-        current_app.logger.exception("could not close credit hold %s", reservation.hold_id)
-        if succeeded:
-            return error_response(
-                503, "database_unavailable", "The charge could not be recorded; nothing was charged."
-            )
-    return response
+        current_app.logger.exception("hold %s stays until it expires", reservation.hold_id)
+
+
+def _settled_anyway(reservation: Reservation) -> bool:
+    """A connection lost during COMMIT leaves it unknown whether the commit happened: ask."""
+    try:
+        return credit_service.hold_status(reservation.hold_id) == "settled"
+    except Exception:
+        return False

@@ -93,6 +93,10 @@ class CreditService:
         with atomic(write=False) as session:
             return self._balance(session, user_id)
 
+    def hold_status(self, hold_id: int) -> str | None:
+        with atomic(write=False) as session:
+            return session.execute(select(HOLDS.c.status).where(HOLDS.c.id == hold_id)).scalar()
+
     def list_transactions(
         self, user_id: int, *, limit: int = 20, before_id: int | None = None,
         credit_type=None,
