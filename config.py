@@ -81,6 +81,9 @@ class Config:
     # When set, the stub appends one line per call: lets tests count calls across workers.
     AI_STUB_CALL_LOG = os.environ.get("AI_STUB_CALL_LOG") or None
 
+    # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
+    BENCHMARK_ROUTES = os.environ.get("BENCHMARK_ROUTES", "") in ("1", "true", "yes")
+
     API_TITLE = "creditapp"
     API_VERSION = "1.0"
     OPENAPI_VERSION = "3.0.3"

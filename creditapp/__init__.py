@@ -1,12 +1,13 @@
 """creditapp: sell AI features for credits, with a ledger that is never wrong."""
 import os
 
+from alembic.script import ScriptDirectory
 from flask import Flask
 
 from config import Config, check_config, config_from_env
 
 from . import ai
-from .api import register_blueprints
+from .api import bench, register_blueprints
 from .cli import register_commands
 from .credits import credit_service
 from .database import configure_engine, engine_options
@@ -14,6 +15,8 @@ from .errors import register_error_handlers, register_jwt_handlers
 from .extensions import api, db, jwt, migrate
 from .features import check_costs
 from .schemas import ErrorSchema
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
 
 def create_app(config_class: type[Config] | None = None, overrides: dict | None = None) -> Flask:
@@ -27,6 +30,9 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
 
     register_extensions(app)
     register_blueprints(api)
+    if app.config["BENCHMARK_ROUTES"]:
+        # Plain Flask blueprint: kept out of the API document.
+        app.register_blueprint(bench.blp)
     register_error_handlers(app)
     register_commands(app)
     return app
@@ -43,7 +49,9 @@ def configure_database(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     db.init_app(app)
-    migrate.init_app(app, db, render_as_batch=True)
+    # An absolute directory, so `flask db upgrade` works from any working directory.
+    migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
+    app.extensions["creditapp.migration_head"] = ScriptDirectory(MIGRATIONS).get_current_head()
     jwt.init_app(app)
     register_jwt_handlers(jwt)
     # Document every route's default error with our envelope, not flask-smorest's own.

@@ -178,3 +178,7 @@ class InsufficientCreditsSchema(ErrorSchema):
 
 class HealthSchema(Schema):
     status = fields.String(dump_only=True)
+
+
+class ReadySchema(HealthSchema):
+    migration = fields.String(dump_only=True)

@@ -2,7 +2,9 @@
 from contextlib import contextmanager
 
 import pytest
+from sqlalchemy import text
 
+from creditapp.database import atomic
 from creditapp.extensions import db
 
 from .conftest import make_app
@@ -80,26 +82,47 @@ def test_unexpected_exception_is_500_without_a_traceback(database_url):
             assert leak not in text
 
 
-# --- GET /healthz ---------------------------------------------------------------------------
+# --- GET /healthz and /readyz --------------------------------------------------------------
 
 
-def test_healthz_is_ok_when_the_database_answers(client):
+def test_healthz_is_ok_while_the_process_serves(client):
     response = client.get("/healthz")
 
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok"}
 
 
+def test_readyz_is_ok_when_the_database_is_at_the_migration_head(app, client):
+    response = client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "migration": app.extensions["creditapp.migration_head"]}
+
+
 @pytest.mark.parametrize("unreachable", [
     pytest.param("sqlite:///{tmp}/no-such-directory/creditapp.db", id="sqlite-missing-directory"),
     pytest.param("postgresql+psycopg://postgres@127.0.0.1:1/creditapp", id="postgresql-closed-port"),
 ])
-def test_healthz_is_503_when_the_database_cannot_be_reached(tmp_path, unreachable):
+def test_database_unreachable(tmp_path, unreachable):
     with own_app(unreachable.format(tmp=tmp_path)) as app:
-        response = app.test_client().get("/healthz")
-
-        body = assert_error(response, 503, "database_unavailable")
+        client = app.test_client()
+        assert client.get("/healthz").status_code == 200  # the process is alive
+        body = assert_error(client.get("/readyz"), 503, "database_unavailable")
         assert "errors" not in body
+
+
+def test_readyz_is_503_when_migrations_are_pending(database_url):
+    with own_app(database_url) as app:
+        with app.app_context():
+            with atomic() as session:
+                session.execute(text("UPDATE alembic_version SET version_num = '0001_initial_ledger'"))
+            try:
+                body = assert_error(app.test_client().get("/readyz"), 503, "migrations_pending")
+                assert "0001_initial_ledger" in body["message"]
+            finally:
+                with atomic() as session:
+                    session.execute(text("UPDATE alembic_version SET version_num = :head"),
+                                    {"head": app.extensions["creditapp.migration_head"]})
 
 
 # --- the API description --------------------------------------------------------------------
@@ -110,7 +133,7 @@ DOCUMENTED_PATHS = {
     "/api/admin/users/{user_id}/credits",
     "/api/generate", "/api/generate/professional-photo", "/api/generate/hairstyle",
     "/api/generate/upscale", "/api/ai/complete",
-    "/healthz",
+    "/healthz", "/readyz",
 }
 
 

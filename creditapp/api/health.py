@@ -1,17 +1,32 @@
+"""Liveness and readiness, for load balancers and orchestrators."""
+from flask import current_app
 from flask_smorest import Blueprint
 from sqlalchemy import text
 
 from ..database import atomic
-from ..schemas import ErrorSchema, HealthSchema
+from ..errors import error_response
+from ..schemas import ErrorSchema, HealthSchema, ReadySchema
 
-blp = Blueprint("health", __name__, description="Liveness.")
+blp = Blueprint("health", __name__, description="Liveness and readiness.")
 
 
 @blp.get("/healthz")
 @blp.response(200, HealthSchema)
-@blp.alt_response(503, schema=ErrorSchema, description="The database does not answer")
 def healthz():
-    """200 when the database answers; 503 database_unavailable otherwise."""
-    with atomic(write=False) as session:
-        session.execute(text("SELECT 1"))
+    """200 while the process serves requests; touches nothing else."""
     return {"status": "ok"}
+
+
+@blp.get("/readyz")
+@blp.response(200, ReadySchema)
+@blp.alt_response(503, schema=ErrorSchema, description="database_unavailable or migrations_pending")
+def readyz():
+    """200 when the database answers and its schema is at the code's migration head."""
+    with atomic(write=False) as session:
+        revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    head = current_app.extensions["creditapp.migration_head"]
+    if revision != head:
+        return error_response(
+            503, "migrations_pending", f"The database is at revision {revision}; this code needs {head}."
+        )
+    return {"status": "ready", "migration": revision}

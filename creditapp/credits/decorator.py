@@ -7,6 +7,7 @@ is committed if the response succeeded, and everything is given back if it did n
 """
 import functools
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 
 from flask import Response, after_this_request, current_app, g
@@ -15,7 +16,9 @@ from .. import idempotency
 from ..auth import caller_must_exist, current_user_id
 from ..errors import error_response, handle_insufficient_credits
 from ..exceptions import InsufficientCredits
+from ..idempotent_requests import HEADER as IDEMPOTENCY_HEADER
 from ..idempotent_requests import idempotency_key, replay, request_fingerprint
+from ..schemas import ErrorSchema, InsufficientCreditsSchema
 from .service import credit_service
 from .types import CreditType, Reservation
 
@@ -80,9 +83,34 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 _close(reservation, claimed.get("id"), None)
                 raise
 
-        return guarded
+        return _documented(guarded, credit_type)
 
     return decorator
+
+
+def _documented(view: Callable, credit_type: CreditType) -> Callable:
+    """Add what the guard can answer to the view's OpenAPI entry, so that a new paid blueprint is
+    documented without extra work. flask-smorest reads a view's doc from `_apidoc`, which its
+    own decorators copy outwards (tests/test_api_errors.py checks the document)."""
+    doc = view._apidoc = deepcopy(getattr(view, "_apidoc", {}))
+    responses = doc.setdefault("response", {}).setdefault("responses", {})
+    for status, schema, description in (
+        (401, ErrorSchema, "Missing, expired, revoked or invalid token"),
+        (403, InsufficientCreditsSchema, f"Not enough {credit_type.value}; nothing was charged"),
+        (409, ErrorSchema, "idempotency_key_in_use: a request with this key is still running"),
+        (422, ErrorSchema, "Invalid input or idempotency_key_reused; nothing was charged"),
+    ):
+        responses.setdefault(status, []).append(
+            {"schema": schema(), "description": description, "content_type": None}
+        )
+    manual = doc.setdefault("manual_doc", {})
+    manual.setdefault("security", [{"bearerAuth": []}])
+    manual.setdefault("parameters", []).append({
+        "in": "header", "name": IDEMPOTENCY_HEADER, "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+        "description": "Retries with the same key replay the first answer and are not charged again.",
+    })
+    return view
 
 
 def _close(reservation: Reservation, key_id: int | None, response: Response | None):
