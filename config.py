@@ -27,6 +27,21 @@ def _float(name: str, default: float) -> float:
         raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise RuntimeError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in (os.environ.get(name) or default).split(",") if item.strip()]
+
+
 DEFAULT_CREDIT_COSTS = {
     "basic_generation": 1,
     "professional_photo": 1,
@@ -67,6 +82,16 @@ class Config:
 
     JWT_SECRET_KEY = os.environ.get("JWT_SECRET_KEY") or "dev-only-insecure-secret-change-me!"
     JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_ACCESS_TOKEN_EXPIRES", 3600))
+    JWT_REFRESH_TOKEN_EXPIRES = timedelta(seconds=_int("JWT_REFRESH_TOKEN_EXPIRES", 30 * 24 * 3600))
+    # "headers" (default), or "cookies" / "headers,cookies" for browser clients (CSRF-protected).
+    JWT_TOKEN_LOCATION = _list("JWT_TOKEN_LOCATION", "headers")
+    JWT_COOKIE_SECURE = _bool("JWT_COOKIE_SECURE", False)
+    JWT_COOKIE_SAMESITE = "Lax"
+    JWT_COOKIE_CSRF_PROTECT = True
+    # Where logouts are kept: the database by default, or Redis (redis://host:6379/0).
+    TOKEN_BLOCKLIST_URL = os.environ.get("TOKEN_BLOCKLIST_URL") or None
+    # Origins allowed to call the API from a browser; none unless listed.
+    CORS_ORIGINS = _list("CORS_ORIGINS", "")
     PASSWORD_HASH_METHOD = "scrypt"
     MAX_CONTENT_LENGTH = _int("MAX_CONTENT_LENGTH", 64 * 1024)
 
@@ -82,7 +107,7 @@ class Config:
     AI_STUB_CALL_LOG = os.environ.get("AI_STUB_CALL_LOG") or None
 
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
-    BENCHMARK_ROUTES = os.environ.get("BENCHMARK_ROUTES", "") in ("1", "true", "yes")
+    BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 
     API_TITLE = "creditapp"
     API_VERSION = "1.0"
@@ -110,6 +135,7 @@ MIN_SECRET_LENGTH = 32
 class ProductionConfig(Config):
     CREDITAPP_ENV = "production"
     JWT_SECRET_KEY = os.environ.get("JWT_SECRET_KEY") or None
+    JWT_COOKIE_SECURE = _bool("JWT_COOKIE_SECURE", True)
 
 
 def check_config(config) -> None:

@@ -6,13 +6,13 @@ from flask import Flask
 
 from config import Config, check_config, config_from_env
 
-from . import ai
+from . import ai, revocation
 from .api import bench, register_blueprints
 from .cli import register_commands
 from .credits import credit_service
 from .database import configure_engine, engine_options
 from .errors import register_error_handlers, register_jwt_handlers
-from .extensions import api, db, jwt, migrate
+from .extensions import api, cors, db, jwt, migrate
 from .features import check_costs
 from .schemas import ErrorSchema
 
@@ -54,9 +54,17 @@ def register_extensions(app: Flask) -> None:
     app.extensions["creditapp.migration_head"] = ScriptDirectory(MIGRATIONS).get_current_head()
     jwt.init_app(app)
     register_jwt_handlers(jwt)
+    revocation.init_app(app, jwt)
     # Document every route's default error with our envelope, not flask-smorest's own.
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)
     ai.init_app(app)
+    if app.config["CORS_ORIGINS"]:
+        cors.init_app(
+            app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+            supports_credentials="cookies" in app.config["JWT_TOKEN_LOCATION"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-CSRF-TOKEN", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "Idempotent-Replayed"],
+        )
     with app.app_context():
         configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])

@@ -1,4 +1,5 @@
 """Extension singletons, bound to the app in create_app."""
+from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_smorest import Api
@@ -18,3 +19,4 @@ db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
 migrate = Migrate()
 jwt = JWTManager()
 api = Api()
+cors = CORS()

@@ -43,6 +43,12 @@ class TokenSchema(Schema):
     access_token = fields.String(dump_only=True)
     token_type = fields.String(dump_only=True)
     expires_in = fields.Integer(dump_only=True)
+    refresh_token = fields.String(dump_only=True, metadata={"description": "on login only"})
+    refresh_expires_in = fields.Integer(dump_only=True)
+
+
+class LoggedOutSchema(Schema):
+    status = fields.String(dump_only=True)
 
 
 class BalanceSchema(Schema):

@@ -19,7 +19,7 @@ from creditapp import users
 from .pg import postgres_database
 
 BACKENDS = ["sqlite", "postgresql"]
-TABLES = ("idempotency_keys", "ledger_entries", "credit_holds", "credit_accounts", "users")
+TABLES = ("revoked_sessions", "idempotency_keys", "ledger_entries", "credit_holds", "credit_accounts", "users")
 
 
 def make_app(database_url: str, **overrides):

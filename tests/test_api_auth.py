@@ -129,7 +129,7 @@ def test_login_returns_a_bearer_token_that_works(app, client, make_user):
 
     assert response.status_code == 200, response.json
     body = response.get_json()
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "refresh_expires_in"}
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == int(app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()) > 0
     balance = client.get("/api/credits/balance", headers=bearer(body["access_token"]))

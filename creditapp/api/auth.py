@@ -1,12 +1,19 @@
-from flask import current_app
-from flask_jwt_extended import create_access_token
+import uuid
+
+from flask import current_app, jsonify
+from flask_jwt_extended import (
+    create_access_token, create_refresh_token, get_jwt, get_jwt_identity, set_access_cookies,
+    set_refresh_cookies, unset_jwt_cookies, verify_jwt_in_request,
+)
 from flask_smorest import Blueprint
 
 from .. import users
 from ..credits.types import Balance
-from ..schemas import CredentialsSchema, ErrorSchema, TokenSchema, UserSchema
+from ..revocation import revoke_session
+from ..schemas import CredentialsSchema, ErrorSchema, LoggedOutSchema, TokenSchema, UserSchema
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts and tokens.")
+BEARER = [{"bearerAuth": []}]
 
 
 @blp.post("/register")
@@ -29,11 +36,55 @@ def register(credentials):
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password")
 def login(credentials):
-    """Exchange a username and password for a bearer token."""
-    user_id = users.authenticate(credentials["username"], credentials["password"])
-    expires = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    return {
-        "access_token": create_access_token(identity=str(user_id)),
-        "token_type": "Bearer",
-        "expires_in": int(expires.total_seconds()),
+    """Start a session: an access token, and a refresh token to renew it."""
+    user_id = str(users.authenticate(credentials["username"], credentials["password"]))
+    claims = {"sid": uuid.uuid4().hex}
+    access = create_access_token(identity=user_id, additional_claims=claims)
+    refresh = create_refresh_token(identity=user_id, additional_claims=claims)
+    return _tokens(access, refresh)
+
+
+@blp.post("/refresh")
+@blp.response(200, TokenSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing, expired, revoked or non-refresh token")
+@blp.doc(security=BEARER, description="Send the refresh token as the bearer token.")
+def refresh():
+    """A new access token for the session of a refresh token."""
+    verify_jwt_in_request(refresh=True)
+    access = create_access_token(identity=get_jwt_identity(), additional_claims={"sid": get_jwt().get("sid")})
+    return _tokens(access, None)
+
+
+@blp.post("/logout")
+@blp.response(200, LoggedOutSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing, expired or revoked token")
+@blp.doc(security=BEARER)
+def logout():
+    """End the session: its access and refresh tokens are refused from now on, everywhere."""
+    verify_jwt_in_request(verify_type=False)
+    sid = get_jwt().get("sid")
+    if sid:
+        revoke_session(current_app, sid, int(get_jwt_identity()))
+    response = jsonify(status="logged_out")
+    if "cookies" in current_app.config["JWT_TOKEN_LOCATION"]:
+        unset_jwt_cookies(response)
+    return response
+
+
+def _tokens(access: str, refresh: str | None):
+    config = current_app.config
+    body = {
+        "access_token": access, "token_type": "Bearer",
+        "expires_in": int(config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
     }
+    if refresh:
+        body.update(refresh_token=refresh,
+                    refresh_expires_in=int(config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds()))
+    if "cookies" not in config["JWT_TOKEN_LOCATION"]:
+        return body
+    # Browser clients: the tokens travel as HttpOnly cookies, with CSRF double-submit cookies.
+    response = jsonify(body)
+    set_access_cookies(response, access)
+    if refresh:
+        set_refresh_cookies(response, refresh)
+    return response

@@ -1,0 +1,63 @@
+"""Revoked login sessions, shared by every worker and host.
+
+A login starts a session (the `sid` claim of its access and refresh tokens); logout revokes the
+session, which kills every token of it at once. The list lives in the database, or in Redis
+when TOKEN_BLOCKLIST_URL is set; an entry is kept until the session's last token has expired.
+"""
+from datetime import datetime, timedelta
+
+import redis
+from flask import Flask
+from sqlalchemy import delete, select
+
+from .database import atomic, utcnow
+from .models import RevokedSession
+
+REVOKED = RevokedSession.__table__
+PRUNE_BATCH = 100
+
+
+class DatabaseBlocklist:
+    def revoke(self, sid: str, user_id: int, until: datetime) -> None:
+        with atomic() as session:
+            now = utcnow()
+            expired = select(REVOKED.c.sid).where(REVOKED.c.expires_at <= now).limit(PRUNE_BATCH)
+            session.execute(delete(REVOKED).where(REVOKED.c.sid.in_(expired.scalar_subquery())))
+            if session.execute(select(REVOKED.c.sid).where(REVOKED.c.sid == sid)).first() is None:
+                session.execute(REVOKED.insert().values(sid=sid, user_id=user_id, revoked_at=now, expires_at=until))
+
+    def is_revoked(self, sid: str) -> bool:
+        with atomic(write=False) as session:
+            return session.execute(select(REVOKED.c.sid).where(REVOKED.c.sid == sid)).first() is not None
+
+
+class RedisBlocklist:
+    def __init__(self, url: str):
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    def revoke(self, sid: str, user_id: int, until: datetime) -> None:
+        seconds = max(1, int((until - utcnow()).total_seconds()))
+        self.redis.set(f"creditapp:revoked:{sid}", user_id, ex=seconds)
+
+    def is_revoked(self, sid: str) -> bool:
+        return bool(self.redis.exists(f"creditapp:revoked:{sid}"))
+
+
+def init_app(app: Flask, jwt) -> None:
+    url = app.config.get("TOKEN_BLOCKLIST_URL")
+    blocklist = RedisBlocklist(url) if url else DatabaseBlocklist()
+    app.extensions["creditapp.blocklist"] = blocklist
+
+    @jwt.token_in_blocklist_loader
+    def session_revoked(_header, payload) -> bool:
+        sid = payload.get("sid")
+        return sid is not None and app.extensions["creditapp.blocklist"].is_revoked(sid)
+
+
+def revoke_session(app: Flask, sid: str, user_id: int) -> None:
+    until = utcnow() + _as_timedelta(app.config["JWT_REFRESH_TOKEN_EXPIRES"])
+    app.extensions["creditapp.blocklist"].revoke(sid, user_id, until)
+
+
+def _as_timedelta(value) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=int(value))

@@ -1,0 +1,133 @@
+"""Refresh, logout and revocation (database and Redis), and cookie mode for browsers."""
+import pytest
+import redis
+
+from creditapp.credits import credit_service
+
+from .conftest import make_app
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def login(client, user):
+    response = client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    assert response.status_code == 200
+    return response.json
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(params=["database", "redis"])
+def blocklist_app(request, database_url):
+    overrides = {}
+    if request.param == "redis":
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+        except redis.RedisError as exc:
+            pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+        overrides["TOKEN_BLOCKLIST_URL"] = REDIS_URL
+    app = make_app(database_url, **overrides)
+    with app.app_context():
+        yield app
+
+
+def test_refresh_gives_a_new_access_token(client, make_user):
+    user = make_user(credits=1)
+    tokens = login(client, user)
+    response = client.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"]))
+    assert response.status_code == 200
+    assert set(response.json) == {"access_token", "token_type", "expires_in"}
+    assert client.get("/api/credits/balance", headers=bearer(response.json["access_token"])).status_code == 200
+
+
+def test_access_token_cannot_refresh(client, make_user):
+    tokens = login(client, make_user())
+    response = client.post("/api/auth/refresh", headers=bearer(tokens["access_token"]))
+    assert (response.status_code, response.json["error"]) == (401, "invalid_token")
+
+
+def test_refresh_token_is_refused_on_paid_routes(client, make_user, stub):
+    user = make_user(credits=1)
+    tokens = login(client, user)
+    response = client.post("/api/generate", json={"prompt": "x"}, headers=bearer(tokens["refresh_token"]))
+    assert (response.status_code, response.json["error"]) == (401, "invalid_token")
+    assert stub.calls == 0
+
+
+def test_logout_revokes_every_token_of_the_session_everywhere(blocklist_app, database_url, make_user):
+    client = blocklist_app.test_client()
+    user = make_user(credits=2)
+    tokens = login(client, user)
+    refreshed = client.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"])).json["access_token"]
+    other_session = login(client, user)
+    assert client.post("/api/auth/logout", headers=bearer(tokens["access_token"])).json == {"status": "logged_out"}
+
+    # Another worker or host: a separate app on the same database (and the same Redis).
+    other_host = make_app(database_url, TOKEN_BLOCKLIST_URL=blocklist_app.config["TOKEN_BLOCKLIST_URL"])
+    for app in (blocklist_app, other_host):
+        with app.app_context():
+            http = app.test_client()
+            for token in (tokens["access_token"], refreshed):
+                response = http.post("/api/generate", json={"prompt": "x"}, headers=bearer(token))
+                assert (response.status_code, response.json["error"]) == (401, "token_revoked")
+                assert http.get("/api/credits/balance", headers=bearer(token)).status_code == 401
+            response = http.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"]))
+            assert (response.status_code, response.json["error"]) == (401, "token_revoked")
+            # Logging out one session leaves the user's other sessions alone.
+            assert http.get("/api/credits/balance", headers=bearer(other_session["access_token"])).status_code == 200
+    assert credit_service.get_credit_balance(user.id).generation_credits == 2
+
+
+def test_logout_with_the_refresh_token_also_works(client, make_user):
+    tokens = login(client, make_user())
+    assert client.post("/api/auth/logout", headers=bearer(tokens["refresh_token"])).status_code == 200
+    assert client.get("/api/credits/balance", headers=bearer(tokens["access_token"])).status_code == 401
+
+
+def test_logout_needs_a_token(client):
+    response = client.post("/api/auth/logout")
+    assert (response.status_code, response.json["error"]) == (401, "authorization_required")
+
+
+@pytest.fixture
+def cookie_app(database_url):
+    app = make_app(database_url, JWT_TOKEN_LOCATION=["cookies"], CORS_ORIGINS=["https://app.example"])
+    with app.app_context():
+        yield app
+
+
+def test_cookie_mode_needs_the_csrf_token(cookie_app, make_user):
+    client = cookie_app.test_client()
+    user = make_user(credits=2)
+    response = client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    cookies = {c.key: c.value for c in (client.get_cookie(name) for name in
+               ("access_token_cookie", "csrf_access_token", "refresh_token_cookie")) if c}
+    assert set(cookies) == {"access_token_cookie", "csrf_access_token", "refresh_token_cookie"}
+    assert client.get_cookie("access_token_cookie").http_only
+    assert response.status_code == 200
+
+    refused = client.post("/api/generate", json={"prompt": "x"})
+    assert (refused.status_code, refused.json["error"]) == (401, "authorization_required")
+    assert "CSRF" in refused.json["message"]
+    accepted = client.post("/api/generate", json={"prompt": "x"},
+                           headers={"X-CSRF-TOKEN": cookies["csrf_access_token"]})
+    assert accepted.status_code == 200
+    assert client.get("/api/credits/balance").json["generation_credits"] == 1  # GET needs no CSRF token
+
+    client.post("/api/auth/logout", headers={"X-CSRF-TOKEN": cookies["csrf_access_token"]})
+    assert client.get_cookie("access_token_cookie") is None
+
+
+def test_cors_allows_only_configured_origins(cookie_app, client):
+    allowed = cookie_app.test_client().options("/api/credits/costs", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "GET"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    other = cookie_app.test_client().get("/api/credits/costs", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_no_cors_by_default(client):
+    response = client.get("/api/credits/costs", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
