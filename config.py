@@ -90,6 +90,14 @@ class Config:
     JWT_COOKIE_CSRF_PROTECT = True
     # Where logouts are kept: the database by default, or Redis (redis://host:6379/0).
     TOKEN_BLOCKLIST_URL = os.environ.get("TOKEN_BLOCKLIST_URL") or None
+    # Rate limits (Flask-Limiter syntax): per client IP on login and register, per user on paid
+    # routes. Behind a proxy, run gunicorn with --forwarded-allow-ips so the IP is the client's.
+    RATELIMIT_ENABLED = _bool("RATELIMIT_ENABLED", True)
+    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI") or "memory://"
+    RATELIMIT_HEADERS_ENABLED = True
+    RATELIMIT_STRATEGY = "moving-window"
+    AUTH_RATE_LIMIT = os.environ.get("AUTH_RATE_LIMIT") or "10 per minute"
+    PAID_RATE_LIMIT = os.environ.get("PAID_RATE_LIMIT") or "120 per minute"
     # Origins allowed to call the API from a browser; none unless listed.
     CORS_ORIGINS = _list("CORS_ORIGINS", "")
     PASSWORD_HASH_METHOD = "scrypt"
@@ -154,6 +162,8 @@ class TestingConfig(Config):
     JWT_SECRET_KEY = "testing-secret-that-is-long-enough-0123456789"
     # scrypt's cost is the point in production; in tests it only slows the suite.
     PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+    # Tests log in many times from one address; tests/test_limits.py turns limits on.
+    RATELIMIT_ENABLED = False
 
 
 CONFIGS = {

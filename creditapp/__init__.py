@@ -12,7 +12,7 @@ from .cli import register_commands
 from .credits import credit_service
 from .database import configure_engine, engine_options
 from .errors import register_error_handlers, register_jwt_handlers
-from .extensions import api, cors, db, jwt, migrate
+from .extensions import api, cors, db, jwt, limiter, migrate
 from .features import check_costs
 from .schemas import ErrorSchema
 
@@ -59,6 +59,7 @@ def register_extensions(app: Flask) -> None:
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)
     ai.init_app(app)
+    limiter.init_app(app)
     if app.config["CORS_ORIGINS"]:
         cors.init_app(
             app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},

@@ -38,3 +38,10 @@ def caller_must_exist() -> Iterator[None]:
         yield
     except UnknownUser:
         raise InvalidIdentity("the token's user no longer exists") from None
+
+
+def rate_limit_key() -> str:
+    """Paid routes are limited per user (not per IP: many users share a NAT); the token is
+    verified here because the limiter runs before the blueprint's own guard."""
+    verify_jwt_in_request()
+    return f"user:{get_jwt_identity()}"

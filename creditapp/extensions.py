@@ -1,6 +1,8 @@
 """Extension singletons, bound to the app in create_app."""
 from flask_cors import CORS
 from flask_jwt_extended import JWTManager
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
@@ -20,3 +22,5 @@ migrate = Migrate()
 jwt = JWTManager()
 api = Api()
 cors = CORS()
+# Storage from RATELIMIT_STORAGE_URI (memory:// by default, redis://... to share between hosts).
+limiter = Limiter(key_func=get_remote_address)

@@ -9,11 +9,14 @@ from flask_smorest import Blueprint
 
 from .. import users
 from ..credits.types import Balance
+from ..extensions import limiter
 from ..revocation import revoke_session
 from ..schemas import CredentialsSchema, ErrorSchema, LoggedOutSchema, TokenSchema, UserSchema
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts and tokens.")
 BEARER = [{"bearerAuth": []}]
+# Per client IP: guessing passwords and mass sign-ups are what this slows down.
+auth_limit = limiter.limit(lambda: current_app.config["AUTH_RATE_LIMIT"])
 
 
 @blp.post("/register")
@@ -21,6 +24,8 @@ BEARER = [{"bearerAuth": []}]
 @blp.response(201, UserSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Username taken")
 @blp.alt_response(422, schema=ErrorSchema, description="Invalid input")
+@blp.alt_response(429, schema=ErrorSchema, description="Too many attempts from this address")
+@auth_limit
 def register(credentials):
     """Create an account; it starts with the signup grant."""
     config = current_app.config
@@ -35,6 +40,8 @@ def register(credentials):
 @blp.arguments(CredentialsSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password")
+@blp.alt_response(429, schema=ErrorSchema, description="Too many attempts from this address")
+@auth_limit
 def login(credentials):
     """Start a session: an access token, and a refresh token to renew it."""
     user_id = str(users.authenticate(credentials["username"], credentials["password"]))

@@ -1,9 +1,10 @@
 """The paid AI features. Each view: reserve (the decorator), call the AI, settle."""
-from flask import g
+from flask import current_app, g
 from flask_smorest import Blueprint
 
 from ..ai import ai_service, count_tokens
-from ..auth import require_login
+from ..auth import rate_limit_key, require_login
+from ..extensions import limiter
 from ..credits import CreditType, credit_service, require_credits
 from ..features import cost_of, price
 from ..schemas import (
@@ -13,10 +14,13 @@ from ..schemas import (
 
 blp = Blueprint("generate", __name__, url_prefix="/api", description="Paid AI features.")
 blp.before_request(require_login())
+# Checked before any view code, so a 429 never reserves credits.
+limiter.limit(lambda: current_app.config["PAID_RATE_LIMIT"], key_func=rate_limit_key)(blp)
 
 
 def paid(view):
-    """The answer of a failed AI call (require_credits documents its own answers)."""
+    """Answers of paid routes beyond the ones require_credits documents itself."""
+    view = blp.alt_response(429, schema=ErrorSchema, description="Too many requests from this user")(view)
     return blp.alt_response(502, schema=ErrorSchema, description="The AI provider failed; nothing was charged")(view)
 
 

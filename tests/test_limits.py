@@ -1,0 +1,95 @@
+"""Rate limits (Flask-Limiter) and request size limits."""
+from dataclasses import dataclass
+
+import pytest
+import redis
+from flask_jwt_extended import create_access_token
+
+from creditapp import users
+from creditapp.credits import credit_service
+from creditapp.credits.types import Balance
+
+from .conftest import make_app
+
+# Flask-Limiter's settings belong to its one instance, so the users here are made inside the
+# limited app (the make_user fixture would build a second, unlimited app).
+
+
+@dataclass
+class User:
+    id: int
+    username: str
+    password: str = "correct-horse-battery"
+
+    @property
+    def headers(self):
+        return {"Authorization": f"Bearer {create_access_token(identity=str(self.id))}"}
+
+
+def make_user(app, name, credits=0):
+    created = users.create_user(name, User.password, signup_grant=Balance(credits, 0),
+                                hash_method=app.config["PASSWORD_HASH_METHOD"])
+    return User(created["id"], name)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limited_app(request, database_url):
+    storage = "memory://"
+    if request.param == "redis":
+        storage = "redis://127.0.0.1:6379/14"
+        try:
+            redis.Redis.from_url(storage, socket_connect_timeout=1).flushdb()
+        except redis.RedisError as exc:
+            pytest.skip(f"no Redis for rate limits: {exc}")
+    app = make_app(database_url, RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI=storage,
+                   AUTH_RATE_LIMIT="3 per minute", PAID_RATE_LIMIT="2 per minute")
+    with app.app_context():
+        yield app
+
+
+def assert_429(response):
+    assert response.status_code == 429
+    assert response.json["error"] == "too_many_requests"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_login_is_limited_per_address(limited_app):
+    client = limited_app.test_client()
+    user = make_user(limited_app, "alice")
+    wrong = {"username": user.username, "password": "wrong-password"}
+    assert [client.post("/api/auth/login", json=wrong).status_code for _ in range(3)] == [401] * 3
+    assert_429(client.post("/api/auth/login", json={"username": user.username, "password": user.password}))
+    other_address = client.post("/api/auth/login", json=wrong, environ_base={"REMOTE_ADDR": "10.0.0.7"})
+    assert other_address.status_code == 401
+
+
+def test_register_is_limited_per_address(limited_app):
+    client = limited_app.test_client()
+    statuses = [client.post("/api/auth/register", json={"username": f"new{i}", "password": "long-password"}).status_code
+                for i in range(4)]
+    assert statuses == [201, 201, 201, 429]
+
+
+def test_paid_routes_are_limited_per_user_before_any_reservation(limited_app):
+    client = limited_app.test_client()
+    alice, bob = make_user(limited_app, "alice", credits=10), make_user(limited_app, "bob", credits=10)
+    for _ in range(2):
+        assert client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code == 200
+    assert_429(client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers))
+    assert credit_service.get_credit_balance(alice.id).generation_credits == 8
+    assert client.post("/api/generate", json={"prompt": "x"}, headers=bob.headers).status_code == 200
+    assert credit_service.verify() == []
+
+
+def test_limit_needs_authentication_first(limited_app):
+    response = limited_app.test_client().post("/api/generate", json={"prompt": "x"})
+    assert (response.status_code, response.json["error"]) == (401, "authorization_required")
+
+
+def test_oversized_body_is_413_before_anything(client, make_user, stub):
+    user = make_user(credits=1)
+    response = client.post("/api/generate", data=b'{"prompt": "' + b"x" * 70_000 + b'"}',
+                           content_type="application/json", headers=user.headers)
+    assert (response.status_code, response.json["error"]) == (413, "payload_too_large")
+    assert stub.calls == 0
+    assert credit_service.get_credit_balance(user.id).generation_credits == 1
