@@ -98,6 +98,9 @@ class Config:
     RATELIMIT_STRATEGY = "moving-window"
     AUTH_RATE_LIMIT = os.environ.get("AUTH_RATE_LIMIT") or "10 per minute"
     PAID_RATE_LIMIT = os.environ.get("PAID_RATE_LIMIT") or "120 per minute"
+    # "json" (one object per line, for log shippers) or "text".
+    LOG_FORMAT = os.environ.get("LOG_FORMAT") or "json"
+    LOG_REQUESTS = _bool("LOG_REQUESTS", True)
     # Origins allowed to call the API from a browser; none unless listed.
     CORS_ORIGINS = _list("CORS_ORIGINS", "")
     PASSWORD_HASH_METHOD = "scrypt"
@@ -164,6 +167,7 @@ class TestingConfig(Config):
     PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
     # Tests log in many times from one address; tests/test_limits.py turns limits on.
     RATELIMIT_ENABLED = False
+    LOG_FORMAT = "text"
 
 
 CONFIGS = {

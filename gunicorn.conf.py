@@ -6,6 +6,8 @@ call. Every setting can be overridden from the environment.
 """
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
@@ -19,3 +21,22 @@ keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
 max_requests_jitter = max_requests // 10
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+
+
+# Prometheus multiprocess mode: every worker writes its metrics to files in this directory so
+# that /metrics reports the whole server, whichever worker answers. Set before workers start.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditapp-metrics-")
+_made_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def on_starting(server):
+    # Counters from an earlier run must not be added to this one's.
+    shutil.rmtree(_made_metrics_dir, ignore_errors=True)
+    os.makedirs(_made_metrics_dir, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

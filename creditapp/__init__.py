@@ -6,7 +6,7 @@ from flask import Flask
 
 from config import Config, check_config, config_from_env
 
-from . import ai, revocation
+from . import ai, logs, metrics, revocation
 from .api import bench, register_blueprints
 from .cli import register_commands
 from .credits import credit_service
@@ -58,6 +58,8 @@ def register_extensions(app: Flask) -> None:
     # Document every route's default error with our envelope, not flask-smorest's own.
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)
+    logs.init_app(app)
+    metrics.init_app(app)
     ai.init_app(app)
     limiter.init_app(app)
     if app.config["CORS_ORIGINS"]:

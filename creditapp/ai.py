@@ -15,6 +15,7 @@ from flask import Flask, current_app
 from werkzeug.local import LocalProxy
 
 from .exceptions import GenerationFailed
+from .metrics import metrics
 
 _EXTENSION_KEY = "creditapp.ai"
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -82,6 +83,30 @@ class StubAIProvider:
             raise GenerationFailed("the AI provider did not answer")
 
 
+class InstrumentedProvider:
+    """Times every call and counts failures, whatever provider stands behind it."""
+
+    def __init__(self, provider: AIProvider):
+        self.provider = provider
+
+    def generate_image(self, params: dict, feature: str = "basic_generation") -> dict:
+        return self._timed(feature, lambda: self.provider.generate_image(params, feature=feature))
+
+    def complete(self, prompt: str, max_tokens: int) -> Completion:
+        return self._timed("ai_complete", lambda: self.provider.complete(prompt, max_tokens))
+
+    def _timed(self, feature: str, call):
+        started, outcome = time.perf_counter(), "failed"
+        try:
+            result = call()
+            outcome = "ok"
+            return result
+        finally:
+            if outcome == "failed":
+                metrics().ai_failures.labels(feature).inc()
+            metrics().ai_seconds.labels(feature, outcome).observe(time.perf_counter() - started)
+
+
 def init_app(app: Flask) -> None:
     set_provider(app, StubAIProvider(
         latency_ms=app.config["AI_STUB_LATENCY_MS"],
@@ -91,7 +116,7 @@ def init_app(app: Flask) -> None:
 
 
 def set_provider(app: Flask, provider: AIProvider) -> None:
-    app.extensions[_EXTENSION_KEY] = provider
+    app.extensions[_EXTENSION_KEY] = InstrumentedProvider(provider)
 
 
 ai_service: AIProvider = LocalProxy(lambda: current_app.extensions[_EXTENSION_KEY])

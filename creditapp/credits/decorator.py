@@ -10,7 +10,7 @@ from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass
 
-from flask import Response, after_this_request, current_app, g
+from flask import Response, after_this_request, current_app, g, request
 
 from .. import idempotency
 from ..auth import caller_must_exist, current_user_id
@@ -18,6 +18,7 @@ from ..errors import error_response, handle_insufficient_credits
 from ..exceptions import InsufficientCredits
 from ..idempotent_requests import HEADER as IDEMPOTENCY_HEADER
 from ..idempotent_requests import idempotency_key, replay, request_fingerprint
+from ..metrics import metrics
 from ..schemas import ErrorSchema, InsufficientCreditsSchema
 from .service import credit_service
 from .types import CreditType, Reservation
@@ -48,11 +49,14 @@ def require_credits(amount: Amount, credit_type) -> Callable:
         @functools.wraps(view)
         def guarded(*args, **kwargs):
             user_id = current_user_id()
+            feature = request.endpoint or view.__name__
+            g.credit_log = {"feature": feature, "credit_type": credit_type.value}
             key = idempotency_key()
             if key is not None:
                 fingerprint = request_fingerprint()
                 stored = idempotency.lookup(user_id, key, fingerprint)
                 if stored is not None:
+                    g.credit_log["outcome"] = "replayed"
                     return replay(stored)
             required = amount(*args, **kwargs) if callable(amount) else amount
             claimed = {}
@@ -63,10 +67,18 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                     current_app.config["IDEMPOTENCY_TTL_SECONDS"], hold_id=hold_id,
                 )
 
-            with caller_must_exist():
-                reservation = credit_service.reserve(
-                    user_id, required, credit_type, also=claim_key if key is not None else None
-                )
+            try:
+                with caller_must_exist():
+                    reservation = credit_service.reserve(
+                        user_id, required, credit_type, also=claim_key if key is not None else None
+                    )
+            except InsufficientCredits:
+                metrics().insufficient.labels(feature, credit_type.value).inc()
+                g.credit_log["outcome"] = "insufficient_credits"
+                raise
+            metrics().count("reserved", feature, credit_type.value, required)
+            metrics().open_holds.inc()
+            g.credit_log.update(reserved=required, hold_id=reservation.hold_id)
             g.credit_info = CreditInfo(
                 user_id=user_id, credit_type=credit_type, required=required,
                 available=reservation.available_before, hold_id=reservation.hold_id,
@@ -115,22 +127,35 @@ def _documented(view: Callable, credit_type: CreditType) -> Callable:
 
 def _close(reservation: Reservation, key_id: int | None, response: Response | None):
     """Commit the charge with the answer it paid for, or give everything back."""
+    if reservation.closed:
+        return response
     succeeded = response is not None and response.status_code < 400
     try:
         credit_service.close(reservation, succeeded=succeeded, also=_record_answer(key_id, response, succeeded))
+        _closed(reservation, charged=reservation.pending if succeeded else 0)
         return response
     except InsufficientCredits as exc:
         # The hold expired during a very slow request and the balance is spent meanwhile.
+        _closed(reservation, charged=0)
         return handle_insufficient_credits(exc)
     except Exception:
         current_app.logger.exception("could not close credit hold %s", reservation.hold_id)
         if succeeded and _settled_anyway(reservation):
+            _closed(reservation, charged=reservation.pending)
             return response
     _give_back(reservation, key_id)
     if not succeeded:
         return response
     # Not charged, so the result must not be handed out either.
     return error_response(503, "database_unavailable", "The charge could not be recorded; nothing was charged.")
+
+
+def _closed(reservation: Reservation, charged: int) -> None:
+    feature, credit_type = g.credit_log["feature"], reservation.credit_type.value
+    metrics().count("charged", feature, credit_type, charged)
+    metrics().count("released", feature, credit_type, reservation.amount - charged)
+    metrics().open_holds.dec()
+    g.credit_log.update(charged=charged, outcome="charged" if charged else "not_charged")
 
 
 def _record_answer(key_id: int | None, response: Response | None, succeeded: bool):
@@ -149,8 +174,10 @@ def _give_back(reservation: Reservation, key_id: int | None) -> None:
     """Second try on a fresh connection; failing that, the hold expires after its TTL."""
     try:
         credit_service.close(reservation, succeeded=False, also=_record_answer(key_id, None, False))
+        _closed(reservation, charged=0)
     except Exception:
         current_app.logger.exception("hold %s stays until it expires", reservation.hold_id)
+        g.credit_log.update(charged=0, outcome="hold_left_to_expire")
 
 
 def _settled_anyway(reservation: Reservation) -> bool:

@@ -1,0 +1,58 @@
+"""Prometheus metrics at /metrics.
+
+HTTP requests (by endpoint and status, with latency histograms) come from
+prometheus_flask_exporter; the credit and AI metrics are ours. Under gunicorn with several
+workers, PROMETHEUS_MULTIPROC_DIR makes every worker write to shared files so that /metrics
+reports the whole server whichever worker answers (gunicorn.conf.py sets it up).
+"""
+import os
+
+from flask import Flask, current_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+AI_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class CreditMetrics:
+    def __init__(self, registry: CollectorRegistry | None):
+        self.credits = Counter(
+            "creditapp_credits", "Credits reserved, charged and released by paid requests",
+            ["event", "feature", "credit_type"], registry=registry,
+        )
+        self.insufficient = Counter(
+            "creditapp_insufficient_credits", "Paid requests refused for too few credits (403)",
+            ["feature", "credit_type"], registry=registry,
+        )
+        self.open_holds = Gauge(
+            "creditapp_open_holds", "Reservations open in requests being served now",
+            multiprocess_mode="livesum", registry=registry,
+        )
+        self.ai_seconds = Histogram(
+            "creditapp_ai_call_seconds", "AI provider call latency", ["feature", "outcome"],
+            buckets=AI_BUCKETS, registry=registry,
+        )
+        self.ai_failures = Counter(
+            "creditapp_ai_failures", "AI provider calls that failed", ["feature"], registry=registry,
+        )
+
+    def count(self, event: str, feature: str, credit_type: str, amount: int) -> None:
+        if amount:
+            self.credits.labels(event, feature, credit_type).inc(amount)
+
+
+def init_app(app: Flask) -> None:
+    options = {"group_by": "endpoint", "defaults_prefix": "creditapp", "excluded_paths": ["/metrics"]}
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        GunicornInternalPrometheusMetrics(app, **options)
+        registry = None  # values go to the shared files; the exporter collects them from there
+    else:
+        # One registry per app: the test suite makes many apps in one process.
+        registry = CollectorRegistry()
+        PrometheusMetrics(app, registry=registry, **options)
+    app.extensions["creditapp.metrics"] = CreditMetrics(registry)
+
+
+def metrics() -> CreditMetrics:
+    return current_app.extensions["creditapp.metrics"]
