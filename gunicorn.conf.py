@@ -25,15 +25,17 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in this directory so
 # that /metrics reports the whole server, whichever worker answers. Set before workers start.
+# A directory you set yourself must be empty at start (wipe it in your service unit).
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="creditapp-metrics-")
-_made_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    _made_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+else:
+    _made_metrics_dir = None
 
 
-def on_starting(server):
-    # Counters from an earlier run must not be added to this one's.
-    shutil.rmtree(_made_metrics_dir, ignore_errors=True)
-    os.makedirs(_made_metrics_dir, exist_ok=True)
+def on_exit(server):
+    if _made_metrics_dir:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -13,7 +13,7 @@ from .credits import credit_service
 from .database import configure_engine, engine_options
 from .errors import register_error_handlers, register_jwt_handlers
 from .extensions import api, cors, db, jwt, limiter, migrate
-from .features import check_costs
+from .features import check_costs, check_signup_grants
 from .schemas import ErrorSchema
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -26,6 +26,7 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
     check_config(app.config)
     configure_database(app)
     check_costs(app.config["CREDIT_COSTS"])
+    check_signup_grants(app.config)
     credit_service.configure(hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"])
 
     register_extensions(app)

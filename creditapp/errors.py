@@ -5,6 +5,7 @@ Domain errors are mapped to HTTP here and only here.
 from flask import Flask, jsonify
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .exceptions import (
@@ -105,6 +106,11 @@ def register_error_handlers(app: Flask) -> None:
     def handle_database_unavailable(exc):
         app.logger.warning("database unavailable: %s", exc.orig)
         return error_response(503, "database_unavailable", "The database is not reachable; retry later.")
+
+    @app.errorhandler(PoolTimeout)
+    def handle_pool_exhausted(exc):
+        app.logger.warning("no database connection free within the pool timeout")
+        return error_response(503, "database_unavailable", "The service is busy; retry later.")
 
     @app.errorhandler(DBAPIError)
     def handle_database_error(exc):

@@ -40,6 +40,12 @@ def check_costs(costs: dict) -> None:
             raise RuntimeError(f"CREDIT_COSTS[{name!r}] must be a positive integer, got {cost!r}")
 
 
+def check_signup_grants(config) -> None:
+    for name in ("CREDITS_SIGNUP_GRANT", "AI_TOKENS_SIGNUP_GRANT"):
+        if config[name] < 0:
+            raise RuntimeError(f"{name} must not be negative, got {config[name]}")
+
+
 def cost_of(name: str) -> int:
     return current_app.config["CREDIT_COSTS"][name]
 

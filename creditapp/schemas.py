@@ -1,10 +1,8 @@
 """Request and response schemas, made once; they also describe the API in /api/openapi.json."""
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from .credits.types import CreditType
-from .models import CREDIT_TYPES
-
-MAX_AMOUNT = 10**12
+from .models import CREDIT_TYPES, MAX_AMOUNT
 
 
 class StrictInteger(fields.Integer):
@@ -19,19 +17,39 @@ class StrictInteger(fields.Integer):
         return super()._validated(value)
 
 
+class _UnicodeOnly:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800") that no database or hash can take."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("Not valid Unicode text.") from None
+        return text
+
+
+class Text(_UnicodeOnly, fields.String):
+    pass
+
+
+class HttpUrl(_UnicodeOnly, fields.Url):
+    pass
+
+
 def _text(max_length: int, **kwargs):
-    return fields.String(required=True, validate=validate.Length(min=1, max=max_length), **kwargs)
+    return Text(required=True, validate=validate.Length(min=1, max=max_length), **kwargs)
 
 
 class CredentialsSchema(Schema):
-    username = fields.String(
+    username = Text(
         required=True,
         validate=[
             validate.Length(min=3, max=64),
             validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' or '-'."),
         ],
     )
-    password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))
+    password = Text(required=True, load_only=True, validate=validate.Length(min=8, max=128))
 
 
 class UserSchema(Schema):
@@ -67,6 +85,7 @@ class TransactionSchema(Schema):
     held_after = fields.Integer(dump_only=True)
     hold_id = fields.Integer(dump_only=True, allow_none=True)
     reason = fields.String(dump_only=True, allow_none=True)
+    reference = fields.String(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
 
 
@@ -79,7 +98,8 @@ class TransactionPageSchema(Schema):
 class TransactionQuerySchema(Schema):
     # Query strings are text, so a lenient integer: "20" is 20, "2.5" and "x" are refused.
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(load_default=None, validate=validate.Regexp(r"^[1-9][0-9]{0,18}$"))
+    # At most 18 digits: always inside a 64-bit id.
+    cursor = fields.String(load_default=None, validate=validate.Regexp(r"^[1-9][0-9]{0,17}$"))
     credit_type = fields.String(load_default=None, validate=validate.OneOf(CREDIT_TYPES))
 
 
@@ -100,8 +120,8 @@ class GrantSchema(Schema):
     credit_type = fields.String(
         load_default=CreditType.GENERATION_CREDITS.value, validate=validate.OneOf(CREDIT_TYPES)
     )
-    reason = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
-    reference = fields.String(load_default=None, validate=validate.Length(min=1, max=255), metadata={
+    reason = Text(load_default=None, validate=validate.Length(min=1, max=255))
+    reference = Text(load_default=None, validate=validate.Length(min=1, max=255), metadata={
         "description": "an outside id (e.g. a payment event): a second grant with it adds nothing"})
 
 
@@ -119,7 +139,7 @@ class GrantResultSchema(BalanceSchema):
 
 
 class ImageSchema(Schema):
-    image_url = fields.Url(required=True, schemes={"http", "https"}, validate=validate.Length(max=2048))
+    image_url = HttpUrl(required=True, schemes={"http", "https"}, validate=validate.Length(max=2048))
 
 
 class GenerateSchema(Schema):

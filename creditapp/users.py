@@ -32,8 +32,10 @@ def create_user(
             ).scalar_one()
             open_accounts(session, user_id, signup_grant, reason="signup grant")
     except IntegrityError:
-        # Two registrations of one name at once: the unique index decides.
-        raise UsernameTaken(f"username {username!r} is taken") from None
+        # Two registrations of one name at once: the unique index decides. Anything else is a bug.
+        if _username_exists(username):
+            raise UsernameTaken(f"username {username!r} is taken") from None
+        raise
     return {"id": user_id, "username": username, "is_admin": is_admin}
 
 
@@ -67,6 +69,11 @@ def require_admin(user_id: int) -> None:
         raise UnknownUser(f"no user with id {user_id}")
     if not is_admin:
         raise NotAdmin("administrator rights required")
+
+
+def _username_exists(username: str) -> bool:
+    with atomic(write=False) as session:
+        return session.execute(select(USERS.c.id).where(USERS.c.username == username)).first() is not None
 
 
 @lru_cache(maxsize=1)

@@ -51,7 +51,7 @@ def test_transactions_are_private(client, make_user):
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "cursor=abc", "cursor=0",
-                                   "cursor=-5", "credit_type=gold"])
+                                   "cursor=-5", "cursor=9999999999999999999", "credit_type=gold"])
 def test_transactions_bad_query_is_422(client, make_user, query):
     user = make_user()
     response = client.get(f"/api/credits/transactions?{query}", headers=user.headers)

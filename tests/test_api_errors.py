@@ -8,6 +8,7 @@ from creditapp.database import atomic
 from creditapp.extensions import db
 
 from .conftest import make_app
+from .pg import postgres_database
 
 
 def assert_error(response, status: int, code: str) -> dict:
@@ -160,3 +161,24 @@ def test_swagger_ui_is_served(client):
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     assert "swagger-ui" in response.get_data(as_text=True).lower()
+
+
+def test_readyz_on_a_database_never_migrated(tmp_path):
+    with own_app(f"sqlite:///{tmp_path}/empty.db") as app:
+        body = assert_error(app.test_client().get("/readyz"), 503, "migrations_pending")
+        assert "None" in body["message"]
+
+
+def test_readyz_on_a_postgresql_database_never_migrated():
+    with postgres_database() as url, own_app(url) as app:
+        assert_error(app.test_client().get("/readyz"), 503, "migrations_pending")
+
+
+def test_exhausted_connection_pool_is_503(database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite takes no pool settings")
+    pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2, "pool_pre_ping": True}
+    with own_app(database_url, SQLALCHEMY_ENGINE_OPTIONS=pool) as app:
+        with app.app_context(), db.engine.connect():  # the pool's only connection, taken
+            body = assert_error(app.test_client().get("/readyz"), 503, "database_unavailable")
+            assert "busy" in body["message"]

@@ -89,6 +89,12 @@ def test_a_bad_price_table_stops_the_app_from_starting(database_url, costs):
         make_app(database_url, CREDIT_COSTS=costs)
 
 
+@pytest.mark.parametrize("setting", ["CREDITS_SIGNUP_GRANT", "AI_TOKENS_SIGNUP_GRANT"])
+def test_a_negative_signup_grant_stops_the_app_from_starting(database_url, setting):
+    with pytest.raises(RuntimeError, match=setting):
+        make_app(database_url, **{setting: -1})
+
+
 def test_credit_costs_environment_variable_overrides_single_prices(monkeypatch):
     monkeypatch.setenv("CREDIT_COSTS", '{"upscale": 3}')
     assert config._credit_costs() == costs_with(upscale=3)

@@ -70,6 +70,13 @@ def test_register_is_limited_per_address(limited_app):
     assert statuses == [201, 201, 201, 429]
 
 
+def test_invalid_attempts_count_too(limited_app):
+    client = limited_app.test_client()
+    statuses = [client.post("/api/auth/register", json={"username": "x"}).status_code for _ in range(3)]
+    assert statuses == [422] * 3
+    assert_429(client.post("/api/auth/register", json={"username": "valid", "password": "long-password"}))
+
+
 def test_paid_routes_are_limited_per_user_before_any_reservation(limited_app):
     client = limited_app.test_client()
     alice, bob = make_user(limited_app, "alice", credits=10), make_user(limited_app, "bob", credits=10)

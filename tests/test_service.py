@@ -224,6 +224,21 @@ def test_next_reservation_sweeps_expired_holds_of_its_account(make_user):
     assert credit_service.verify() == []
 
 
+def test_every_ledger_row_records_the_state_it_left(make_user):
+    user = make_user(credits=3)
+    credit_service.reserve(user.id, 2, GEN)
+    _age_holds(user.id, 1)
+    reservation = credit_service.reserve(user.id, 1, GEN)  # sweeps the expired hold on the way
+    assert (reservation.available_before, reservation.available_after) == (3, 2)
+    with atomic(write=False) as session:
+        rows = session.execute(
+            select(LedgerEntry.kind, LedgerEntry.balance_after, LedgerEntry.held_after)
+            .where(LedgerEntry.user_id == user.id).order_by(LedgerEntry.id)
+        ).all()
+    assert rows == [("grant", 3, 0), ("hold", 1, 2), ("hold", 0, 3), ("expire", 2, 1)]
+    assert credit_service.verify() == []
+
+
 def test_settle_after_expiry_charges_afresh(make_user):
     user = make_user(credits=2)
     reservation = credit_service.reserve(user.id, 1, GEN)
@@ -240,7 +255,8 @@ def test_verify_finds_a_tampered_balance(make_user):
         session.execute(text("UPDATE credit_accounts SET available = 7 WHERE user_id = :u "
                              "AND credit_type = 'generation_credits'"), {"u": user.id})
     problems = credit_service.verify()
-    assert [(p.user_id, p.field, p.recorded, p.expected) for p in problems] == [(user.id, "available", 7, 3)]
+    assert [(p.user_id, p.field, p.recorded, p.expected) for p in problems] == [
+        (user.id, "available", 7, 3), (user.id, "available (last ledger row)", 7, 3)]
     assert "ledger says 3" in str(problems[0])
 
 

@@ -20,12 +20,12 @@ auth_limit = limiter.limit(lambda: current_app.config["AUTH_RATE_LIMIT"])
 
 
 @blp.post("/register")
+@auth_limit
 @blp.arguments(CredentialsSchema)
 @blp.response(201, UserSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Username taken")
 @blp.alt_response(422, schema=ErrorSchema, description="Invalid input")
 @blp.alt_response(429, schema=ErrorSchema, description="Too many attempts from this address")
-@auth_limit
 def register(credentials):
     """Create an account; it starts with the signup grant."""
     config = current_app.config
@@ -37,11 +37,11 @@ def register(credentials):
 
 
 @blp.post("/login")
+@auth_limit
 @blp.arguments(CredentialsSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password")
 @blp.alt_response(429, schema=ErrorSchema, description="Too many attempts from this address")
-@auth_limit
 def login(credentials):
     """Start a session: an access token, and a refresh token to renew it."""
     user_id = str(users.authenticate(credentials["username"], credentials["password"]))

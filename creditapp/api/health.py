@@ -1,7 +1,7 @@
 """Liveness and readiness, for load balancers and orchestrators."""
+from alembic.runtime.migration import MigrationContext
 from flask import current_app
 from flask_smorest import Blueprint
-from sqlalchemy import text
 
 from ..database import atomic
 from ..errors import error_response
@@ -23,7 +23,8 @@ def healthz():
 def readyz():
     """200 when the database answers and its schema is at the code's migration head."""
     with atomic(write=False) as session:
-        revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        # None when the schema was never created (no alembic_version table).
+        revision = MigrationContext.configure(session.connection()).get_current_revision()
     head = current_app.extensions["creditapp.migration_head"]
     if revision != head:
         return error_response(

@@ -21,14 +21,12 @@ from sqlalchemy.orm import Session
 
 from ..database import atomic, retry_conflicts, utcnow
 from ..exceptions import InsufficientCredits, ReferenceConflict, UnknownUser
-from ..models import CreditAccount, CreditHold, LedgerEntry
+from ..models import MAX_AMOUNT, CreditAccount, CreditHold, LedgerEntry
 from .types import Balance, CreditType, Grant, Reservation
 
 ACCOUNTS = CreditAccount.__table__
 HOLDS = CreditHold.__table__
 LEDGER = LedgerEntry.__table__
-
-MAX_AMOUNT = 10**12  # far below BigInteger's limit, so sums of many grants cannot overflow
 
 _active_reservations: ContextVar[tuple[Reservation, ...]] = ContextVar(
     "creditapp_active_reservations", default=()
@@ -166,8 +164,6 @@ class CreditService:
                 row = self._take_available(session, user_id, credit_type, amount, held_change=amount)
                 if row is None:
                     shortfall = self._lock_account(session, user_id, credit_type).available
-            else:
-                self._expire_holds(session, user_id, credit_type, now)
             if shortfall is None:
                 hold_id = session.execute(
                     insert(HOLDS)
@@ -179,6 +175,8 @@ class CreditService:
                     .returning(HOLDS.c.id)
                 ).scalar_one()
                 self._ledger(session, user_id, credit_type, "hold", -amount, amount, row, hold_id=hold_id)
+                # Swept after the hold's own row, so that every row's *_after is the state it left.
+                after_sweep = self._expire_holds(session, user_id, credit_type, now, excluding=hold_id)[1] or row
                 if also is not None:
                     also(session, hold_id)
         # Raised after the commit so that an expiry sweep done on the way is kept.
@@ -186,7 +184,7 @@ class CreditService:
             raise InsufficientCredits(amount, shortfall, credit_type.value)
         return Reservation(
             hold_id=hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
-            available_before=row.available + amount, available_after=row.available,
+            available_before=after_sweep.available + amount, available_after=after_sweep.available,
         )
 
     def deduct_credits(
@@ -270,7 +268,7 @@ class CreditService:
         for user_id, credit_type in accounts:
             with atomic() as session:
                 self._lock_account(session, user_id, CreditType(credit_type))
-                released += self._expire_holds(session, user_id, CreditType(credit_type), now)
+                released += self._expire_holds(session, user_id, CreditType(credit_type), now)[0]
         return released
 
     @contextmanager
@@ -291,6 +289,7 @@ class CreditService:
                 LEDGER.c.user_id, LEDGER.c.credit_type,
                 func.sum(LEDGER.c.amount).label("available"),
                 func.sum(LEDGER.c.held_change).label("held"),
+                func.max(LEDGER.c.id).label("last_id"),
             )
             .group_by(LEDGER.c.user_id, LEDGER.c.credit_type)
             .subquery()
@@ -301,16 +300,20 @@ class CreditService:
             .group_by(HOLDS.c.user_id, HOLDS.c.credit_type)
             .subquery()
         )
+        latest = LEDGER.alias("latest")
         query = (
             select(
                 ACCOUNTS.c.user_id, ACCOUNTS.c.credit_type, ACCOUNTS.c.available, ACCOUNTS.c.held,
                 func.coalesce(ledger.c.available, 0).label("ledger_available"),
                 func.coalesce(ledger.c.held, 0).label("ledger_held"),
                 func.coalesce(holds.c.held, 0).label("open_holds"),
+                func.coalesce(latest.c.balance_after, 0).label("last_balance_after"),
+                func.coalesce(latest.c.held_after, 0).label("last_held_after"),
             )
             .outerjoin(ledger, and_(
                 ledger.c.user_id == ACCOUNTS.c.user_id, ledger.c.credit_type == ACCOUNTS.c.credit_type
             ))
+            .outerjoin(latest, latest.c.id == ledger.c.last_id)
             .outerjoin(holds, and_(
                 holds.c.user_id == ACCOUNTS.c.user_id, holds.c.credit_type == ACCOUNTS.c.credit_type
             ))
@@ -328,6 +331,8 @@ class CreditService:
                     ("available", r.available, r.ledger_available),
                     ("held", r.held, r.ledger_held),
                     ("held (open holds)", r.held, r.open_holds),
+                    ("available (last ledger row)", r.available, r.last_balance_after),
+                    ("held (last ledger row)", r.held, r.last_held_after),
                     ("available (must not be negative)", r.available, max(r.available, 0)),
                 )
                 problems += [
@@ -418,20 +423,23 @@ class CreditService:
         reservation.pending = total
         reservation.reason = reason or reservation.reason
 
-    def _expire_holds(self, session, user_id, credit_type, now: datetime) -> int:
+    def _expire_holds(self, session, user_id, credit_type, now: datetime, excluding: int | None = None):
+        """Give back this account's expired holds: how many, and the account's state after (None
+        when there were none)."""
+        query = update(HOLDS).where(
+            HOLDS.c.user_id == user_id, HOLDS.c.credit_type == credit_type.value,
+            HOLDS.c.status == "open", HOLDS.c.expires_at <= now,
+        )
+        if excluding is not None:
+            query = query.where(HOLDS.c.id != excluding)
         expired = session.execute(
-            update(HOLDS)
-            .where(
-                HOLDS.c.user_id == user_id, HOLDS.c.credit_type == credit_type.value,
-                HOLDS.c.status == "open", HOLDS.c.expires_at <= now,
-            )
-            .values(status="expired", closed_at=now)
-            .returning(HOLDS.c.id, HOLDS.c.amount)
+            query.values(status="expired", closed_at=now).returning(HOLDS.c.id, HOLDS.c.amount)
         ).all()
+        row = None
         for hold_id, amount in sorted(expired):
             row = self._move(session, user_id, credit_type, amount, -amount)
             self._ledger(session, user_id, credit_type, "expire", amount, -amount, row, hold_id=hold_id)
-        return len(expired)
+        return len(expired), row
 
     def _grant(self, session, user_id, amount, credit_type, reason, reference) -> Grant:
         if reference is not None:
