@@ -14,17 +14,29 @@ def require_login(public_endpoints: Collection[str] = ()) -> Callable[[], None]:
 
     def guard() -> None:
         if request.endpoint not in public_endpoints:
-            verify_jwt_in_request()
+            verify_access_token()
 
     return guard
 
 
-def current_user_id() -> int:
-    try:
-        identity = get_jwt_identity()  # already verified earlier in this request
-    except RuntimeError:
+_VERIFIED = "creditapp.access_token_verified"
+
+
+def verify_access_token() -> None:
+    """Verify the request's access token, once: the rate limiter, the blueprint guard and
+    require_credits all need it, and decoding (and the revocation check) is not free.
+
+    The mark lives in the request's WSGI environ, not in `g`: `g` belongs to the app context,
+    which can outlive one request (a test's pushed context), and a stale mark would let a
+    forged token through."""
+    if not request.environ.get(_VERIFIED):
         verify_jwt_in_request()
-        identity = get_jwt_identity()
+        request.environ[_VERIFIED] = True
+
+
+def current_user_id() -> int:
+    verify_access_token()
+    identity = get_jwt_identity()
     try:
         return int(identity)
     except (TypeError, ValueError):
@@ -43,5 +55,5 @@ def caller_must_exist() -> Iterator[None]:
 def rate_limit_key() -> str:
     """Paid routes are limited per user (not per IP: many users share a NAT); the token is
     verified here because the limiter runs before the blueprint's own guard."""
-    verify_jwt_in_request()
+    verify_access_token()
     return f"user:{get_jwt_identity()}"

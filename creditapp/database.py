@@ -69,6 +69,18 @@ RETRYABLE_SQLSTATES = {"40001", "40P01"}
 MAX_ATTEMPTS = 3
 
 
+def read(statement) -> list:
+    """The rows of one read statement. On PostgreSQL it runs in autocommit: one round trip
+    instead of BEGIN, the query and COMMIT (a single statement is consistent by itself)."""
+    session = db.session()
+    if session.in_transaction():
+        session.rollback()
+    with session.begin():
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return session.execute(statement).all()
+
+
 def retry_conflicts(function: Callable) -> Callable:
     """Run a function that is one whole transaction again when the database says it conflicted."""
 

@@ -10,7 +10,7 @@ import redis
 from flask import Flask
 from sqlalchemy import delete, select
 
-from .database import atomic, utcnow
+from .database import atomic, read, utcnow
 from .models import RevokedSession
 
 REVOKED = RevokedSession.__table__
@@ -27,8 +27,7 @@ class DatabaseBlocklist:
                 session.execute(REVOKED.insert().values(sid=sid, user_id=user_id, revoked_at=now, expires_at=until))
 
     def is_revoked(self, sid: str) -> bool:
-        with atomic(write=False) as session:
-            return session.execute(select(REVOKED.c.sid).where(REVOKED.c.sid == sid)).first() is not None
+        return bool(read(select(REVOKED.c.sid).where(REVOKED.c.sid == sid)))
 
 
 class RedisBlocklist:

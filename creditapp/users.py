@@ -7,7 +7,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .credits.service import open_accounts
 from .credits.types import Balance
-from .database import atomic, utcnow
+from .database import atomic, read, utcnow
 from .exceptions import InvalidCredentials, NotAdmin, UnknownUser, UsernameTaken
 from .models import User
 
@@ -63,11 +63,10 @@ def user_id_by_name(username: str) -> int:
 
 def require_admin(user_id: int) -> None:
     """Admin rights are read from the database on every call, so a demotion takes effect at once."""
-    with atomic(write=False) as session:
-        is_admin = session.execute(select(USERS.c.is_admin).where(USERS.c.id == user_id)).scalar()
-    if is_admin is None:
+    rows = read(select(USERS.c.is_admin).where(USERS.c.id == user_id))
+    if not rows:
         raise UnknownUser(f"no user with id {user_id}")
-    if not is_admin:
+    if not rows[0].is_admin:
         raise NotAdmin("administrator rights required")
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..database import atomic, retry_conflicts, utcnow
+from ..database import atomic, read, retry_conflicts, utcnow
 from ..exceptions import InsufficientCredits, ReferenceConflict, UnknownUser
 from ..models import MAX_AMOUNT, CreditAccount, CreditHold, LedgerEntry
 from .types import Balance, CreditType, Grant, Reservation
@@ -92,8 +92,8 @@ class CreditService:
             return self._balance(session, user_id)
 
     def hold_status(self, hold_id: int) -> str | None:
-        with atomic(write=False) as session:
-            return session.execute(select(HOLDS.c.status).where(HOLDS.c.id == hold_id)).scalar()
+        rows = read(select(HOLDS.c.status).where(HOLDS.c.id == hold_id))
+        return rows[0].status if rows else None
 
     def list_transactions(
         self, user_id: int, *, limit: int = 20, before_id: int | None = None,
@@ -177,6 +177,7 @@ class CreditService:
                 self._ledger(session, user_id, credit_type, "hold", -amount, amount, row, hold_id=hold_id)
                 # Swept after the hold's own row, so that every row's *_after is the state it left.
                 after_sweep = self._expire_holds(session, user_id, credit_type, now, excluding=hold_id)[1] or row
+                balance = self._balance(session, user_id)
                 if also is not None:
                     also(session, hold_id)
         # Raised after the commit so that an expiry sweep done on the way is kept.
@@ -185,6 +186,7 @@ class CreditService:
         return Reservation(
             hold_id=hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
             available_before=after_sweep.available + amount, available_after=after_sweep.available,
+            balance=balance,
         )
 
     def deduct_credits(
@@ -200,8 +202,9 @@ class CreditService:
         for reservation in _active_reservations.get():
             if (reservation.user_id, reservation.credit_type) == (user_id, credit_type) and not reservation.closed:
                 self._add_charge(reservation, amount, reason)
-                balance = self.get_credit_balance(user_id)
+                # As of the reservation, plus what the close will give back: no extra query.
                 unspent = reservation.amount - reservation.pending
+                balance = reservation.balance
                 return replace(balance, **{credit_type.value: getattr(balance, credit_type.value) + unspent})
         return self._charge_now(user_id, credit_type, amount, reason)
 
@@ -419,6 +422,7 @@ class CreditService:
                         raise InsufficientCredits(total, available + reservation.amount, credit_type.value)
                     self._ledger(session, user_id, credit_type, "hold", -extra, extra, row,
                                  hold_id=reservation.hold_id)
+                    reservation.balance = replace(reservation.balance, **{credit_type.value: row.available})
             reservation.amount = total
         reservation.pending = total
         reservation.reason = reason or reservation.reason

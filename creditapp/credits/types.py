@@ -31,6 +31,7 @@ class Reservation:
     amount: int
     available_before: int
     available_after: int
+    balance: Balance = Balance()  # both balances right after the reservation
     pending: int = 0  # charged so far; committed when the reservation closes successfully
     reason: str | None = None
     closed: bool = False
