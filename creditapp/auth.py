@@ -6,6 +6,7 @@ from flask import request
 from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
 
 from .exceptions import InvalidIdentity, UnknownUser
+from .models import MAX_USER_ID
 
 
 def require_login(public_endpoints: Collection[str] = ()) -> Callable[[], None]:
@@ -38,9 +39,12 @@ def current_user_id() -> int:
     verify_access_token()
     identity = get_jwt_identity()
     try:
-        return int(identity)
+        user_id = int(identity)
     except (TypeError, ValueError):
-        raise InvalidIdentity("the token does not name a user") from None
+        user_id = 0
+    if not 1 <= user_id <= MAX_USER_ID:
+        raise InvalidIdentity("the token does not name a user")
+    return user_id
 
 
 @contextmanager

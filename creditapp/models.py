@@ -13,6 +13,7 @@ from .extensions import db
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
 CREDIT_TYPES = ("generation_credits", "ai_tokens")
+MAX_USER_ID = 2**31 - 1  # users.id is a 32-bit INTEGER
 MAX_AMOUNT = 10**12  # per grant or charge: far below BigInteger's limit, so sums cannot overflow
 _credit_type_check = "credit_type IN ('generation_credits', 'ai_tokens')"
 

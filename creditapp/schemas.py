@@ -18,7 +18,8 @@ class StrictInteger(fields.Integer):
 
 
 class _UnicodeOnly:
-    """JSON may carry lone UTF-16 surrogates ("\\ud800") that no database or hash can take."""
+    """JSON may carry lone UTF-16 surrogates ("\\ud800") that no database or hash can take, and
+    NUL characters that PostgreSQL text refuses: both are a 422 on every database."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -26,6 +27,8 @@ class _UnicodeOnly:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise ValidationError("Not valid Unicode text.") from None
+        if "\x00" in text:
+            raise ValidationError("Must not contain NUL characters.")
         return text
 
 

@@ -7,6 +7,8 @@ from .. import idempotency, users
 from ..auth import caller_must_exist, current_user_id, require_login
 from ..credits import credit_service
 from ..credits.types import Grant
+from ..exceptions import UnknownUser
+from ..models import MAX_USER_ID
 from ..idempotent_requests import idempotency_key, replay, request_fingerprint
 from ..schemas import ErrorSchema, GrantResultSchema, GrantSchema
 
@@ -32,6 +34,8 @@ def grant_credits(grant, user_id):
     admin_id = current_user_id()
     with caller_must_exist():
         users.require_admin(admin_id)
+    if user_id > MAX_USER_ID:
+        raise UnknownUser(f"no user with id {user_id}")  # no such id can exist; spare the database
     key = idempotency_key()
     fingerprint = request_fingerprint() if key else None
     if key and (stored := idempotency.lookup(admin_id, key, fingerprint)):
