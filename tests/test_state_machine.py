@@ -36,23 +36,28 @@ from creditapp.extensions import db
 from creditapp.models import CreditHold
 
 GEN, TOK = "generation_credits", "ai_tokens"
+def valid_text(max_size: int):
+    """Any text the API accepts: NUL characters and lone surrogates are refused (422) on purpose."""
+    return st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=max_size)
+
+
 IMAGE_URLS = ["https://images.example.com/portrait.png", "http://photos.example.org/p/1.jpg"]
 
 # Paid image routes: path -> (feature whose price it charges, strategy of a valid body)
 IMAGE_ROUTES = {
     "/api/generate": (
-        "basic_generation", st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=40)})),
+        "basic_generation", st.fixed_dictionaries({"prompt": valid_text(40)})),
     "/api/generate/professional-photo": (
         "professional_photo", st.fixed_dictionaries({"image_url": st.sampled_from(IMAGE_URLS)})),
     "/api/generate/hairstyle": ("change_hairstyle", st.fixed_dictionaries({
-        "image_url": st.sampled_from(IMAGE_URLS), "hairstyle": st.text(min_size=1, max_size=20)})),
+        "image_url": st.sampled_from(IMAGE_URLS), "hairstyle": valid_text(20)})),
     "/api/generate/upscale": ("upscale", st.fixed_dictionaries({
         "image_url": st.sampled_from(IMAGE_URLS), "scale": st.sampled_from([2, 4])})),
 }
 COMPLETE = "/api/ai/complete"
 FAILS = st.sampled_from([False, False, False, True])  # True: the AI fails on this step
 COMPLETE_BODY = st.fixed_dictionaries({
-    "prompt": st.text(min_size=1, max_size=120),
+    "prompt": valid_text(120),
     "max_tokens": st.one_of(st.integers(1, 64), st.integers(1, 4096)),
 })
 
@@ -310,7 +315,7 @@ def ledger_machine(client, stub, make_user, costs: dict) -> type[RuleBasedStateM
             assert response.json["error"] == "idempotency_key_reused"
             assert stub.calls == calls
 
-        @rule(data=st.data(), prompt=st.text(min_size=1, max_size=30), by=st.integers(1, 100))
+        @rule(data=st.data(), prompt=valid_text(30), by=st.integers(1, 100))
         def ask_for_more_tokens_than_available(self, data, prompt, by):
             user = data.draw(st.sampled_from(self.users))
             needed = self.model[user.id][TOK] // costs["ai_complete"] + by
