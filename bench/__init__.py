@@ -1,0 +1,1 @@
+"""creditapp's benchmark suite: run `bench/run --help`."""

@@ -1,0 +1,199 @@
+"""Throw-away databases for a benchmark run: create, migrate, seed, verify, drop.
+
+Seeding writes straight to the tables in one transaction per step (it is set-up, not what is
+measured) but keeps the ledger's rule: every balance is the sum of its ledger rows, so
+`flask credits verify` stays clean.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import bindparam, create_engine, func, insert, select, text
+from sqlalchemy.engine import make_url
+
+from creditapp.database import UTCDateTime
+from creditapp.models import CreditAccount, LedgerEntry, User
+
+from .servers import ROOT
+
+USERS, ACCOUNTS, LEDGER = User.__table__, CreditAccount.__table__, LedgerEntry.__table__
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+CREDIT_TYPES = ("generation_credits", "ai_tokens")
+HUGE = 10**12  # nobody runs out during a run
+
+
+class Unavailable(Exception):
+    """This kind of database cannot be benchmarked here; the message says why."""
+
+
+class BenchDatabase:
+    kind = "?"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url)
+
+    @property
+    def label(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def migrate(self) -> None:
+        result = flask_cli(self.url, "db", "upgrade")
+        if result.returncode != 0:
+            raise RuntimeError(f"flask db upgrade failed:\n{result.stdout}\n{result.stderr}")
+
+    def verify(self) -> tuple[bool, str]:
+        """`flask --app wsgi credits verify` on this database: (clean, what it printed)."""
+        result = flask_cli(self.url, "credits", "verify")
+        output = (result.stdout + result.stderr).strip()
+        return result.returncode == 0, output
+
+    def seed_users(self, count: int, credit_types=CREDIT_TYPES) -> list[int]:
+        """`count` users, each with a huge balance of `credit_types` and the grant rows for it."""
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as conn:
+            user_ids = conn.execute(
+                insert(USERS).returning(USERS.c.id, sort_by_parameter_order=True),
+                [{"username": f"bench_{i:05d}", "password_hash": "!", "is_admin": False,
+                  "created_at": now} for i in range(count)],
+            ).scalars().all()
+            conn.execute(insert(ACCOUNTS), [
+                {"user_id": uid, "credit_type": ct, "available": HUGE if ct in credit_types else 0,
+                 "held": 0}
+                for uid in user_ids for ct in CREDIT_TYPES
+            ])
+            conn.execute(insert(LEDGER), [
+                {"user_id": uid, "credit_type": ct, "kind": "grant", "amount": HUGE,
+                 "held_change": 0, "balance_after": HUGE, "held_after": 0, "hold_id": None,
+                 "reason": "bench seed", "reference": None, "created_at": now}
+                for uid in user_ids for ct in credit_types
+            ])
+        return list(user_ids)
+
+    def seed_ledger(self, per_user: int) -> None:
+        """`per_user` grants of +1 generation credit for every user, interleaved the way real
+        traffic would write them, with each balance raised by as much in the same transaction."""
+        statement = text(
+            f"{self._sequence_cte()} "
+            "INSERT INTO ledger_entries (user_id, credit_type, kind, amount, held_change, "
+            "    balance_after, held_after, reason, created_at) "
+            "SELECT a.user_id, a.credit_type, 'grant', 1, 0, a.available + seq.k, a.held, "
+            "    'bench scale seed', :now "
+            "FROM seq CROSS JOIN credit_accounts AS a "
+            "WHERE a.credit_type = 'generation_credits' "
+            "ORDER BY seq.k, a.user_id"
+        ).bindparams(bindparam("now", type_=UTCDateTime()))
+        with self.engine.begin() as conn:
+            self._lock_accounts(conn)
+            conn.execute(statement, {"per_user": per_user, "now": datetime.now(timezone.utc)})
+            conn.execute(text(
+                "UPDATE credit_accounts SET available = available + :per_user "
+                "WHERE credit_type = 'generation_credits'"
+            ), {"per_user": per_user})
+        self._after_bulk_load()
+
+    def ledger_rows(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(LEDGER)).scalar_one()
+
+    def _sequence_cte(self) -> str:
+        raise NotImplementedError
+
+    def _lock_accounts(self, conn) -> None:
+        pass
+
+    def _after_bulk_load(self) -> None:
+        pass
+
+    def drop(self) -> None:
+        self.engine.dispose()
+
+
+class SQLiteDatabase(BenchDatabase):
+    kind = "sqlite"
+    title = "SQLite"
+
+    def __init__(self):
+        self.directory = tempfile.mkdtemp(prefix="creditapp_bench_")
+        super().__init__(f"sqlite:///{os.path.join(self.directory, 'creditapp.db')}")
+
+    def _sequence_cte(self) -> str:
+        return ("WITH RECURSIVE seq(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM seq "
+                "WHERE k < :per_user)")
+
+    def drop(self) -> None:
+        super().drop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PostgresDatabase(BenchDatabase):
+    kind = "postgresql"
+    title = "PostgreSQL"
+
+    def __init__(self, server_url: str):
+        self.admin = create_engine(server_url, isolation_level="AUTOCOMMIT",
+                                   connect_args={"connect_timeout": 3})
+        self.name = f"creditapp_bench_{uuid.uuid4().hex[:12]}"
+        shown = make_url(server_url).render_as_string(hide_password=True)
+        try:
+            with self.admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        except Exception as exc:  # no server, no rights: either way nothing to benchmark
+            self.admin.dispose()
+            raise Unavailable(f"no PostgreSQL at {shown}: {str(exc).splitlines()[0]}") from None
+        url = make_url(server_url).set(database=self.name).render_as_string(hide_password=False)
+        super().__init__(url)
+
+    def _sequence_cte(self) -> str:
+        return "WITH seq(k) AS (SELECT generate_series(1, :per_user))"
+
+    def _lock_accounts(self, conn) -> None:
+        # Exact balance_after values even if a straggling request is still settling.
+        conn.execute(text("SELECT 1 FROM credit_accounts WHERE credit_type = 'generation_credits' "
+                          "FOR UPDATE"))
+
+    def _after_bulk_load(self) -> None:
+        # Autovacuum would analyze a table that grew this much within a minute; do it now so
+        # the measurement does not depend on when it wakes up.
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE ledger_entries"))
+            conn.execute(text("ANALYZE credit_accounts"))
+
+    def drop(self) -> None:
+        super().drop()
+        try:
+            with self.admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        finally:
+            self.admin.dispose()
+
+
+def open_database(kind: str) -> BenchDatabase:
+    """A new, empty, migrated database of `kind`; raises Unavailable when there is none."""
+    if kind == "sqlite":
+        database = SQLiteDatabase()
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise Unavailable("psycopg is not installed (pip install -r requirements.txt)") from None
+        database = PostgresDatabase(os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES)
+    try:
+        database.migrate()
+    except BaseException:
+        database.drop()
+        raise
+    return database
+
+
+def flask_cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AI_STUB_")}
+    env.update(CREDITAPP_ENV="development", DATABASE_URL=database_url)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )

@@ -1,0 +1,232 @@
+"""The scenarios, run against one kind of database: fresh servers, wrk, and what /proc says."""
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import procstats, profiling, wrk
+from .dbsetup import BenchDatabase, open_database
+from .servers import Server, gunicorn, server_env
+from .tokens import write_tokens
+from .wrk import Load
+
+GENERATE_BODY = '{"prompt": "a lighthouse at dawn, oil on canvas"}'
+COMPLETE_BODY = '{"prompt": "Write a haiku about ledgers.", "max_tokens": 16}'
+
+
+@dataclass
+class Settings:
+    smoke: bool
+    duration: int  # seconds per measured run
+    warmup: int  # seconds of unmeasured load on a fresh server; 0 for none
+    threads: int  # wrk threads
+    connections: int  # wrk connections (scenario 6 has its own)
+    s6_connections: int
+    s6_duration: int
+    workers: int
+    users: int
+    scale_rows: int  # ledger rows added for scenario 7's second half
+    soak: int  # seconds of the scenario-3 memory run; 0 to skip
+    profile_prefix: Path | None  # where --profile writes py-spy's output; None: no profile
+    workdir: Path
+    jwt_secret: str
+
+
+@dataclass
+class Measurement:
+    key: str
+    title: str
+    result: wrk.WrkResult
+    connections: int
+    cpu: dict
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "title": self.title, "connections": self.connections,
+                "cpu": self.cpu, **self.result.as_dict()}
+
+
+@dataclass
+class DatabaseRun:
+    kind: str
+    title: str
+    label: str = ""
+    measurements: list[Measurement] = field(default_factory=list)
+    peak_rss_kib: dict = field(default_factory=dict)  # scenario 3, per worker (VmHWM)
+    soak: dict | None = None
+    ledger_rows: dict = field(default_factory=dict)
+    verify: list[dict] = field(default_factory=list)
+    profile: dict | None = None
+
+    def get(self, key: str) -> Measurement | None:
+        return next((m for m in self.measurements if m.key == key), None)
+
+
+class Runner:
+    def __init__(self, settings: Settings, database: BenchDatabase, run: DatabaseRun):
+        self.s = settings
+        self.db = database
+        self.run = run
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def server(self, name: str, latency_ms: int = 0):
+        env = server_env(self.db.url, self.s.jwt_secret, workers=self.s.workers, latency_ms=latency_ms)
+        return gunicorn(env, self.s.workdir / f"gunicorn-{self.db.kind}-{name}.log")
+
+    def _backends(self) -> list[int]:
+        name = getattr(self.db, "name", None)
+        return procstats.postgres_backends(name) if name else []
+
+    def warm_up(self, server: Server, load: Load, connections: int | None = None) -> None:
+        if self.s.warmup:
+            wrk.run(server.url, load, duration=self.s.warmup,
+                    connections=connections or self.s.connections, threads=self.s.threads)
+
+    def measure(self, server: Server, key: str, title: str, load: Load, *,
+                connections: int | None = None, duration: int | None = None) -> Measurement:
+        connections = connections or self.s.connections
+        backends = self._backends()
+        before = procstats.snapshot(server.all_pids() + backends)
+        started = time.monotonic()
+        result = wrk.run(server.url, load, duration=duration or self.s.duration,
+                         connections=connections, threads=self.s.threads)
+        wall = time.monotonic() - started
+        busy_s, busy = procstats.machine_busy(before)
+        cpu = {
+            "wall_s": wall,
+            "wrk_s": result.wrk_cpu_s,
+            "gunicorn_s": procstats.cpu_used(before, server.all_pids()),
+            "postgres_s": procstats.cpu_used(before, sorted(set(backends + self._backends()))),
+            "machine_busy": busy,
+        }
+        # Anything else on the machine (another job, this script): it skews the numbers.
+        cpu["other_s"] = max(0.0, busy_s - cpu["wrk_s"] - cpu["gunicorn_s"] - cpu["postgres_s"])
+        measurement = Measurement(key, title, result, connections, cpu)
+        self.run.measurements.append(measurement)
+        print(f"  {key:<14} {title:<44} {result.rps:9.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+              f"p99 {result.p99_ms:8.2f} ms  errors {result.errors}", flush=True)
+        return measurement
+
+    def simple(self, key: str, title: str, load: Load, *, latency_ms: int = 0,
+               connections: int | None = None, duration: int | None = None) -> Measurement:
+        with self.server(key, latency_ms) as server:
+            self.warm_up(server, load, connections)
+            return self.measure(server, key, title, load, connections=connections, duration=duration)
+
+    # --- the scenarios ----------------------------------------------------------------------
+
+    def main_scenarios(self) -> None:
+        ids = self.db.seed_users(self.s.users)
+        tokens = write_tokens(self.s.jwt_secret, ids, self.s.workdir / f"tokens-{self.db.kind}.txt")
+        one = write_tokens(self.s.jwt_secret, ids[:1], self.s.workdir / f"token-{self.db.kind}-one.txt")
+        generate = Load("POST", "/api/generate", GENERATE_BODY, tokens)
+
+        self.simple("s1", "control GET /api/bench/control", Load("GET", "/api/bench/control", None, tokens))
+        self.simple("s2", "JWT only GET /api/bench/jwt", Load("GET", "/api/bench/jwt", None, tokens))
+        self.scenario_3(generate)
+        self.simple("s4", "POST /api/generate, all on one user",
+                    Load("POST", "/api/generate", GENERATE_BODY, one))
+        self.simple("s5", "POST /api/ai/complete max_tokens 16",
+                    Load("POST", "/api/ai/complete", COMPLETE_BODY, tokens))
+        self.simple("s6", "POST /api/generate, AI takes 1000 ms", generate, latency_ms=1000,
+                    connections=self.s.s6_connections, duration=self.s.s6_duration)
+        if self.s.soak:
+            self.memory_soak(generate)
+
+    def scenario_3(self, generate: Load) -> None:
+        with self.server("s3") as server:
+            self.warm_up(server, generate)
+            self.measure(server, "s3", "POST /api/generate, over all users", generate)
+            self.run.peak_rss_kib = {
+                pid: procstats.status_kib(pid, "VmHWM") for pid in server.worker_pids()
+            }
+            if self.s.profile_prefix:
+                seconds = self.s.duration if self.s.smoke else max(20, self.s.duration)
+                self.run.profile = profiling.profile_worker(
+                    server, lambda: wrk.run(server.url, generate, duration=seconds,
+                                            connections=self.s.connections, threads=self.s.threads),
+                    duration=seconds,
+                    output=Path(f"{self.s.profile_prefix}-s3-{self.db.kind}.txt"),
+                )
+
+    def memory_soak(self, generate: Load) -> None:
+        """Workers' RSS at the start and end of a long scenario-3 run, sampled as it goes."""
+        print(f"  memory: {self.s.soak} s of scenario 3 ...", flush=True)
+        with self.server("soak") as server:
+            self.warm_up(server, generate)
+            workers = server.worker_pids()
+            samples = []
+            stop = threading.Event()
+
+            def sample():
+                started = time.monotonic()
+                while True:
+                    samples.append({"t": round(time.monotonic() - started, 1),
+                                    "rss_kib": {p: procstats.status_kib(p, "VmRSS") for p in workers}})
+                    if stop.wait(5):
+                        return
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                result = wrk.run(server.url, generate, duration=self.s.soak,
+                                 connections=self.s.connections, threads=self.s.threads)
+            finally:
+                stop.set()
+                sampler.join()
+            end = {p: procstats.status_kib(p, "VmRSS") for p in workers}
+            self.run.soak = {
+                "duration_s": self.s.soak, "rps": result.rps, "errors": result.errors,
+                "start_rss_kib": samples[0]["rss_kib"], "end_rss_kib": end, "samples": samples,
+            }
+
+    def scale(self) -> None:
+        """Scenario 7, on a database of its own so that it starts from a known ledger size."""
+        database = open_database(self.db.kind)
+        try:
+            Runner(self.s, database, self.run)._scale()
+        finally:
+            database.drop()
+
+    def _scale(self) -> None:
+        ids = self.db.seed_users(self.s.users, credit_types=("generation_credits",))
+        tokens = write_tokens(self.s.jwt_secret, ids, self.s.workdir / f"tokens-{self.db.kind}-scale.txt")
+        balance = Load("GET", "/api/credits/balance", None, tokens)
+        history = Load("GET", "/api/credits/transactions?limit=20", None, tokens)
+        generate = Load("POST", "/api/generate", GENERATE_BODY, tokens)
+        with self.server("s7") as server:
+            self.warm_up(server, balance)  # reads only, so the ledger keeps its starting size
+            for size in ("small", "big"):
+                if size == "big":
+                    per_user = self.s.scale_rows // self.s.users
+                    print(f"  seeding {per_user * self.s.users:,} ledger rows ...", flush=True)
+                    started = time.monotonic()
+                    self.db.seed_ledger(per_user)
+                    self.run.ledger_rows["seed_seconds"] = time.monotonic() - started
+                rows = self.db.ledger_rows()
+                self.run.ledger_rows[size] = rows
+                at = f"@ {rows:,} rows"
+                self.measure(server, f"s7-balance-{size}", f"GET /api/credits/balance {at}", balance)
+                self.measure(server, f"s7-history-{size}", f"GET .../transactions?limit=20 {at}", history)
+                self.measure(server, f"s7-generate-{size}", f"POST /api/generate {at}", generate)
+        self.run.verify.append(self._verify(self.db, "scenario 7 database"))
+
+    def _verify(self, database: BenchDatabase, what: str) -> dict:
+        clean, output = database.verify()
+        print(f"  verify ({what}): {output}", flush=True)
+        return {"database": what, "clean": clean, "output": output}
+
+
+def run_database(kind: str, settings: Settings) -> DatabaseRun:
+    """Every scenario against fresh databases of `kind`; raises dbsetup.Unavailable if none."""
+    database = open_database(kind)
+    run = DatabaseRun(kind=kind, title=database.title, label=database.label)
+    try:
+        print(f"\n{database.title}: {database.label}", flush=True)
+        runner = Runner(settings, database, run)
+        runner.main_scenarios()
+        run.verify.append(runner._verify(database, "main database"))
+        runner.scale()
+    finally:
+        database.drop()
+    return run
