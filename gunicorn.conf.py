@@ -13,6 +13,9 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", 50))
+# A keep-alive client stays on the worker that accepted it: without this cap one worker can hold
+# most of the connections while the others idle (bench/ measured 119 of 200 on one worker).
+worker_connections = threads
 # Longer than the slowest AI call; a worker killed by this timeout leaves its holds to expire.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 120))
 graceful_timeout = 30

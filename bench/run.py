@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="also record one worker with py-spy during an extra scenario-3 run "
                              "(20 s; needs .venv/bin/pip install py-spy)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenarios to run, e.g. s1,s3,s6 (s1…s7, memory); default all")
     args = parser.parse_args(argv)
     if args.duration < 1:
         parser.error("--duration must be at least 1")
@@ -65,6 +67,7 @@ def settings_from(args, workdir: Path, stamp: str) -> Settings:
         scale_rows=10_000 if smoke else 1_000_000,
         soak=0 if smoke else 60,
         profile_prefix=RESULTS / f"{stamp}-profile" if args.profile else None,
+        only=frozenset(name.strip() for name in args.only.split(",") if name.strip()),
         workdir=workdir,
         jwt_secret=secrets.token_hex(32),
     )

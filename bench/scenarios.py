@@ -30,6 +30,10 @@ class Settings:
     profile_prefix: Path | None  # where --profile writes py-spy's output; None: no profile
     workdir: Path
     jwt_secret: str
+    only: frozenset[str] = frozenset()  # scenario keys to run (s1 … s7); empty: all
+
+    def wants(self, key: str) -> bool:
+        return not self.only or key in self.only
 
 
 @dataclass
@@ -109,6 +113,8 @@ class Runner:
 
     def simple(self, key: str, title: str, load: Load, *, latency_ms: int = 0,
                connections: int | None = None, duration: int | None = None) -> Measurement:
+        if not self.s.wants(key):
+            return None
         with self.server(key, latency_ms) as server:
             self.warm_up(server, load, connections)
             return self.measure(server, key, title, load, connections=connections, duration=duration)
@@ -130,10 +136,12 @@ class Runner:
                     Load("POST", "/api/ai/complete", COMPLETE_BODY, tokens))
         self.simple("s6", "POST /api/generate, AI takes 1000 ms", generate, latency_ms=1000,
                     connections=self.s.s6_connections, duration=self.s.s6_duration)
-        if self.s.soak:
+        if self.s.soak and self.s.wants("memory"):
             self.memory_soak(generate)
 
     def scenario_3(self, generate: Load) -> None:
+        if not self.s.wants("s3"):
+            return
         with self.server("s3") as server:
             self.warm_up(server, generate)
             self.measure(server, "s3", "POST /api/generate, over all users", generate)
@@ -182,6 +190,8 @@ class Runner:
 
     def scale(self) -> None:
         """Scenario 7, on a database of its own so that it starts from a known ledger size."""
+        if not self.s.wants("s7"):
+            return
         database = open_database(self.db.kind)
         try:
             Runner(self.s, database, self.run)._scale()

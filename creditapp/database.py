@@ -70,15 +70,18 @@ MAX_ATTEMPTS = 3
 
 
 def read(statement) -> list:
-    """The rows of one read statement. On PostgreSQL it runs in autocommit: one round trip
-    instead of BEGIN, the query and COMMIT (a single statement is consistent by itself)."""
-    session = db.session()
-    if session.in_transaction():
-        session.rollback()
-    with session.begin():
-        if session.get_bind().dialect.name == "postgresql":
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        return session.execute(statement).all()
+    """The rows of one read statement, on a connection of its own outside the ORM session.
+    On PostgreSQL it runs in autocommit: one round trip instead of BEGIN, the query and COMMIT
+    (a single statement is consistent by itself). The revocation check runs this on every
+    authenticated request, where the session's bookkeeping showed in the profile."""
+    engine = db.engine
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        rows = connection.execute(statement).all()
+        if connection.in_transaction():
+            connection.rollback()  # SQLite: end the read transaction it began
+        return rows
 
 
 def retry_conflicts(function: Callable) -> Callable:

@@ -15,18 +15,16 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..database import atomic, read, retry_conflicts, utcnow
 from ..exceptions import InsufficientCredits, ReferenceConflict, UnknownUser
-from ..models import MAX_AMOUNT, CreditAccount, CreditHold, LedgerEntry
+from ..models import MAX_AMOUNT
+from . import statements as sql
+from .statements import ACCOUNTS, HOLDS, LEDGER
 from .types import Balance, CreditType, Grant, Reservation
-
-ACCOUNTS = CreditAccount.__table__
-HOLDS = CreditHold.__table__
-LEDGER = LedgerEntry.__table__
 
 _active_reservations: ContextVar[tuple[Reservation, ...]] = ContextVar(
     "creditapp_active_reservations", default=()
@@ -72,10 +70,6 @@ def _amount(value) -> int:
     return value
 
 
-def _account_key(user_id: int, credit_type: CreditType):
-    return and_(ACCOUNTS.c.user_id == user_id, ACCOUNTS.c.credit_type == credit_type.value)
-
-
 class CreditService:
     def __init__(self, hold_ttl_seconds: int = 600):
         self.hold_ttl_seconds = hold_ttl_seconds
@@ -92,7 +86,7 @@ class CreditService:
             return self._balance(session, user_id)
 
     def hold_status(self, hold_id: int) -> str | None:
-        rows = read(select(HOLDS.c.status).where(HOLDS.c.id == hold_id))
+        rows = read(sql.HOLD_STATUS.params(p_hold=hold_id))
         return rows[0].status if rows else None
 
     def list_transactions(
@@ -165,15 +159,11 @@ class CreditService:
                 if row is None:
                     shortfall = self._lock_account(session, user_id, credit_type).available
             if shortfall is None:
-                hold_id = session.execute(
-                    insert(HOLDS)
-                    .values(
-                        user_id=user_id, credit_type=credit_type.value, amount=amount,
-                        settled_amount=0, status="open", created_at=now,
-                        expires_at=now + timedelta(seconds=self.hold_ttl_seconds),
-                    )
-                    .returning(HOLDS.c.id)
-                ).scalar_one()
+                hold_id = session.execute(sql.INSERT_HOLD, {
+                    "user_id": user_id, "credit_type": credit_type.value, "amount": amount,
+                    "settled_amount": 0, "status": "open", "created_at": now,
+                    "expires_at": now + timedelta(seconds=self.hold_ttl_seconds),
+                }).scalar_one()
                 self._ledger(session, user_id, credit_type, "hold", -amount, amount, row, hold_id=hold_id)
                 # Swept after the hold's own row, so that every row's *_after is the state it left.
                 after_sweep = self._expire_holds(session, user_id, credit_type, now, excluding=hold_id)[1] or row
@@ -229,12 +219,10 @@ class CreditService:
         with atomic() as session:
             now = utcnow()
             self._lock_account(session, user_id, credit_type)
-            hold = session.execute(
-                update(HOLDS)
-                .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "open")
-                .values(status="settled" if charge else "released", settled_amount=charge, closed_at=now)
-                .returning(HOLDS.c.amount)
-            ).one_or_none()
+            hold = session.execute(sql.CLOSE_HOLD, {
+                "p_hold": reservation.hold_id, "p_status": "settled" if charge else "released",
+                "p_settled": charge, "p_now": now,
+            }).one_or_none()
             if hold is None:
                 if charge:
                     # The hold expired while the work ran (it outlived CREDIT_HOLD_TTL_SECONDS).
@@ -349,42 +337,28 @@ class CreditService:
     # --- internals (all run inside the caller's transaction) -----------------------------
 
     def _balance(self, session, user_id: int) -> Balance:
-        rows = session.execute(
-            select(ACCOUNTS.c.credit_type, ACCOUNTS.c.available).where(ACCOUNTS.c.user_id == user_id)
-        ).all()
+        rows = session.execute(sql.BALANCES, {"p_user": user_id}).all()
         if not rows:
             raise UnknownUser(f"no user with id {user_id}")
         return Balance(**{credit_type: available for credit_type, available in rows})
 
     def _lock_account(self, session, user_id: int, credit_type: CreditType):
-        row = session.execute(
-            select(ACCOUNTS.c.available, ACCOUNTS.c.held)
-            .where(_account_key(user_id, credit_type))
-            .with_for_update()
-        ).one_or_none()
+        row = session.execute(sql.LOCK_ACCOUNT, {"p_user": user_id, "p_type": credit_type.value}).one_or_none()
         if row is None:
             raise UnknownUser(f"no user with id {user_id}")
         return row
 
     def _take_available(self, session, user_id, credit_type, amount: int, *, held_change: int):
         """The one conditional write: None when `amount` is more than is available."""
-        return session.execute(
-            update(ACCOUNTS)
-            .where(_account_key(user_id, credit_type), ACCOUNTS.c.available >= amount)
-            .values(available=ACCOUNTS.c.available - amount, held=ACCOUNTS.c.held + held_change)
-            .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
-        ).one_or_none()
+        return session.execute(sql.TAKE_AVAILABLE, {
+            "p_user": user_id, "p_type": credit_type.value, "p_amount": amount, "p_held": held_change,
+        }).one_or_none()
 
     def _move(self, session, user_id, credit_type, available_change: int, held_change: int):
-        return session.execute(
-            update(ACCOUNTS)
-            .where(_account_key(user_id, credit_type))
-            .values(
-                available=ACCOUNTS.c.available + available_change,
-                held=ACCOUNTS.c.held + held_change,
-            )
-            .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
-        ).one()
+        return session.execute(sql.MOVE, {
+            "p_user": user_id, "p_type": credit_type.value, "p_available": available_change,
+            "p_held": held_change,
+        }).one()
 
     def _charge(self, session, user_id, credit_type, amount: int, reason) -> None:
         row = self._take_available(session, user_id, credit_type, amount, held_change=0)
@@ -410,11 +384,7 @@ class CreditService:
             user_id, credit_type = reservation.user_id, reservation.credit_type
             with atomic() as session:
                 self._lock_account(session, user_id, credit_type)
-                grown = session.execute(
-                    update(HOLDS)
-                    .where(HOLDS.c.id == reservation.hold_id, HOLDS.c.status == "open")
-                    .values(amount=HOLDS.c.amount + extra)
-                ).rowcount
+                grown = session.execute(sql.GROW_HOLD, {"p_hold": reservation.hold_id, "p_extra": extra}).rowcount
                 if grown:
                     row = self._take_available(session, user_id, credit_type, extra, held_change=extra)
                     if row is None:
@@ -430,15 +400,9 @@ class CreditService:
     def _expire_holds(self, session, user_id, credit_type, now: datetime, excluding: int | None = None):
         """Give back this account's expired holds: how many, and the account's state after (None
         when there were none)."""
-        query = update(HOLDS).where(
-            HOLDS.c.user_id == user_id, HOLDS.c.credit_type == credit_type.value,
-            HOLDS.c.status == "open", HOLDS.c.expires_at <= now,
-        )
-        if excluding is not None:
-            query = query.where(HOLDS.c.id != excluding)
-        expired = session.execute(
-            query.values(status="expired", closed_at=now).returning(HOLDS.c.id, HOLDS.c.amount)
-        ).all()
+        expired = session.execute(sql.EXPIRE_HOLDS, {
+            "p_user": user_id, "p_type": credit_type.value, "p_now": now, "p_exclude": excluding or 0,
+        }).all()
         row = None
         for hold_id, amount in sorted(expired):
             row = self._move(session, user_id, credit_type, amount, -amount)
@@ -461,12 +425,9 @@ class CreditService:
                     reason=original["reason"], reference=reference,
                     balance=self._balance(session, user_id), created=False,
                 )
-        row = session.execute(
-            update(ACCOUNTS)
-            .where(_account_key(user_id, credit_type))
-            .values(available=ACCOUNTS.c.available + amount)
-            .returning(ACCOUNTS.c.available, ACCOUNTS.c.held)
-        ).one_or_none()
+        row = session.execute(sql.MOVE, {
+            "p_user": user_id, "p_type": credit_type.value, "p_available": amount, "p_held": 0,
+        }).one_or_none()
         if row is None:
             raise UnknownUser(f"no user with id {user_id}")
         entry_id = self._ledger(session, user_id, credit_type, "grant", amount, 0, row,
@@ -481,13 +442,11 @@ class CreditService:
         *, hold_id=None, reason=None, reference=None,
     ) -> int:
         balance_after, held_after = after
-        return session.execute(
-            insert(LEDGER).values(
-                user_id=user_id, credit_type=credit_type.value, kind=kind, amount=amount,
-                held_change=held_change, balance_after=balance_after, held_after=held_after,
-                hold_id=hold_id, reason=reason, reference=reference, created_at=utcnow(),
-            ).returning(LEDGER.c.id)
-        ).scalar_one()
+        return session.execute(sql.INSERT_LEDGER, {
+            "user_id": user_id, "credit_type": credit_type.value, "kind": kind, "amount": amount,
+            "held_change": held_change, "balance_after": balance_after, "held_after": held_after,
+            "hold_id": hold_id, "reason": reason, "reference": reference, "created_at": utcnow(),
+        }).scalar_one()
 
 
 credit_service = CreditService()

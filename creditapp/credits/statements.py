@@ -1,0 +1,69 @@
+"""The ledger's hot statements, built once.
+
+SQLAlchemy memoizes a statement object's cache key, so executing the same object with new
+parameters skips building and keying the statement on every call, which was about a third of
+the service's CPU per paid request. Parameters are named p_* because names that match a
+column are reserved in INSERT and UPDATE.
+"""
+from sqlalchemy import and_, bindparam, insert, select, update
+
+from ..models import CreditAccount, CreditHold, LedgerEntry
+
+ACCOUNTS = CreditAccount.__table__
+HOLDS = CreditHold.__table__
+LEDGER = LedgerEntry.__table__
+
+_ACCOUNT = and_(ACCOUNTS.c.user_id == bindparam("p_user"), ACCOUNTS.c.credit_type == bindparam("p_type"))
+_AFTER = (ACCOUNTS.c.available, ACCOUNTS.c.held)
+
+BALANCES = select(ACCOUNTS.c.credit_type, ACCOUNTS.c.available).where(ACCOUNTS.c.user_id == bindparam("p_user"))
+
+LOCK_ACCOUNT = select(*_AFTER).where(_ACCOUNT).with_for_update()
+
+# The one conditional write: no row comes back when p_amount is more than is available.
+TAKE_AVAILABLE = (
+    update(ACCOUNTS)
+    .where(_ACCOUNT, ACCOUNTS.c.available >= bindparam("p_amount"))
+    .values(available=ACCOUNTS.c.available - bindparam("p_amount"),
+            held=ACCOUNTS.c.held + bindparam("p_held"))
+    .returning(*_AFTER)
+)
+
+MOVE = (
+    update(ACCOUNTS)
+    .where(_ACCOUNT)
+    .values(available=ACCOUNTS.c.available + bindparam("p_available"),
+            held=ACCOUNTS.c.held + bindparam("p_held"))
+    .returning(*_AFTER)
+)
+
+INSERT_HOLD = insert(HOLDS).returning(HOLDS.c.id)
+
+INSERT_LEDGER = insert(LEDGER).returning(LEDGER.c.id)
+
+CLOSE_HOLD = (
+    update(HOLDS)
+    .where(HOLDS.c.id == bindparam("p_hold"), HOLDS.c.status == "open")
+    .values(status=bindparam("p_status"), settled_amount=bindparam("p_settled"), closed_at=bindparam("p_now"))
+    .returning(HOLDS.c.amount)
+)
+
+GROW_HOLD = (
+    update(HOLDS)
+    .where(HOLDS.c.id == bindparam("p_hold"), HOLDS.c.status == "open")
+    .values(amount=HOLDS.c.amount + bindparam("p_extra"))
+)
+
+# p_exclude is a hold id to leave alone (0 for none: ids start at 1).
+EXPIRE_HOLDS = (
+    update(HOLDS)
+    .where(
+        HOLDS.c.user_id == bindparam("p_user"), HOLDS.c.credit_type == bindparam("p_type"),
+        HOLDS.c.status == "open", HOLDS.c.expires_at <= bindparam("p_now"),
+        HOLDS.c.id != bindparam("p_exclude"),
+    )
+    .values(status="expired", closed_at=bindparam("p_now"))
+    .returning(HOLDS.c.id, HOLDS.c.amount)
+)
+
+HOLD_STATUS = select(HOLDS.c.status).where(HOLDS.c.id == bindparam("p_hold"))
