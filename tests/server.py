@@ -80,6 +80,8 @@ def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | Non
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
          "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", "5",
+         # One client per thread, so that simultaneous requests really spread over the workers.
+         "--worker-connections", str(threads),
          "--timeout", "60"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

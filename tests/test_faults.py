@@ -40,6 +40,8 @@ def test_two_hosts_sell_exactly_the_balance(app, make_user, database_url, tmp_pa
         hosts = (host_a.url, host_b.url)
         results = fire_together(200, lambda i: post(f"{hosts[i % 2]}/api/generate", user, {"prompt": str(i)}))
     statuses = [status for status, _ in results]
+    print(f"\n[figures] two hosts: 200 requests on a balance of 50 -> {statuses.count(200)} x 200, "
+          f"{statuses.count(403)} x 403, {calls.read_text().count(chr(10))} AI calls")
     assert (statuses.count(200), statuses.count(403)) == (50, 150)
     assert calls.read_text().count("\n") == 50
     assert credit_service.get_credit_balance(user.id).generation_credits == 0
@@ -58,6 +60,9 @@ def test_grants_and_spends_fired_together(app, make_user, database_url):
         results = fire_together(200, act)
     grants = [status for kind, (status, _) in results if kind == "grant"]
     spends = [status for kind, (status, _) in results if kind == "spend"]
+    print(f"\n[figures] 100 grants + 100 spends from 0: {grants.count(201)} granted, "
+          f"{spends.count(200)} spent, {spends.count(403)} refused, final balance "
+          f"{credit_service.get_credit_balance(user.id).generation_credits}")
     assert grants == [201] * 100
     assert set(spends) <= {200, 403}
     assert credit_service.get_credit_balance(user.id).generation_credits == 100 - spends.count(200)
@@ -68,10 +73,12 @@ def test_one_idempotency_key_sent_twenty_times_at_once(app, make_user, database_
     user = make_user(credits=5)
     calls = tmp_path / "ai-calls.log"
     env = server_env(database_url, AI_STUB_CALL_LOG=calls, AI_STUB_LATENCY_MS=200)
-    with gunicorn(env, workers=4) as server:
+    with gunicorn(env, workers=4, threads=4) as server:
         results = fire_together(20, lambda i: post(f"{server.url}/api/generate", user, {"prompt": "same"},
                                                    key="retry-me"))
     statuses = [status for status, _ in results]
+    print(f"\n[figures] one key x 20 at once: {statuses.count(200)} x 200 (first or replayed), "
+          f"{statuses.count(409)} x 409, {calls.read_text().count(chr(10))} AI call(s)")
     assert set(statuses) <= {200, 409}
     assert statuses.count(409) == len([b for s, b in results if s == 409 and b["error"] == "idempotency_key_in_use"])
     answers = {body["result"]["image_url"] for status, body in results if status == 200}
@@ -104,6 +111,8 @@ def test_worker_killed_during_the_ai_call(app, make_user, database_url, tmp_path
         for pid in server.worker_pids():
             os.kill(pid, signal.SIGKILL)
         client.join(timeout=30)
+    print(f"\n[figures] worker SIGKILLed during the AI call: client got "
+          f"{outcome.get('answer', (None,))[0] or type(outcome.get('error')).__name__}")
     assert "answer" not in outcome or outcome["answer"][0] >= 500
     time.sleep(2.1)  # past CREDIT_HOLD_TTL_SECONDS
     released = flask_cli(env, "credits", "release-expired")
@@ -152,6 +161,9 @@ def test_database_connections_cut_under_load(app, make_user, database_url, tmp_p
             thread.join(timeout=60)
         assert terminated > 0, "no connection was cut"
         after = post(f"{server.url}/api/generate", users[0], {"prompt": "after"})
+    print(f"\n[figures] {terminated} PostgreSQL connections cut under load: {len(statuses)} requests, "
+          f"{statuses.count(200)} x 200, {statuses.count(503)} x 503, "
+          f"{len([s for s in statuses if s not in (200, 503)])} other")
     assert after[0] == 200, after  # serving again without a restart
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     assert all(b["error"] == "database_unavailable" for s, b in zip(statuses, bodies) if s == 503)
