@@ -10,7 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from .exceptions import (
     GenerationFailed, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits,
-    InvalidCredentials, InvalidIdentity, NotAdmin, ReferenceConflict, UnknownUser, UsernameTaken,
+    InvalidCredentials, InvalidIdentity, NotAdmin, ReferenceConflict, ReservationExpired, UnknownUser,
+    UsernameTaken,
 )
 
 HTTP_CODES = {
@@ -39,6 +40,7 @@ DOMAIN_ERRORS = {
     ReferenceConflict: (409, "reference_conflict"),
     IdempotencyKeyReused: (422, "idempotency_key_reused"),
     GenerationFailed: (502, "generation_failed"),
+    ReservationExpired: (503, "reservation_expired"),
 }
 
 

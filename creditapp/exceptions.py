@@ -47,5 +47,9 @@ class IdempotencyKeyInUse(CreditAppError):
     """A request with the same Idempotency-Key has not finished yet."""
 
 
+class ReservationExpired(CreditAppError):
+    """The work outlived its hold (CREDIT_HOLD_TTL_SECONDS): the credits went back, nothing is charged."""
+
+
 class ReferenceConflict(CreditAppError):
     """A grant with this reference exists with a different amount or credit type."""

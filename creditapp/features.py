@@ -6,6 +6,10 @@ from flask import current_app
 
 from .credits.types import CreditType
 
+# Bounded so that the largest estimate (8000-character prompt + 4096 tokens, times the price)
+# stays far below the amount limit: a price can never turn a request into a 500.
+MAX_PRICE = 10**6
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -36,8 +40,8 @@ def check_costs(costs: dict) -> None:
     if missing or unknown:
         raise RuntimeError(f"CREDIT_COSTS: missing {missing}, unknown {unknown}")
     for name, cost in costs.items():
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost <= 0:
-            raise RuntimeError(f"CREDIT_COSTS[{name!r}] must be a positive integer, got {cost!r}")
+        if isinstance(cost, bool) or not isinstance(cost, int) or not 0 < cost <= MAX_PRICE:
+            raise RuntimeError(f"CREDIT_COSTS[{name!r}] must be an integer from 1 to {MAX_PRICE}, got {cost!r}")
 
 
 def check_signup_grants(config) -> None:

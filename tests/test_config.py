@@ -83,6 +83,7 @@ def costs_with(**changes) -> dict:
     pytest.param(costs_with(upscale=True), id="bool"),
     pytest.param(costs_with(upscale=1.5), id="fraction"),
     pytest.param(costs_with(upscale="3"), id="string"),
+    pytest.param(costs_with(ai_complete=10**6 + 1), id="too-high"),
 ])
 def test_a_bad_price_table_stops_the_app_from_starting(database_url, costs):
     with pytest.raises(RuntimeError, match="CREDIT_COSTS"):

@@ -1,4 +1,6 @@
 """require_credits on blueprints a developer would write, including the issue's example verbatim."""
+from datetime import timedelta
+
 import pytest
 from flask import Blueprint, abort, g, jsonify, request
 from marshmallow import Schema, fields
@@ -6,7 +8,7 @@ from sqlalchemy import select
 
 from creditapp.ai import ai_service
 from creditapp.credits import CreditType, InsufficientCredits, credit_service, require_credits
-from creditapp.database import atomic
+from creditapp.database import atomic, utcnow
 from creditapp.models import CreditHold
 
 
@@ -68,6 +70,17 @@ def example_blueprint():
     def deducts_more(amount):
         balance = credit_service.deduct_credits(g.credit_info.user_id, amount, CreditType.AI_TOKENS)
         return {"ai_tokens": balance.ai_tokens}
+
+    @bp.post("/outlives-its-hold")
+    @require_credits(1, CreditType.GENERATION_CREDITS)
+    def outlives_its_hold():
+        with atomic() as session:  # as if CREDIT_HOLD_TTL_SECONDS passed during the AI call
+            session.execute(CreditHold.__table__.update()
+                            .where(CreditHold.id == g.credit_info.hold_id)
+                            .values(expires_at=utcnow() - timedelta(seconds=1)))
+        credit_service.release_expired()
+        credit_service.deduct_credits(g.credit_info.user_id, 1, CreditType.GENERATION_CREDITS)
+        return {"image_url": "https://example.com/too-late.png"}
 
     @bp.post("/priced-by-body")
     @require_credits(lambda: request.get_json()["cost"], CreditType.AI_TOKENS)
@@ -165,6 +178,19 @@ def test_charge_is_not_committed_when_the_response_is_an_error(client, make_user
     assert response.status_code == 500
     assert balance(user).generation_credits == 1
     assert hold_statuses(user) == ["released"]
+    assert credit_service.verify() == []
+
+
+def test_work_that_outlived_its_hold_is_not_charged_and_its_result_withheld(client, make_user):
+    user = make_user(credits=1)
+    headers = {**user.headers, "Idempotency-Key": "slow-1"}
+    response = client.post("/example/outlives-its-hold", headers=headers)
+    assert (response.status_code, response.json["error"]) == (503, "reservation_expired")
+    assert "image_url" not in response.json
+    assert balance(user).generation_credits == 1
+    assert hold_statuses(user) == ["expired"]
+    again = client.post("/example/outlives-its-hold", headers=headers)  # the key is free again
+    assert "Idempotent-Replayed" not in again.headers
     assert credit_service.verify() == []
 
 

@@ -7,7 +7,8 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from creditapp.credits import CreditType, InsufficientCredits, credit_service
 from creditapp.database import atomic, utcnow
-from creditapp.exceptions import UnknownUser
+from creditapp import idempotency
+from creditapp.exceptions import ReservationExpired, UnknownUser
 from creditapp.models import CreditHold, LedgerEntry
 
 GEN, TOK = CreditType.GENERATION_CREDITS, CreditType.AI_TOKENS
@@ -239,13 +240,43 @@ def test_every_ledger_row_records_the_state_it_left(make_user):
     assert credit_service.verify() == []
 
 
-def test_settle_after_expiry_charges_afresh(make_user):
+def test_settle_after_expiry_charges_nothing(make_user):
     user = make_user(credits=2)
     reservation = credit_service.reserve(user.id, 1, GEN)
     _age_holds(user.id, 1)
     credit_service.release_expired()
-    assert credit_service.settle(reservation, 1).generation_credits == 1
-    assert ledger(user.id)[-1] == ("charge", "generation_credits", -1, 0)
+    with pytest.raises(ReservationExpired):
+        credit_service.settle(reservation, 1)
+    assert credit_service.get_credit_balance(user.id).generation_credits == 2
+    assert [row.kind for row in ledger(user.id)] == ["grant", "hold", "expire"]
+    assert credit_service.verify() == []
+
+
+def test_work_that_outlived_its_hold_is_not_charged_beside_its_retry(make_user):
+    """The retry of a slow request finds its key free once the hold expired; when the slow one
+    finishes it must not be charged too (one key, one charge)."""
+    user = make_user(credits=3)
+    keys = {}
+
+    def claim(name):
+        return lambda session, hold_id: keys.setdefault(
+            name, idempotency.claim(session, user.id, "key-1", "fingerprint", 3600, hold_id))
+
+    def record(name):
+        return lambda session: idempotency.complete(session, keys[name], 200, "{}")
+
+    slow = credit_service.reserve(user.id, 1, GEN, also=claim("slow"))
+    _age_holds(user.id, 1)
+    assert idempotency.lookup(user.id, "key-1", "fingerprint") is None  # the retry may run
+    retry = credit_service.reserve(user.id, 1, GEN, also=claim("retry"))
+    with credit_service.activate(retry):
+        credit_service.deduct_credits(user.id, 1, GEN)
+    credit_service.close(retry, succeeded=True, also=record("retry"))
+    with credit_service.activate(slow):
+        credit_service.deduct_credits(user.id, 1, GEN)
+    with pytest.raises(ReservationExpired):
+        credit_service.close(slow, succeeded=True, also=record("slow"))
+    assert credit_service.get_credit_balance(user.id).generation_credits == 2
     assert credit_service.verify() == []
 
 

@@ -14,8 +14,8 @@ from flask import Response, after_this_request, current_app, g, request
 
 from .. import idempotency
 from ..auth import caller_must_exist, current_user_id
-from ..errors import error_response, handle_insufficient_credits
-from ..exceptions import InsufficientCredits
+from ..errors import error_response
+from ..exceptions import InsufficientCredits, ReservationExpired
 from ..idempotent_requests import HEADER as IDEMPOTENCY_HEADER
 from ..idempotent_requests import idempotency_key, replay, request_fingerprint
 from ..metrics import metrics
@@ -134,10 +134,10 @@ def _close(reservation: Reservation, key_id: int | None, response: Response | No
         credit_service.close(reservation, succeeded=succeeded, also=_record_answer(key_id, response, succeeded))
         _closed(reservation, charged=reservation.pending if succeeded else 0)
         return response
-    except InsufficientCredits as exc:
-        # The hold expired during a very slow request and the balance is spent meanwhile.
-        _closed(reservation, charged=0)
-        return handle_insufficient_credits(exc)
+    except ReservationExpired as exc:
+        current_app.logger.warning("%s", exc)
+        _give_back(reservation, key_id)  # forgets the key; the hold is already back
+        return error_response(503, "reservation_expired", "The request took too long; nothing was charged.")
     except Exception:
         current_app.logger.exception("could not close credit hold %s", reservation.hold_id)
         if succeeded and _settled_anyway(reservation):

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..database import atomic, read, retry_conflicts, utcnow
-from ..exceptions import InsufficientCredits, ReferenceConflict, UnknownUser
+from ..exceptions import InsufficientCredits, ReferenceConflict, ReservationExpired, UnknownUser
 from ..models import MAX_AMOUNT
 from . import statements as sql
 from .statements import ACCOUNTS, HOLDS, LEDGER
@@ -225,8 +225,12 @@ class CreditService:
             }).one_or_none()
             if hold is None:
                 if charge:
-                    # The hold expired while the work ran (it outlived CREDIT_HOLD_TTL_SECONDS).
-                    self._charge(session, user_id, credit_type, charge, reservation.reason)
+                    # The hold expired while the work ran and its credits went back. Charging
+                    # afresh would race a retry that found the hold gone (and its idempotency
+                    # key free): two charges for one key. So an expired hold charges nothing.
+                    raise ReservationExpired(
+                        f"hold {reservation.hold_id} expired before the work finished; nothing was charged"
+                    )
             else:
                 remainder = hold.amount - charge
                 row = self._move(session, user_id, credit_type, remainder, -hold.amount)
