@@ -37,6 +37,11 @@ def verify_access_token() -> None:
 
 def current_user_id() -> int:
     verify_access_token()
+    return token_user_id()
+
+
+def token_user_id() -> int:
+    """The user id of the token verified in this request (access or refresh)."""
     identity = get_jwt_identity()
     try:
         user_id = int(identity)

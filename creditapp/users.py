@@ -70,6 +70,12 @@ def require_admin(user_id: int) -> None:
         raise NotAdmin("administrator rights required")
 
 
+def require_user(user_id: int) -> None:
+    """UnknownUser unless the user exists."""
+    if not read(select(USERS.c.id).where(USERS.c.id == user_id)):
+        raise UnknownUser(f"no user with id {user_id}")
+
+
 def _username_exists(username: str) -> bool:
     with atomic(write=False) as session:
         return session.execute(select(USERS.c.id).where(USERS.c.username == username)).first() is not None

@@ -86,6 +86,14 @@ def test_logout_with_the_refresh_token_also_works(client, make_user):
     assert client.get("/api/credits/balance", headers=bearer(tokens["access_token"])).status_code == 401
 
 
+def test_logout_with_a_token_of_a_user_that_no_longer_exists_is_401(blocklist_app):
+    from flask_jwt_extended import create_access_token
+
+    token = create_access_token(identity="4242", additional_claims={"sid": "gone"})
+    response = blocklist_app.test_client().post("/api/auth/logout", headers=bearer(token))
+    assert (response.status_code, response.json["error"]) == (401, "invalid_token")
+
+
 def test_logout_needs_a_token(client):
     response = client.post("/api/auth/logout")
     assert (response.status_code, response.json["error"]) == (401, "authorization_required")

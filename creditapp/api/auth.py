@@ -8,6 +8,7 @@ from flask_jwt_extended import (
 from flask_smorest import Blueprint
 
 from .. import users
+from ..auth import caller_must_exist, token_user_id
 from ..credits.types import Balance
 from ..extensions import limiter
 from ..revocation import revoke_session
@@ -69,9 +70,12 @@ def refresh():
 def logout():
     """End the session: its access and refresh tokens are refused from now on, everywhere."""
     verify_jwt_in_request(verify_type=False)
+    user_id = token_user_id()
+    with caller_must_exist():  # a deleted user's token is a 401 here too, as everywhere
+        users.require_user(user_id)
     sid = get_jwt().get("sid")
     if sid:
-        revoke_session(current_app, sid, int(get_jwt_identity()))
+        revoke_session(current_app, sid, user_id)
     response = jsonify(status="logged_out")
     if "cookies" in current_app.config["JWT_TOKEN_LOCATION"]:
         unset_jwt_cookies(response)
