@@ -152,7 +152,16 @@ class ProductionConfig(Config):
 
 
 def check_config(config) -> None:
-    """Refuse to start in production with a secret anyone could guess."""
+    """Refuse to start with settings that would lose money or security."""
+    hold_ttl, key_ttl = config["CREDIT_HOLD_TTL_SECONDS"], config["IDEMPOTENCY_TTL_SECONDS"]
+    if hold_ttl <= 0:
+        raise RuntimeError(f"CREDIT_HOLD_TTL_SECONDS must be positive, got {hold_ttl}")
+    if key_ttl <= hold_ttl:
+        raise RuntimeError(
+            f"IDEMPOTENCY_TTL_SECONDS ({key_ttl}) must be longer than CREDIT_HOLD_TTL_SECONDS "
+            f"({hold_ttl}): a stored answer could otherwise be forgotten while its request still "
+            "runs, and a retry with the same Idempotency-Key would be charged again"
+        )
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:

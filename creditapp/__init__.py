@@ -27,7 +27,10 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
     configure_database(app)
     check_costs(app.config["CREDIT_COSTS"])
     check_signup_grants(app.config)
-    credit_service.configure(hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"])
+    credit_service.configure(
+        hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"],
+        idempotency_ttl_seconds=app.config["IDEMPOTENCY_TTL_SECONDS"],
+    )
 
     register_extensions(app)
     register_blueprints(api)

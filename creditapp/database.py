@@ -18,13 +18,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
+from .clock import clock
 from .extensions import db
 
 _WRITE_OPTION = "creditapp_write"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.now()
 
 
 class UTCDateTime(TypeDecorator):

@@ -1,20 +1,23 @@
 """Idempotency keys: a retried request gets the first one's answer, and is never charged twice.
 
-A key is scoped to its user. It is claimed (in flight) in the same transaction that reserves
-the credits, and completed with the response in the same transaction that commits the charge,
-so a crash can never leave a charge without its stored answer or the other way round. A
-request that fails stores nothing and may be retried with the same key.
+A key is scoped to its user and bound to the hold of the request that claimed it. It is claimed
+(in flight) in the same transaction that takes the hold, and it ends in the same transaction that
+ends the hold: completed with the answer when the hold settles, freed when the hold is released
+or expires. So a key can never be handed to a retry while its first request could still be
+charged. A completed key is kept for IDEMPOTENCY_TTL_SECONDS after its answer was stored.
+
+These functions work inside the caller's transaction; the credit service decides when.
 """
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .database import atomic, utcnow
-from .exceptions import IdempotencyKeyInUse, IdempotencyKeyReused
+from .exceptions import IdempotencyKeyInUse
 from .models import CreditHold, IdempotencyKey
 
 KEYS = IdempotencyKey.__table__
@@ -32,38 +35,24 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     """Same route and same JSON (whatever its key order or spacing) give the same fingerprint."""
     try:
         canonical = json.dumps(json.loads(body or b"null"), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
+    except (ValueError, RecursionError):
         canonical = body
     return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 
-def lookup(user_id: int, key: str, request_fingerprint: str, now: datetime | None = None) -> StoredResponse | None:
-    """The stored answer to replay, None when the request should run, or an error."""
-    now = now or utcnow()
-    with atomic() as session:
-        row = session.execute(
-            select(KEYS.c.id, KEYS.c.fingerprint, KEYS.c.status, KEYS.c.response_status,
-                   KEYS.c.response_body, KEYS.c.expires_at, HOLDS.c.status.label("hold_status"),
-                   HOLDS.c.expires_at.label("hold_expires_at"))
-            .outerjoin(HOLDS, HOLDS.c.id == KEYS.c.hold_id)
-            .where(KEYS.c.user_id == user_id, KEYS.c.key == key)
-        ).one_or_none()
-        if row is None:
-            return None
-        hold_alive = row.hold_status == "open" and row.hold_expires_at > now
-        abandoned = row.status == "in_flight" and row.hold_status is not None and not hold_alive
-        if row.expires_at <= now or abandoned:
-            # Expired, or its request died and its hold is given back (or due to be): free again.
-            session.execute(delete(KEYS).where(KEYS.c.id == row.id))
-            return None
-    if row.fingerprint != request_fingerprint:
-        raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
-    if row.status == "in_flight":
-        raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
-    return StoredResponse(row.response_status, row.response_body)
+def find(session, user_id: int, key: str):
+    """The key's row with its hold's state (None without a hold), or None."""
+    return session.execute(
+        select(KEYS.c.id, KEYS.c.fingerprint, KEYS.c.status, KEYS.c.response_status,
+               KEYS.c.response_body, KEYS.c.expires_at, KEYS.c.hold_id,
+               HOLDS.c.status.label("hold_status"), HOLDS.c.expires_at.label("hold_expires_at"),
+               HOLDS.c.credit_type.label("hold_credit_type"), HOLDS.c.amount.label("hold_amount"))
+        .outerjoin(HOLDS, HOLDS.c.id == KEYS.c.hold_id)
+        .where(KEYS.c.user_id == user_id, KEYS.c.key == key)
+    ).one_or_none()
 
 
-def claim(session, user_id: int, key: str, request_fingerprint: str, ttl_seconds: int,
+def claim(session, user_id: int, key: str, request_fingerprint: str, expires_at: datetime,
           hold_id: int | None = None) -> int:
     """Mark the key in flight inside the caller's transaction; IdempotencyKeyInUse if another
     request claimed it first (the caller's transaction then rolls back whole)."""
@@ -73,7 +62,7 @@ def claim(session, user_id: int, key: str, request_fingerprint: str, ttl_seconds
     key_id = session.execute(
         dialect_insert(KEYS)
         .values(user_id=user_id, key=key, fingerprint=request_fingerprint, status="in_flight",
-                hold_id=hold_id, created_at=now, expires_at=now + timedelta(seconds=ttl_seconds))
+                hold_id=hold_id, created_at=now, expires_at=expires_at)
         .on_conflict_do_nothing(index_elements=["user_id", "key"])
         .returning(KEYS.c.id)
     ).scalar()
@@ -82,11 +71,24 @@ def claim(session, user_id: int, key: str, request_fingerprint: str, ttl_seconds
     return key_id
 
 
-def complete(session, key_id: int, status: int, body: str) -> None:
+def complete(session, key_id: int, status: int, body: str, expires_at: datetime) -> None:
     session.execute(
         update(KEYS).where(KEYS.c.id == key_id)
-        .values(status="completed", response_status=status, response_body=body)
+        .values(status="completed", response_status=status, response_body=body, expires_at=expires_at)
     )
+
+
+def complete_for_hold(session, hold_id: int, status: int, body: str, expires_at: datetime) -> None:
+    """Store the answer of the request whose hold just settled."""
+    session.execute(
+        update(KEYS).where(KEYS.c.hold_id == hold_id, KEYS.c.status == "in_flight")
+        .values(status="completed", response_status=status, response_body=body, expires_at=expires_at)
+    )
+
+
+def free_for_hold(session, hold_id: int) -> None:
+    """Free the key of a hold that ended without a charge: its request may be retried."""
+    session.execute(delete(KEYS).where(KEYS.c.hold_id == hold_id, KEYS.c.status == "in_flight"))
 
 
 def forget(session, key_id: int) -> None:
@@ -94,13 +96,24 @@ def forget(session, key_id: int) -> None:
 
 
 def prune(now: datetime | None = None) -> int:
-    """Delete every expired key; returns how many."""
+    """Delete every key that can no longer matter; returns how many."""
     now = now or utcnow()
     with atomic() as session:
-        return session.execute(delete(KEYS).where(KEYS.c.expires_at <= now)).rowcount
+        return session.execute(delete(KEYS).where(_prunable(now))).rowcount
+
+
+def _prunable(now: datetime):
+    # A completed answer past its time, or a key whose hold has ended (its close freed it, or
+    # will: either way no request of it can be charged any more). A key whose hold is still open
+    # is never pruned, however old: only the transaction that ends the hold may free it.
+    ended_hold = select(HOLDS.c.id).where(HOLDS.c.id == KEYS.c.hold_id, HOLDS.c.status != "open").exists()
+    return (
+        and_(KEYS.c.status == "completed", KEYS.c.expires_at <= now)
+        | and_(KEYS.c.status == "in_flight", KEYS.c.expires_at <= now, ended_hold)
+    )
 
 
 def _prune(session, now: datetime) -> None:
-    # A few expired keys per claim keep the table at its live size without a cron job.
-    expired = select(KEYS.c.id).where(KEYS.c.expires_at <= now).limit(PRUNE_BATCH).scalar_subquery()
-    session.execute(delete(KEYS).where(KEYS.c.id.in_(expired)))
+    # A few dead keys per claim keep the table at its live size without a cron job.
+    batch = select(KEYS.c.id).where(_prunable(now)).limit(PRUNE_BATCH).scalar_subquery()
+    session.execute(delete(KEYS).where(KEYS.c.id.in_(batch)))

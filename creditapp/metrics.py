@@ -25,6 +25,10 @@ class CreditMetrics:
             "creditapp_insufficient_credits", "Paid requests refused for too few credits (403)",
             ["feature", "credit_type"], registry=registry,
         )
+        self.usage_exceeded = Counter(
+            "creditapp_usage_exceeded_hold", "Paid requests whose AI usage outgrew their hold and the "
+            "balance (403 after the AI call; nothing charged)", ["feature", "credit_type"], registry=registry,
+        )
         self.open_holds = Gauge(
             "creditapp_open_holds", "Reservations open in requests being served now",
             multiprocess_mode="livesum", registry=registry,

@@ -2,7 +2,7 @@
 from datetime import datetime
 
 from sqlalchemy import (
-    BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text,
+    BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func, text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -26,6 +26,10 @@ class User(db.Model):
     password_hash: Mapped[str] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# One name whatever its case (each user keeps the spelling they chose).
+Index("uq_users_username_lower", func.lower(User.username), unique=True)
 
 
 class CreditAccount(db.Model):
@@ -70,6 +74,13 @@ class CreditHold(db.Model):
             postgresql_where=text("status = 'open'"),
             sqlite_where=text("status = 'open'"),
         ),
+        Index(
+            "ix_credit_holds_user_id_idempotency_key",
+            "user_id",
+            "idempotency_key",
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -81,6 +92,8 @@ class CreditHold(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The Idempotency-Key the hold was taken for: `credits verify` reports one key charged twice.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class LedgerEntry(db.Model):

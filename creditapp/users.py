@@ -1,7 +1,7 @@
 """Accounts of people: registration, login, admin rights. One transaction per call."""
 from functools import lru_cache
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -14,6 +14,11 @@ from .models import User
 USERS = User.__table__
 
 
+def _named(username: str):
+    """Names are one whatever their case (usernames are ASCII, so both sides fold alike)."""
+    return func.lower(USERS.c.username) == username.lower()
+
+
 def create_user(
     username: str, password: str, *, is_admin: bool = False, signup_grant: Balance = Balance(),
     hash_method: str = "scrypt",
@@ -22,7 +27,7 @@ def create_user(
     password_hash = generate_password_hash(password, method=hash_method)
     try:
         with atomic() as session:
-            if session.execute(select(USERS.c.id).where(USERS.c.username == username)).first():
+            if session.execute(select(USERS.c.id).where(_named(username))).first():
                 raise UsernameTaken(f"username {username!r} is taken")
             user_id = session.execute(
                 insert(USERS)
@@ -43,7 +48,7 @@ def authenticate(username: str, password: str) -> int:
     """The user's id, or InvalidCredentials; as slow for an unknown name as for a wrong password."""
     with atomic(write=False) as session:
         row = session.execute(
-            select(USERS.c.id, USERS.c.password_hash).where(USERS.c.username == username)
+            select(USERS.c.id, USERS.c.password_hash).where(_named(username))
         ).first()
     if row is None:
         check_password_hash(_dummy_hash(), password)
@@ -55,7 +60,7 @@ def authenticate(username: str, password: str) -> int:
 
 def user_id_by_name(username: str) -> int:
     with atomic(write=False) as session:
-        user_id = session.execute(select(USERS.c.id).where(USERS.c.username == username)).scalar()
+        user_id = session.execute(select(USERS.c.id).where(_named(username))).scalar()
     if user_id is None:
         raise UnknownUser(f"no user named {username!r}")
     return user_id
@@ -78,7 +83,7 @@ def require_user(user_id: int) -> None:
 
 def _username_exists(username: str) -> bool:
     with atomic(write=False) as session:
-        return session.execute(select(USERS.c.id).where(USERS.c.username == username)).first() is not None
+        return session.execute(select(USERS.c.id).where(_named(username))).first() is not None
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from config import TestingConfig
 from creditapp import create_app
 from creditapp.ai import StubAIProvider, set_provider
+from creditapp.clock import ManualClock, clock
 from creditapp.credits.types import Balance
 from creditapp.extensions import db
 from creditapp import users
@@ -82,6 +83,14 @@ def stub(app):
     provider = StubAIProvider()
     set_provider(app, provider)
     return provider
+
+
+@pytest.fixture
+def manual_clock():
+    """Time that moves only when the test says so: `manual_clock.advance(seconds)`."""
+    source = ManualClock()
+    with clock.use(source):
+        yield source
 
 
 @pytest.fixture

@@ -88,10 +88,7 @@ def test_requests_that_failed_are_not_stored(client, make_user, stub):
 
 def _claim_in_flight(user, body, key="key-1", path=GENERATE):
     fingerprint = idempotency.fingerprint("POST", path, __import__("json").dumps(body).encode())
-    return credit_service.reserve(
-        user.id, 1, CreditType.GENERATION_CREDITS,
-        also=lambda session, hold_id: idempotency.claim(session, user.id, key, fingerprint, 3600, hold_id),
-    )
+    return credit_service.reserve(user.id, 1, CreditType.GENERATION_CREDITS, key=key, fingerprint=fingerprint)
 
 
 def test_key_in_flight_is_409_and_changes_nothing(client, make_user, stub):
@@ -146,7 +143,7 @@ def test_answer_and_charge_commit_together(client, make_user, stub, monkeypatch)
     def broken_store(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(idempotency, "complete", broken_store)
+    monkeypatch.setattr(idempotency, "complete_for_hold", broken_store)
     response = post(client, user)
     assert response.status_code == 503
     assert response.json["error"] == "database_unavailable"

@@ -7,7 +7,6 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from creditapp.credits import CreditType, InsufficientCredits, credit_service
 from creditapp.database import atomic, utcnow
-from creditapp import idempotency
 from creditapp.exceptions import ReservationExpired, UnknownUser
 from creditapp.models import CreditHold, LedgerEntry
 
@@ -256,26 +255,17 @@ def test_work_that_outlived_its_hold_is_not_charged_beside_its_retry(make_user):
     """The retry of a slow request finds its key free once the hold expired; when the slow one
     finishes it must not be charged too (one key, one charge)."""
     user = make_user(credits=3)
-    keys = {}
-
-    def claim(name):
-        return lambda session, hold_id: keys.setdefault(
-            name, idempotency.claim(session, user.id, "key-1", "fingerprint", 3600, hold_id))
-
-    def record(name):
-        return lambda session: idempotency.complete(session, keys[name], 200, "{}")
-
-    slow = credit_service.reserve(user.id, 1, GEN, also=claim("slow"))
+    slow = credit_service.reserve(user.id, 1, GEN, key="key-1", fingerprint="fingerprint")
     _age_holds(user.id, 1)
-    assert idempotency.lookup(user.id, "key-1", "fingerprint") is None  # the retry may run
-    retry = credit_service.reserve(user.id, 1, GEN, also=claim("retry"))
+    assert credit_service.replay_or_free(user.id, "key-1", "fingerprint") is None  # the retry may run
+    retry = credit_service.reserve(user.id, 1, GEN, key="key-1", fingerprint="fingerprint")
     with credit_service.activate(retry):
         credit_service.deduct_credits(user.id, 1, GEN)
-    credit_service.close(retry, succeeded=True, also=record("retry"))
+    credit_service.close(retry, succeeded=True, answer=(200, "{}"))
     with credit_service.activate(slow):
         credit_service.deduct_credits(user.id, 1, GEN)
     with pytest.raises(ReservationExpired):
-        credit_service.close(slow, succeeded=True, also=record("slow"))
+        credit_service.close(slow, succeeded=True, answer=(200, "{}"))
     assert credit_service.get_credit_balance(user.id).generation_credits == 2
     assert credit_service.verify() == []
 

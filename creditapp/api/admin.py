@@ -1,4 +1,5 @@
 import json
+from datetime import timedelta
 
 from flask import current_app
 from flask_smorest import Blueprint
@@ -7,6 +8,7 @@ from .. import idempotency, users
 from ..auth import caller_must_exist, current_user_id, require_login
 from ..credits import credit_service
 from ..credits.types import Grant
+from ..database import utcnow
 from ..exceptions import UnknownUser
 from ..models import MAX_USER_ID
 from ..idempotent_requests import idempotency_key, replay, request_fingerprint
@@ -38,16 +40,15 @@ def grant_credits(grant, user_id):
         raise UnknownUser(f"no user with id {user_id}")  # no such id can exist; spare the database
     key = idempotency_key()
     fingerprint = request_fingerprint() if key else None
-    if key and (stored := idempotency.lookup(admin_id, key, fingerprint)):
+    if key and (stored := credit_service.replay_or_free(admin_id, key, fingerprint)):
         return replay(stored)
 
     def store_answer(session, result: Grant):
         if key:
-            key_id = idempotency.claim(
-                session, admin_id, key, fingerprint, current_app.config["IDEMPOTENCY_TTL_SECONDS"]
-            )
+            kept_until = utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
+            key_id = idempotency.claim(session, admin_id, key, fingerprint, kept_until)
             body = json.dumps(grant_result_schema.dump(_answer(result)))
-            idempotency.complete(session, key_id, _status(result), body)
+            idempotency.complete(session, key_id, _status(result), body, kept_until)
 
     result = credit_service.grant(
         user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",

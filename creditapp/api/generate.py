@@ -1,10 +1,9 @@
 """The paid AI features. Each view: reserve (the decorator), call the AI, settle."""
-from flask import current_app, g
+from flask import g
 from flask_smorest import Blueprint
 
 from ..ai import ai_service, count_tokens
-from ..auth import rate_limit_key, require_login
-from ..extensions import limiter
+from ..auth import require_login
 from ..credits import CreditType, credit_service, require_credits
 from ..features import cost_of, price
 from ..schemas import (
@@ -14,8 +13,6 @@ from ..schemas import (
 
 blp = Blueprint("generate", __name__, url_prefix="/api", description="Paid AI features.")
 blp.before_request(require_login())
-# Checked before any view code, so a 429 never reserves credits.
-limiter.limit(lambda: current_app.config["PAID_RATE_LIMIT"], key_func=rate_limit_key)(blp)
 
 
 def paid(view):

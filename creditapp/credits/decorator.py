@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from flask import Response, after_this_request, current_app, g, request
 
-from .. import idempotency
-from ..auth import caller_must_exist, current_user_id
+from ..auth import caller_must_exist, current_user_id, rate_limit_key
 from ..errors import error_response
 from ..exceptions import InsufficientCredits, ReservationExpired
+from ..extensions import limiter
 from ..idempotent_requests import HEADER as IDEMPOTENCY_HEADER
 from ..idempotent_requests import idempotency_key, replay, request_fingerprint
 from ..metrics import metrics
@@ -37,11 +37,24 @@ class CreditInfo:
     hold_id: int
 
 
+def _paid_rate_limit() -> str:
+    return current_app.config["PAID_RATE_LIMIT"]
+
+
+# One budget per user across every paid route, whichever blueprint declares it: the scope is
+# shared, the key is the user. A browser's preflight (OPTIONS) carries no token and is not a use.
+paid_limit = limiter.shared_limit(
+    _paid_rate_limit, scope="paid", key_func=rate_limit_key,
+    exempt_when=lambda: request.method == "OPTIONS",
+)
+
+
 def require_credits(amount: Amount, credit_type) -> Callable:
     """Reserve `amount` credits of `credit_type` for the decorated view, or answer 403.
 
     `amount` is an int, or a callable given the view's arguments that returns one (for prices
-    read from config, or that depend on the request). Verifies the JWT itself.
+    read from config, or that depend on the request). Verifies the JWT itself, and counts the
+    request against the caller's paid rate limit (PAID_RATE_LIMIT) before anything is held.
     """
     credit_type = CreditType(credit_type)
 
@@ -52,25 +65,17 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             feature = request.endpoint or view.__name__
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
             key = idempotency_key()
+            fingerprint = request_fingerprint() if key is not None else None
             if key is not None:
-                fingerprint = request_fingerprint()
-                stored = idempotency.lookup(user_id, key, fingerprint)
+                stored = credit_service.replay_or_free(user_id, key, fingerprint)
                 if stored is not None:
                     g.credit_log["outcome"] = "replayed"
                     return replay(stored)
             required = amount(*args, **kwargs) if callable(amount) else amount
-            claimed = {}
-
-            def claim_key(session, hold_id):
-                claimed["id"] = idempotency.claim(
-                    session, user_id, key, fingerprint,
-                    current_app.config["IDEMPOTENCY_TTL_SECONDS"], hold_id=hold_id,
-                )
-
             try:
                 with caller_must_exist():
                     reservation = credit_service.reserve(
-                        user_id, required, credit_type, also=claim_key if key is not None else None
+                        user_id, required, credit_type, key=key, fingerprint=fingerprint,
                     )
             except InsufficientCredits:
                 metrics().insufficient.labels(feature, credit_type.value).inc()
@@ -83,19 +88,27 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 user_id=user_id, credit_type=credit_type, required=required,
                 available=reservation.available_before, hold_id=reservation.hold_id,
             )
+            answered = key is not None
 
             @after_this_request
             def close_reservation(response):
-                return _close(reservation, claimed.get("id"), response)
+                return _close(reservation, response, answered)
 
             try:
                 with credit_service.activate(reservation):
                     return view(*args, **kwargs)
+            except InsufficientCredits:
+                # The work used more than was held and the rest of the balance could not cover
+                # it: the AI was already called, but an unpaid result is never handed out.
+                _close(reservation, None, answered)
+                metrics().usage_exceeded.labels(feature, credit_type.value).inc()
+                g.credit_log["outcome"] = "usage_exceeded_hold"
+                raise
             except Exception:
-                _close(reservation, claimed.get("id"), None)
+                _close(reservation, None, answered)
                 raise
 
-        return _documented(guarded, credit_type)
+        return _documented(paid_limit(guarded), credit_type)
 
     return decorator
 
@@ -125,25 +138,28 @@ def _documented(view: Callable, credit_type: CreditType) -> Callable:
     return view
 
 
-def _close(reservation: Reservation, key_id: int | None, response: Response | None):
+def _close(reservation: Reservation, response: Response | None, answered: bool):
     """Commit the charge with the answer it paid for, or give everything back."""
     if reservation.closed:
         return response
     succeeded = response is not None and response.status_code < 400
+    answer = (response.status_code, response.get_data(as_text=True)) if succeeded and answered else None
     try:
-        credit_service.close(reservation, succeeded=succeeded, also=_record_answer(key_id, response, succeeded))
+        credit_service.close(reservation, succeeded=succeeded, answer=answer)
         _closed(reservation, charged=reservation.pending if succeeded else 0)
         return response
     except ReservationExpired as exc:
+        # The close ended the hold (or found it ended) and freed its key: nothing to give back.
         current_app.logger.warning("%s", exc)
-        _give_back(reservation, key_id)  # forgets the key; the hold is already back
+        _closed(reservation, charged=0)
+        g.credit_log["outcome"] = "reservation_expired"
         return error_response(503, "reservation_expired", "The request took too long; nothing was charged.")
     except Exception:
         current_app.logger.exception("could not close credit hold %s", reservation.hold_id)
         if succeeded and _settled_anyway(reservation):
             _closed(reservation, charged=reservation.pending)
             return response
-    _give_back(reservation, key_id)
+    _give_back(reservation)
     if not succeeded:
         return response
     # Not charged, so the result must not be handed out either.
@@ -158,22 +174,10 @@ def _closed(reservation: Reservation, charged: int) -> None:
     g.credit_log.update(charged=charged, outcome="charged" if charged else "not_charged")
 
 
-def _record_answer(key_id: int | None, response: Response | None, succeeded: bool):
-    def record(session):
-        if key_id is None:
-            return
-        if succeeded:
-            idempotency.complete(session, key_id, response.status_code, response.get_data(as_text=True))
-        else:
-            idempotency.forget(session, key_id)  # a failed request may be retried with its key
-
-    return record
-
-
-def _give_back(reservation: Reservation, key_id: int | None) -> None:
+def _give_back(reservation: Reservation) -> None:
     """Second try on a fresh connection; failing that, the hold expires after its TTL."""
     try:
-        credit_service.close(reservation, succeeded=False, also=_record_answer(key_id, None, False))
+        credit_service.close(reservation, succeeded=False)
         _closed(reservation, charged=0)
     except Exception:
         current_app.logger.exception("hold %s stays until it expires", reservation.hold_id)

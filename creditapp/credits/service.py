@@ -20,7 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..database import atomic, read, retry_conflicts, utcnow
-from ..exceptions import InsufficientCredits, ReferenceConflict, ReservationExpired, UnknownUser
+from .. import idempotency
+from ..exceptions import (
+    IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, ReferenceConflict, ReservationExpired,
+    UnknownUser,
+)
 from ..models import MAX_AMOUNT
 from . import statements as sql
 from .statements import ACCOUNTS, HOLDS, LEDGER
@@ -71,13 +75,21 @@ def _amount(value) -> int:
 
 
 class CreditService:
-    def __init__(self, hold_ttl_seconds: int = 600):
+    def __init__(self, hold_ttl_seconds: int = 600, idempotency_ttl_seconds: int = 24 * 3600):
         self.hold_ttl_seconds = hold_ttl_seconds
+        self.idempotency_ttl_seconds = idempotency_ttl_seconds
 
-    def configure(self, *, hold_ttl_seconds: int) -> None:
+    def configure(self, *, hold_ttl_seconds: int, idempotency_ttl_seconds: int) -> None:
         if hold_ttl_seconds <= 0:
             raise ValueError("hold TTL must be positive")
+        if idempotency_ttl_seconds <= hold_ttl_seconds:
+            # A key that could expire while its request still runs would let a retry charge again.
+            raise ValueError(
+                f"IDEMPOTENCY_TTL_SECONDS ({idempotency_ttl_seconds}) must be longer than "
+                f"CREDIT_HOLD_TTL_SECONDS ({hold_ttl_seconds})"
+            )
         self.hold_ttl_seconds = hold_ttl_seconds
+        self.idempotency_ttl_seconds = idempotency_ttl_seconds
 
     # --- reading -------------------------------------------------------------------------
 
@@ -139,12 +151,13 @@ class CreditService:
 
     @retry_conflicts
     def reserve(
-        self, user_id: int, amount: int, credit_type,
-        also: Callable[[Session, int], None] | None = None,
+        self, user_id: int, amount: int, credit_type, *, key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Reservation:
         """Hold `amount` credits, or raise InsufficientCredits and hold nothing.
 
-        `also(session, hold_id)` runs in the same transaction (to claim an idempotency key).
+        With an Idempotency-Key, the key is claimed for this hold in the same transaction (and the
+        hold records it), or IdempotencyKeyInUse is raised and nothing is held.
         """
         amount, credit_type = _amount(amount), _credit_type(credit_type)
         shortfall = None
@@ -159,24 +172,26 @@ class CreditService:
                 if row is None:
                     shortfall = self._lock_account(session, user_id, credit_type).available
             if shortfall is None:
+                expires_at = now + timedelta(seconds=self.hold_ttl_seconds)
                 hold_id = session.execute(sql.INSERT_HOLD, {
                     "user_id": user_id, "credit_type": credit_type.value, "amount": amount,
                     "settled_amount": 0, "status": "open", "created_at": now,
-                    "expires_at": now + timedelta(seconds=self.hold_ttl_seconds),
+                    "expires_at": expires_at, "idempotency_key": key,
                 }).scalar_one()
                 self._ledger(session, user_id, credit_type, "hold", -amount, amount, row, hold_id=hold_id)
                 # Swept after the hold's own row, so that every row's *_after is the state it left.
                 after_sweep = self._expire_holds(session, user_id, credit_type, now, excluding=hold_id)[1] or row
                 balance = self._balance(session, user_id)
-                if also is not None:
-                    also(session, hold_id)
+                if key is not None:
+                    # In flight until the hold ends; its time to live starts when its answer is stored.
+                    idempotency.claim(session, user_id, key, fingerprint, expires_at, hold_id=hold_id)
         # Raised after the commit so that an expiry sweep done on the way is kept.
         if shortfall is not None:
             raise InsufficientCredits(amount, shortfall, credit_type.value)
         return Reservation(
             hold_id=hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
             available_before=after_sweep.available + amount, available_after=after_sweep.available,
-            balance=balance,
+            balance=balance, expires_at=expires_at,
         )
 
     def deduct_credits(
@@ -206,48 +221,76 @@ class CreditService:
 
     @retry_conflicts
     def close(
-        self, reservation: Reservation, *, succeeded: bool,
-        also: Callable[[Session], None] | None = None,
+        self, reservation: Reservation, *, succeeded: bool, answer: tuple[int, str] | None = None,
     ) -> None:
-        """End a reservation in one transaction: on success settle its charges and give back the
-        rest; on failure give back everything. `also` runs in the same transaction (to record
-        what was delivered for the charge)."""
+        """End a hold in one transaction: on success settle its charges, give back the rest and
+        store `answer` (status, body) for its Idempotency-Key; on failure give back everything
+        and free the key.
+
+        The hold's end is decided here, with the clock read after the account is locked: from its
+        `expires_at` on it cannot be settled, whatever a sweep has or has not done. Such a close
+        expires the hold (if nothing else ended it first), charges nothing and raises
+        ReservationExpired when there was something to charge.
+        """
         if reservation.closed:
             return
-        user_id, credit_type = reservation.user_id, reservation.credit_type
+        user_id, credit_type, hold_id = reservation.user_id, reservation.credit_type, reservation.hold_id
         charge = reservation.pending if succeeded else 0
         with atomic() as session:
-            now = utcnow()
             self._lock_account(session, user_id, credit_type)
-            hold = session.execute(sql.CLOSE_HOLD, {
-                "p_hold": reservation.hold_id, "p_status": "settled" if charge else "released",
-                "p_settled": charge, "p_now": now,
-            }).one_or_none()
-            if hold is None:
-                if charge:
-                    # The hold expired while the work ran and its credits went back. Charging
-                    # afresh would race a retry that found the hold gone (and its idempotency
-                    # key free): two charges for one key. So an expired hold charges nothing.
-                    raise ReservationExpired(
-                        f"hold {reservation.hold_id} expired before the work finished; nothing was charged"
-                    )
+            now = utcnow()
+            hold = session.execute(sql.LOCK_HOLD, {"p_hold": hold_id}).one()
+            answered = expired = False
+            if hold.status != "open":
+                # Ended elsewhere: a retry with its key, or a sweep, found it past its expiry.
+                expired = hold.status == "expired"
+            elif hold.expires_at <= now:
+                self._expire_hold(session, user_id, credit_type, hold_id, hold.amount, now)
+                expired = True
             else:
-                remainder = hold.amount - charge
-                row = self._move(session, user_id, credit_type, remainder, -hold.amount)
-                if charge:
-                    self._ledger(
-                        session, user_id, credit_type, "settle", 0, -charge,
-                        (row.available - remainder, row.held + remainder),
-                        hold_id=reservation.hold_id, reason=reservation.reason,
-                    )
-                if remainder:
-                    self._ledger(
-                        session, user_id, credit_type, "release", remainder, -remainder, row,
-                        hold_id=reservation.hold_id,
-                    )
-            if also is not None:
-                also(session)
+                self._settle(session, reservation, hold.amount, charge, now)
+                if succeeded and answer is not None:
+                    idempotency.complete_for_hold(session, hold_id, *answer, self._key_expiry(now))
+                    answered = True
+            if not answered:
+                idempotency.free_for_hold(session, hold_id)
         reservation.closed = True
+        if expired and charge:
+            raise ReservationExpired(f"hold {hold_id} expired before the work finished; nothing was charged")
+
+    def replay_or_free(self, user_id: int, key: str, request_fingerprint: str):
+        """What an Idempotency-Key says about a new request: the stored answer to replay, or None
+        when the request should run. Raises IdempotencyKeyReused or IdempotencyKeyInUse.
+
+        A key in flight whose hold is past its expiry is freed here, in the same transaction that
+        ends that hold, so its first request can no longer be charged when the retry runs."""
+        with atomic() as session:
+            row = idempotency.find(session, user_id, key)
+            if row is not None and row.status == "in_flight" and row.hold_id is not None:
+                self._lock_account(session, user_id, CreditType(row.hold_credit_type))
+                row = idempotency.find(session, user_id, key)  # as it is now that we hold the lock
+            if row is None:
+                return None
+            now = utcnow()
+            if row.status == "completed" and row.expires_at <= now:
+                idempotency.forget(session, row.id)
+                return None
+            if row.status == "in_flight" and row.hold_id is not None and not (
+                row.hold_status == "open" and row.hold_expires_at > now
+            ):
+                if row.hold_status == "open":
+                    self._expire_hold(session, user_id, CreditType(row.hold_credit_type), row.hold_id,
+                                      row.hold_amount, now)
+                idempotency.forget(session, row.id)
+                return None
+        if row.fingerprint != request_fingerprint:
+            raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
+        if row.status == "in_flight":
+            raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
+        return idempotency.StoredResponse(row.response_status, row.response_body)
+
+    def _key_expiry(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.idempotency_ttl_seconds)
 
     @retry_conflicts
     def release_expired(self, now: datetime | None = None) -> int:
@@ -336,7 +379,30 @@ class CreditService:
                 ]
             for r in session.execute(orphans):
                 problems.append(Discrepancy(r.user_id, r.credit_type, "account (missing)", 0, r.available))
+            problems += self._double_charges(session)
         return problems
+
+    def _double_charges(self, session) -> list[Discrepancy]:
+        """Two settled holds for one user and Idempotency-Key, the second taken while the first's
+        answer was still kept: one request charged twice."""
+        first, second = HOLDS.alias("first"), HOLDS.alias("second")
+        pairs = session.execute(
+            select(first.c.user_id, first.c.credit_type, first.c.idempotency_key, first.c.id,
+                   first.c.closed_at, second.c.id.label("second_id"), second.c.created_at)
+            .join(second, and_(second.c.user_id == first.c.user_id,
+                               second.c.idempotency_key == first.c.idempotency_key,
+                               second.c.id > first.c.id))
+            .where(first.c.idempotency_key.is_not(None), first.c.status == "settled",
+                   second.c.status == "settled")
+            .order_by(first.c.id, second.c.id)
+        ).all()
+        kept = timedelta(seconds=self.idempotency_ttl_seconds)
+        return [
+            Discrepancy(p.user_id, p.credit_type,
+                        f"charges for Idempotency-Key {p.idempotency_key!r} (holds {p.id} and {p.second_id})",
+                        2, 1)
+            for p in pairs if p.closed_at is None or p.created_at < p.closed_at + kept
+        ]
 
     # --- internals (all run inside the caller's transaction) -----------------------------
 
@@ -400,6 +466,30 @@ class CreditService:
             reservation.amount = total
         reservation.pending = total
         reservation.reason = reason or reservation.reason
+
+    def _settle(self, session, reservation: Reservation, held: int, charge: int, now: datetime) -> None:
+        """Consume `charge` of an open hold of `held` credits and give back the rest."""
+        user_id, credit_type, hold_id = reservation.user_id, reservation.credit_type, reservation.hold_id
+        session.execute(sql.CLOSE_HOLD, {
+            "p_hold": hold_id, "p_status": "settled" if charge else "released", "p_settled": charge,
+            "p_now": now,
+        })
+        remainder = held - charge
+        row = self._move(session, user_id, credit_type, remainder, -held)
+        if charge:
+            self._ledger(
+                session, user_id, credit_type, "settle", 0, -charge,
+                (row.available - remainder, row.held + remainder),
+                hold_id=hold_id, reason=reservation.reason,
+            )
+        if remainder:
+            self._ledger(session, user_id, credit_type, "release", remainder, -remainder, row, hold_id=hold_id)
+
+    def _expire_hold(self, session, user_id, credit_type, hold_id: int, amount: int, now: datetime) -> None:
+        """End one open hold that is past its expiry: its credits go back, nothing is charged."""
+        session.execute(sql.CLOSE_HOLD, {"p_hold": hold_id, "p_status": "expired", "p_settled": 0, "p_now": now})
+        row = self._move(session, user_id, credit_type, amount, -amount)
+        self._ledger(session, user_id, credit_type, "expire", amount, -amount, row, hold_id=hold_id)
 
     def _expire_holds(self, session, user_id, credit_type, now: datetime, excluding: int | None = None):
         """Give back this account's expired holds: how many, and the account's state after (None

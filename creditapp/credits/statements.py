@@ -45,7 +45,13 @@ CLOSE_HOLD = (
     update(HOLDS)
     .where(HOLDS.c.id == bindparam("p_hold"), HOLDS.c.status == "open")
     .values(status=bindparam("p_status"), settled_amount=bindparam("p_settled"), closed_at=bindparam("p_now"))
-    .returning(HOLDS.c.amount)
+)
+
+# Taken after the account row (the lock order), so the hold's state cannot change under the close.
+LOCK_HOLD = (
+    select(HOLDS.c.status, HOLDS.c.amount, HOLDS.c.expires_at)
+    .where(HOLDS.c.id == bindparam("p_hold"))
+    .with_for_update()
 )
 
 GROW_HOLD = (

@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 
@@ -32,6 +33,7 @@ class Reservation:
     available_before: int
     available_after: int
     balance: Balance = Balance()  # both balances right after the reservation
+    expires_at: datetime | None = None
     pending: int = 0  # charged so far; committed when the reservation closes successfully
     reason: str | None = None
     closed: bool = False
