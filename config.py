@@ -176,8 +176,11 @@ class TestingConfig(Config):
     JWT_SECRET_KEY = "testing-secret-that-is-long-enough-0123456789"
     # scrypt's cost is the point in production; in tests it only slows the suite.
     PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
-    # Tests log in many times from one address; tests/test_limits.py turns limits on.
-    RATELIMIT_ENABLED = False
+    # Limits stay on (turning them off once hid a 500 on OPTIONS), high enough for a suite that
+    # logs in many times from one address; tests/test_limits.py sets low ones.
+    RATELIMIT_ENABLED = True
+    AUTH_RATE_LIMIT = os.environ.get("AUTH_RATE_LIMIT") or "100000 per minute"
+    PAID_RATE_LIMIT = os.environ.get("PAID_RATE_LIMIT") or "100000 per minute"
     LOG_FORMAT = "text"
 
 

@@ -6,8 +6,8 @@ from flask import Flask
 
 from config import Config, check_config, config_from_env
 
-from . import ai, logs, metrics, revocation
-from .api import bench, register_blueprints
+from . import ai, auth, logs, metrics, revocation
+from .api import bench, bodies, register_blueprints
 from .cli import register_commands
 from .credits import credit_service
 from .database import configure_engine, engine_options
@@ -52,13 +52,15 @@ def configure_database(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    bodies.init_app(app)  # before any blueprint: its routes use the `id` converter
     db.init_app(app)
     # An absolute directory, so `flask db upgrade` works from any working directory.
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
     app.extensions["creditapp.migration_head"] = ScriptDirectory(MIGRATIONS).get_current_head()
     jwt.init_app(app)
     register_jwt_handlers(jwt)
-    revocation.init_app(app, jwt)
+    revocation.init_app(app)
+    auth.init_app(app, jwt)
     # Document every route's default error with our envelope, not flask-smorest's own.
     api.ERROR_SCHEMA = ErrorSchema
     api.init_app(app)

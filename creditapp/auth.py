@@ -1,12 +1,43 @@
 """Who is calling: the verified JWT identity as a user id."""
+import re
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
-from flask import request
-from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+from flask import Flask, request
+from flask_jwt_extended import JWTManager, get_jwt_identity, verify_jwt_in_request
 
+from . import revocation
 from .exceptions import InvalidIdentity, UnknownUser
 from .models import MAX_USER_ID
+
+# What login puts in a token: the user id in canonical ASCII decimal, and a session id of 32 hex
+# digits. Anything else (" 2 ", "0002", "٢", a number) is refused before it reaches a query.
+_USER_ID = re.compile(r"[1-9][0-9]{0,9}")
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def init_app(app: Flask, jwt: JWTManager) -> None:
+    @jwt.token_in_blocklist_loader
+    def session_revoked(_header, payload) -> bool:
+        # flask-jwt-extended asks this first, for every token: the claims are checked here so
+        # that a malformed session id never reaches the revocation lookup.
+        sid = canonical_session(payload)
+        return sid is not None and revocation.is_revoked(app, sid)
+
+
+def canonical_session(payload: dict) -> str | None:
+    """The token's session id, after checking that its claims are the ones login makes."""
+    _canonical_user_id(payload.get("sub"))
+    sid = payload.get("sid")
+    if sid is not None and not (isinstance(sid, str) and _SESSION_ID.fullmatch(sid)):
+        raise InvalidIdentity("the token's session id is malformed")
+    return sid
+
+
+def _canonical_user_id(identity) -> int:
+    if not (isinstance(identity, str) and _USER_ID.fullmatch(identity)) or int(identity) > MAX_USER_ID:
+        raise InvalidIdentity("the token does not name a user")
+    return int(identity)
 
 
 def require_login(public_endpoints: Collection[str] = ()) -> Callable[[], None]:
@@ -42,14 +73,7 @@ def current_user_id() -> int:
 
 def token_user_id() -> int:
     """The user id of the token verified in this request (access or refresh)."""
-    identity = get_jwt_identity()
-    try:
-        user_id = int(identity)
-    except (TypeError, ValueError):
-        user_id = 0
-    if not 1 <= user_id <= MAX_USER_ID:
-        raise InvalidIdentity("the token does not name a user")
-    return user_id
+    return _canonical_user_id(get_jwt_identity())
 
 
 @contextmanager

@@ -9,12 +9,13 @@ from . import users as user_service
 from .credits import CreditType, credit_service
 from .credits.types import Balance
 from .exceptions import ReferenceConflict, UnknownUser, UsernameTaken
-from .schemas import MAX_AMOUNT, CredentialsSchema
+from .schemas import MAX_AMOUNT, CredentialsSchema, GrantSchema
 
 users_cli = AppGroup("users", help="Manage users.")
 credits_cli = AppGroup("credits", help="Grant, inspect and audit credits.")
 
 _credentials = CredentialsSchema()
+_grant = GrantSchema()
 _credit_types = click.Choice([t.value for t in CreditType])
 
 
@@ -31,11 +32,7 @@ def _user_id(name: str) -> int:
 @click.option("--admin", is_flag=True, help="Give administrator rights.")
 def create_user(name: str, password: str, admin: bool) -> None:
     """Create user NAME (with the signup grant)."""
-    try:
-        _credentials.load({"username": name, "password": password})
-    except ValidationError as exc:
-        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.messages.items())
-        raise click.ClickException(problems) from None
+    _validated(_credentials, {"username": name, "password": password})
     config = current_app.config
     try:
         user = user_service.create_user(
@@ -58,6 +55,9 @@ def create_user(name: str, password: str, admin: bool) -> None:
 @click.option("--reference", default=None, help="An outside id; a second grant with it adds nothing.")
 def grant(name: str, amount: int, credit_type: str, reason: str, reference: str | None) -> None:
     """Add AMOUNT credits to user NAME."""
+    # The same rules as the API's grant: reason and reference are 1 to 255 characters.
+    _validated(_grant, {"amount": amount, "credit_type": credit_type, "reason": reason,
+                        **({"reference": reference} if reference is not None else {})})
     try:
         result = credit_service.grant(_user_id(name), amount, credit_type, reason=reason, reference=reference)
     except ReferenceConflict as exc:
@@ -95,6 +95,14 @@ def verify() -> None:
     if problems:
         raise click.exceptions.Exit(1)
     click.echo("ledger ok: every balance matches its ledger")
+
+
+def _validated(schema, data: dict) -> dict:
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.messages.items())
+        raise click.ClickException(problems) from None
 
 
 def _format(balance: Balance) -> str:

@@ -42,15 +42,14 @@ class RedisBlocklist:
         return bool(self.redis.exists(f"creditapp:revoked:{sid}"))
 
 
-def init_app(app: Flask, jwt) -> None:
+def init_app(app: Flask) -> None:
     url = app.config.get("TOKEN_BLOCKLIST_URL")
     blocklist = RedisBlocklist(url) if url else DatabaseBlocklist()
     app.extensions["creditapp.blocklist"] = blocklist
 
-    @jwt.token_in_blocklist_loader
-    def session_revoked(_header, payload) -> bool:
-        sid = payload.get("sid")
-        return sid is not None and app.extensions["creditapp.blocklist"].is_revoked(sid)
+
+def is_revoked(app: Flask, sid: str) -> bool:
+    return app.extensions["creditapp.blocklist"].is_revoked(sid)
 
 
 def revoke_session(app: Flask, sid: str, user_id: int) -> None:

@@ -1,4 +1,6 @@
 """Request and response schemas, made once; they also describe the API in /api/openapi.json."""
+import re
+
 from marshmallow import Schema, ValidationError, fields, validate
 
 from .credits.types import CreditType
@@ -38,6 +40,15 @@ class Text(_UnicodeOnly, fields.String):
 
 class HttpUrl(_UnicodeOnly, fields.Url):
     pass
+
+
+class QueryInteger(fields.Integer):
+    """An integer from a query string: ASCII digits only ("１" or "٢" are not numbers here)."""
+
+    def _validated(self, value):
+        if isinstance(value, str) and not re.fullmatch(r"-?[0-9]{1,18}", value):
+            raise self.make_error("invalid")
+        return super()._validated(value)
 
 
 def _text(max_length: int, **kwargs):
@@ -100,9 +111,9 @@ class TransactionPageSchema(Schema):
 
 class TransactionQuerySchema(Schema):
     # Query strings are text, so a lenient integer: "20" is 20, "2.5" and "x" are refused.
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    # At most 18 digits: always inside a 64-bit id.
-    cursor = fields.String(load_default=None, validate=validate.Regexp(r"^[1-9][0-9]{0,17}$"))
+    limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
+    # At most 18 digits: always inside a 64-bit id. \Z, not $: "12\n" is not a cursor.
+    cursor = fields.String(load_default=None, validate=validate.Regexp(r"[1-9][0-9]{0,17}\Z"))
     credit_type = fields.String(load_default=None, validate=validate.OneOf(CREDIT_TYPES))
 
 

@@ -1,7 +1,11 @@
 """The JSON API's blueprints, registered with flask-smorest so they appear in the OpenAPI document."""
 from flask_smorest import Api
 
+from ..extensions import api
 from . import admin, auth, credits, generate, health
+from .bodies import IdConverter
+
+api.register_converter(IdConverter, lambda _converter: {"type": "integer", "minimum": 1})
 
 
 def register_blueprints(api: Api) -> None:

@@ -2,7 +2,7 @@ import json
 from datetime import timedelta
 
 from flask import current_app
-from flask_smorest import Blueprint
+from .bodies import Blueprint
 
 from .. import idempotency, users
 from ..auth import caller_must_exist, current_user_id, require_login
@@ -19,7 +19,7 @@ blp.before_request(require_login())
 grant_result_schema = GrantResultSchema()
 
 
-@blp.post("/users/<int:user_id>/credits")
+@blp.post("/users/<id:user_id>/credits")
 @blp.arguments(GrantSchema)
 @blp.response(201, GrantResultSchema, description="Granted")
 @blp.alt_response(200, schema=GrantResultSchema, description="A grant with this reference existed; nothing added")

@@ -5,7 +5,7 @@ from flask_jwt_extended import (
     create_access_token, create_refresh_token, get_jwt, get_jwt_identity, set_access_cookies,
     set_refresh_cookies, unset_jwt_cookies, verify_jwt_in_request,
 )
-from flask_smorest import Blueprint
+from .bodies import Blueprint
 
 from .. import users
 from ..auth import caller_must_exist, token_user_id
@@ -69,7 +69,10 @@ def refresh():
 @blp.doc(security=BEARER)
 def logout():
     """End the session: its access and refresh tokens are refused from now on, everywhere."""
-    verify_jwt_in_request(verify_type=False)
+    # Either token will do. In cookie mode they sit in two cookies: the access cookie is read
+    # first, and without it the refresh cookie (with its own CSRF token).
+    if verify_jwt_in_request(optional=True, verify_type=False) is None:
+        verify_jwt_in_request(refresh=True)
     user_id = token_user_id()
     with caller_must_exist():  # a deleted user's token is a 401 here too, as everywhere
         users.require_user(user_id)

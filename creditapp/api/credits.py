@@ -1,4 +1,4 @@
-from flask_smorest import Blueprint
+from .bodies import Blueprint
 
 from ..auth import caller_must_exist, current_user_id, require_login
 from ..credits import credit_service

@@ -1,6 +1,6 @@
 """The paid AI features. Each view: reserve (the decorator), call the AI, settle."""
 from flask import g
-from flask_smorest import Blueprint
+from .bodies import Blueprint
 
 from ..ai import ai_service, count_tokens
 from ..auth import require_login

@@ -1,7 +1,7 @@
 """Liveness and readiness, for load balancers and orchestrators."""
 from alembic.runtime.migration import MigrationContext
 from flask import current_app
-from flask_smorest import Blueprint
+from .bodies import Blueprint
 
 from ..database import atomic
 from ..errors import error_response
