@@ -220,3 +220,62 @@ def test_token_for_a_user_that_does_not_exist_on_a_read_route_is_401(client, pat
     token = create_access_token(identity="987654321")
 
     assert_error(client.get(path, headers=bearer(token)), 401, "invalid_token")
+
+
+# --- ids are canonical ASCII decimal, or they are refused -----------------------------------------
+
+@pytest.mark.parametrize("shape", [" {} ", "0{}", "00{}", "{}\n", "+{}", "arabic", "fullwidth"])
+def test_an_identity_that_only_parses_as_the_user_is_401(client, make_user, stub, shape):
+    user = make_user(credits=1)
+    digits = {"arabic": "٠١٢٣٤٥٦٧٨٩", "fullwidth": "０１２３４５６７８９"}
+    if shape in digits:
+        identity = "".join(digits[shape][int(d)] for d in str(user.id))
+    else:
+        identity = shape.format(user.id)
+    assert int(identity) == user.id  # what int() made of it before
+    token = create_access_token(identity=identity, additional_claims={"sid": uuid.uuid4().hex})
+    assert_error(client.get("/api/credits/balance", headers=bearer(token)), 401, "invalid_token")
+    assert_error(client.post("/api/generate", json={"prompt": "x"}, headers=bearer(token)), 401, "invalid_token")
+    assert stub.calls == 0
+
+
+@pytest.mark.parametrize("sid", [5, 12345678901234567890, ["a"], {"x": 1}, "not-hex", "A" * 32, "a" * 33, ""])
+def test_a_session_id_that_login_never_makes_is_401(client, make_user, sid):
+    user = make_user()
+    token = create_access_token(identity=str(user.id), additional_claims={"sid": sid})
+    assert_error(client.get("/api/credits/balance", headers=bearer(token)), 401, "invalid_token")
+    assert_error(client.post("/api/auth/logout", headers=bearer(token)), 401, "invalid_token")
+
+
+@pytest.mark.parametrize("shape", ["0{}", "{}%20", "%20{}", "%D9%A{}", "+{}", "{}.0", "-{}"])
+def test_a_path_id_that_only_parses_as_the_user_is_404(client, make_user, shape):
+    admin, user = make_user(admin=True), make_user()
+    path_id = shape.format(user.id)
+    response = client.post(f"/api/admin/users/{path_id}/credits", json={"amount": 1}, headers=admin.headers)
+    assert_error(response, 404, "not_found")
+    arabic = "".join("٠١٢٣٤٥٦٧٨٩"[int(d)] for d in str(user.id))
+    response = client.post(f"/api/admin/users/{arabic}/credits", json={"amount": 1}, headers=admin.headers)
+    assert_error(response, 404, "not_found")
+    assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 0
+
+
+@pytest.mark.parametrize("query", ["limit=１", "limit=٢", "limit=%201", "limit=1%0A", "cursor=5%0A",
+                                   "cursor=０5", "limit=01x"])
+def test_a_query_number_in_other_digits_is_422(client, make_user, query):
+    user = make_user(credits=1)
+    response = client.get(f"/api/credits/transactions?{query}", headers=user.headers)
+    assert_error(response, 422, "validation_error")
+
+
+# --- usernames are one whatever their case ----------------------------------------------------------
+
+def test_usernames_differing_only_by_case_are_one_account(client):
+    first = client.post("/api/auth/register", json={"username": "Case", "password": PASSWORD})
+    assert first.status_code == 201 and first.json["username"] == "Case"  # the spelling chosen
+    for name in ("case", "CASE", "cASE"):
+        assert_error(client.post("/api/auth/register", json={"username": name, "password": PASSWORD}),
+                     409, "username_taken")
+    assert count_rows(User) == 1
+    for name in ("Case", "case", "CASE"):  # and any spelling logs in to it
+        response = client.post("/api/auth/login", json={"username": name, "password": PASSWORD})
+        assert response.status_code == 200, (name, response.json)

@@ -1,4 +1,5 @@
 """The JSON error envelope for errors no view raises itself, the health check and the API docs."""
+import io
 from contextlib import contextmanager
 
 import pytest
@@ -182,3 +183,74 @@ def test_exhausted_connection_pool_is_503(database_url):
         with app.app_context(), db.engine.connect():  # the pool's only connection, taken
             body = assert_error(app.test_client().get("/readyz"), 503, "database_unavailable")
             assert "busy" in body["message"]
+
+
+# --- hostile bodies, from anyone ------------------------------------------------------------------
+
+DEEP = b"[" * 30_000 + b"]" * 30_000
+LONG_INTEGER = b'{"username": "alice", "password": ' + b"7" * 5_000 + b"}"
+
+
+@pytest.mark.parametrize("path", ["/api/auth/login", "/api/auth/register"])
+@pytest.mark.parametrize("body", [DEEP, b'{"a": ' * 8_000 + b"1" + b"}" * 8_000, LONG_INTEGER],
+                         ids=["deep-array", "deep-object", "4300-digit-integer"])
+def test_hostile_json_is_a_400_without_a_traceback(client, path, body, caplog):
+    body = assert_error(client.post(path, data=body, content_type="application/json"), 400, "bad_request")
+    assert body["errors"] == {"json": ["Invalid JSON body."]}
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+
+
+def test_hostile_json_on_a_paid_route_holds_nothing(client, make_user, stub):
+    user = make_user(credits=1)
+    for body in (DEEP, b'{"prompt": ' + b"9" * 5_000 + b"}"):
+        response = client.post("/api/generate", data=body, content_type="application/json",
+                               headers={**user.headers, "Idempotency-Key": "k"})
+        assert_error(response, 400, "bad_request")
+    assert stub.calls == 0
+    assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 1
+
+
+@pytest.mark.parametrize("path", ["/api/auth/login", "/api/generate"])
+def test_a_chunked_body_over_the_limit_is_413(client, make_user, stub, path):
+    user = make_user(credits=1)
+    body = b'{"prompt": "' + b"x" * 70_000 + b'"}'
+    response = client.post(path, input_stream=io.BytesIO(body), headers={
+        **user.headers, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True})  # what gunicorn says of a chunked body
+    assert_error(response, 413, "payload_too_large")
+    assert stub.calls == 0
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole(client, make_user, stub):
+    user = make_user(credits=1)
+    response = client.post("/api/generate", input_stream=io.BytesIO(b'{"prompt": "a fox"}'), headers={
+        **user.headers, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 200, response.json
+
+
+# --- OPTIONS: what a browser sends before a cross-origin call ---------------------------------------
+
+ORIGIN = "https://web.example"
+
+
+def test_every_route_answers_a_preflight_with_rate_limits_and_cors_on(database_url, make_user):
+    """OPTIONS carries no token; the per-user limit once called get_jwt_identity() on it (500)."""
+    with own_app(database_url, RATELIMIT_ENABLED=True, PAID_RATE_LIMIT="1 per minute",
+                 AUTH_RATE_LIMIT="1 per minute", CORS_ORIGINS=[ORIGIN]) as app, app.app_context():
+        client = app.test_client()
+        routes = [(rule.rule.replace("<id:user_id>", "2"), method) for rule in app.url_map.iter_rules()
+                  for method in rule.methods - {"HEAD", "OPTIONS"} if rule.rule.startswith("/api/")]
+        assert len(routes) >= 12
+        for path, method in routes:
+            for _ in range(3):  # past every limit: a preflight is not a use
+                response = client.options(path, headers={
+                    "Origin": ORIGIN, "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "authorization, content-type, idempotency-key"})
+                assert response.status_code == 200, (path, method, response.get_data(as_text=True))
+                assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+                assert method in response.headers["Access-Control-Allow-Methods"]
+                assert "idempotency-key" in response.headers["Access-Control-Allow-Headers"].lower()
+        # Nothing was held or counted: the one paid request of the minute still goes through.
+        user = make_user(credits=1)
+        assert client.post("/api/generate", json={"prompt": "x"}, headers=user.headers).status_code == 200

@@ -129,6 +129,12 @@ def test_credits_grant_to_an_unknown_user_is_refused(cli):
     pytest.param(("1.5",), "AMOUNT", id="fraction"),
     pytest.param(("10000000000001",), "AMOUNT", id="too-large"),
     pytest.param(("5", "--type", "gold"), "--type", id="unknown-type"),
+    # The API's rules: reason and reference are 1 to 255 characters.
+    pytest.param(("5", "--reason", ""), "reason", id="empty-reason"),
+    pytest.param(("5", "--reference", ""), "reference", id="empty-reference"),
+    pytest.param(("5", "--reason", "r" * 256), "reason", id="reason-too-long"),
+    pytest.param(("5", "--reference", "p" * 256), "reference", id="reference-too-long"),
+    pytest.param(("5", "--reference", "nul\x00"), "reference", id="reference-with-nul"),
 ])
 def test_credits_grant_bad_arguments_are_refused_and_change_nothing(cli, make_user, args, named):
     user = make_user(credits=2, tokens=20)
@@ -137,6 +143,7 @@ def test_credits_grant_bad_arguments_are_refused_and_change_nothing(cli, make_us
     result = cli("credits", "grant", user.username, *args)
 
     assert_refused(result, named)
+    assert "Traceback" not in result.output and len(result.output.splitlines()) <= 4
     assert balance(user.id) == (2, 20)
     assert ledger_size(user.id) == entries
 

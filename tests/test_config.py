@@ -1,4 +1,7 @@
 """Start-up checks: production refuses a guessable secret, and the price table is validated and used."""
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -10,6 +13,7 @@ from creditapp.ai import StubAIProvider, set_provider
 from creditapp.extensions import db
 
 from .conftest import make_app
+from .server import ROOT
 
 
 @contextmanager
@@ -127,3 +131,19 @@ def test_a_changed_price_is_listed_and_charged(database_url, make_user):
         assert response.json["balance"]["generation_credits"] == 7
         assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 7
         assert provider.calls == 1
+
+
+@pytest.mark.parametrize("hold_ttl, key_ttl", [(600, 600), (600, 300), (3600, 60)])
+def test_a_stored_answer_that_could_expire_before_its_request_stops_the_app(database_url, hold_ttl, key_ttl):
+    with pytest.raises(RuntimeError, match="IDEMPOTENCY_TTL_SECONDS .* must be longer than CREDIT_HOLD_TTL_SECONDS"):
+        make_app(database_url, CREDIT_HOLD_TTL_SECONDS=hold_ttl, IDEMPOTENCY_TTL_SECONDS=key_ttl)
+
+
+def test_the_key_ttl_check_is_what_the_flask_cli_reports(tmp_path):
+    env = {**os.environ, "CREDITAPP_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+           "CREDIT_HOLD_TTL_SECONDS": "120", "IDEMPOTENCY_TTL_SECONDS": "60"}
+    env.pop("FLASK_APP", None)
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "credits", "verify"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "IDEMPOTENCY_TTL_SECONDS (60) must be longer than CREDIT_HOLD_TTL_SECONDS (120)" in result.stderr

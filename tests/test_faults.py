@@ -173,3 +173,14 @@ def test_database_connections_cut_under_load(app, make_user, database_url, tmp_p
     spent = sum(1000 - credit_service.get_credit_balance(u.id).generation_credits for u in users)
     assert spent == statuses.count(200) + 1  # every success paid once, every failure free
     assert flask_cli(env, "credits", "verify").returncode == 0
+
+
+def test_a_request_that_outlives_its_hold_is_not_charged_by_a_real_server(app, make_user, database_url):
+    """The report, as an outsider saw it: a 1 s hold, a 1.5 s AI call and no sweep in between."""
+    user = make_user(credits=1)
+    env = server_env(database_url, CREDIT_HOLD_TTL_SECONDS=1, AI_STUB_LATENCY_MS=1500)
+    with gunicorn(env, workers=1, threads=2) as server:
+        status, body = post(f"{server.url}/api/generate", user, {"prompt": "slow"}, key="slow-1")
+        assert (status, body["error"]) == (503, "reservation_expired")
+        assert credit_service.get_credit_balance(user.id).generation_credits == 1
+        assert flask_cli(env, "credits", "verify").returncode == 0

@@ -100,3 +100,41 @@ def test_oversized_body_is_413_before_anything(client, make_user, stub):
     assert (response.status_code, response.json["error"]) == (413, "payload_too_large")
     assert stub.calls == 0
     assert credit_service.get_credit_balance(user.id).generation_credits == 1
+
+
+def test_the_paid_limit_is_one_budget_per_user_across_every_paid_route(limited_app):
+    """PAID_RATE_LIMIT is 2 per minute here: two requests on two different routes use it up."""
+    client = limited_app.test_client()
+    alice = make_user(limited_app, "alice", credits=10)
+    image = "https://images.example.com/a.png"
+    assert client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code == 200
+    assert client.post("/api/generate/upscale", json={"image_url": image, "scale": 2},
+                       headers=alice.headers).status_code == 200
+    for path, body in (("/api/generate/hairstyle", {"image_url": image, "hairstyle": "bob"}),
+                       ("/api/generate/professional-photo", {"image_url": image}),
+                       ("/api/ai/complete", {"prompt": "hi", "max_tokens": 1}),
+                       ("/api/generate", {"prompt": "x"})):
+        assert_429(client.post(path, json=body, headers=alice.headers))
+    assert credit_service.get_credit_balance(alice.id).generation_credits == 7
+    assert credit_service.verify() == []
+
+
+def test_a_paid_feature_added_on_another_blueprint_shares_the_budget(limited_app):
+    """A developer's own paid route gets the per-user limit from require_credits itself."""
+    from flask import Blueprint, jsonify
+
+    from creditapp.credits import CreditType, require_credits
+
+    extra = Blueprint("extra_feature", __name__)
+
+    @extra.post("/api/sketch")
+    @require_credits(1, CreditType.GENERATION_CREDITS)
+    def sketch():
+        return jsonify(ok=True)
+
+    limited_app.register_blueprint(extra)
+    client = limited_app.test_client()
+    alice = make_user(limited_app, "alice", credits=10)
+    assert client.post("/api/sketch", headers=alice.headers).status_code == 200
+    assert client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code == 200
+    assert_429(client.post("/api/sketch", headers=alice.headers))

@@ -92,3 +92,44 @@ def test_metrics_add_up_across_gunicorn_workers(app, make_user, database_url, tm
         assert metric(text, "creditapp_credits_total", event="charged") == 40
         assert metric(text, "creditapp_http_request_duration_seconds_count", endpoint="generate.generate_image",
                       status="200") == 40
+
+
+class OverrunningProvider:
+    """A provider whose usage comes out larger than any estimate (another tokenizer, say)."""
+
+    def __init__(self, extra_tokens: int):
+        self.extra_tokens, self.calls = extra_tokens, 0
+
+    def generate_image(self, params, feature="basic_generation"):
+        raise AssertionError("not used")
+
+    def complete(self, prompt, max_tokens):
+        from creditapp.ai import Completion, count_tokens
+        self.calls += 1
+        return Completion("lorem " * max_tokens, count_tokens(prompt), max_tokens + self.extra_tokens)
+
+
+def test_usage_beyond_the_hold_and_the_balance_is_its_own_outcome(app, client, make_user, caplog):
+    """The AI was already called: the answer is a 403 and nothing is charged, counted and logged
+    as usage_exceeded_hold (not as a plain insufficient_credits refusal)."""
+    from creditapp.ai import set_provider
+    from creditapp.credits import credit_service
+
+    provider = OverrunningProvider(extra_tokens=5)
+    set_provider(app, provider)
+    user = make_user(tokens=12)  # "hi there" is 2 tokens: the hold of 2 + 10 is the whole balance
+    with caplog.at_level(logging.INFO, logger="creditapp.access"):
+        response = client.post("/api/ai/complete", json={"prompt": "hi there", "max_tokens": 10},
+                               headers=user.headers)
+    assert response.status_code == 403, response.json
+    assert (response.json["error"], response.json["required"], response.json["available"]) == (
+        "insufficient_credits", 17, 12)
+    assert provider.calls == 1
+    assert credit_service.get_credit_balance(user.id).ai_tokens == 12  # nothing charged
+    labels = {"feature": "generate.complete", "credit_type": "ai_tokens"}
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "creditapp_usage_exceeded_hold_total", **labels) == 1
+    assert metric(text, "creditapp_insufficient_credits_total", **labels) == 0
+    outcomes = [getattr(r, "outcome", None) for r in caplog.records if r.name == "creditapp.access"]
+    assert outcomes[-1] == "usage_exceeded_hold"
+    assert credit_service.verify() == []

@@ -139,3 +139,43 @@ def test_cors_allows_only_configured_origins(cookie_app, client):
 def test_no_cors_by_default(client):
     response = client.get("/api/credits/costs", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cookie_logout_with_only_the_refresh_cookie(cookie_app, make_user):
+    client = cookie_app.test_client()
+    user = make_user(credits=1)
+    client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    refresh_csrf = client.get_cookie("csrf_refresh_token").value
+    client.delete_cookie("access_token_cookie")  # expired and gone; the refresh cookie remains
+    response = client.post("/api/auth/logout", headers={"X-CSRF-TOKEN": refresh_csrf})
+    assert response.status_code == 200, response.json
+    assert client.get_cookie("refresh_token_cookie") is None
+    # The session is over: a copy of the refresh token kept elsewhere is refused too.
+    again = cookie_app.test_client()
+    again.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    assert again.post("/api/auth/refresh", headers={
+        "X-CSRF-TOKEN": again.get_cookie("csrf_refresh_token").value}).status_code == 200
+
+
+def test_cookie_logout_with_the_refresh_cookie_revokes_its_session(cookie_app, make_user):
+    client = cookie_app.test_client()
+    user = make_user()
+    client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    refresh_cookie = client.get_cookie("refresh_token_cookie").value
+    refresh_csrf = client.get_cookie("csrf_refresh_token").value
+    client.delete_cookie("access_token_cookie")
+    assert client.post("/api/auth/logout", headers={"X-CSRF-TOKEN": refresh_csrf}).status_code == 200
+    thief = cookie_app.test_client()
+    thief.set_cookie("refresh_token_cookie", refresh_cookie)
+    thief.set_cookie("csrf_refresh_token", refresh_csrf)
+    response = thief.post("/api/auth/refresh", headers={"X-CSRF-TOKEN": refresh_csrf})
+    assert (response.status_code, response.json["error"]) == (401, "token_revoked")
+
+
+def test_cookie_logout_with_the_refresh_cookie_needs_its_csrf_token(cookie_app, make_user):
+    client = cookie_app.test_client()
+    user = make_user()
+    client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    client.delete_cookie("access_token_cookie")
+    response = client.post("/api/auth/logout")
+    assert response.status_code == 401 and "CSRF" in response.json["message"]
