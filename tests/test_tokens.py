@@ -179,3 +179,22 @@ def test_cookie_logout_with_the_refresh_cookie_needs_its_csrf_token(cookie_app, 
     client.delete_cookie("access_token_cookie")
     response = client.post("/api/auth/logout")
     assert response.status_code == 401 and "CSRF" in response.json["message"]
+
+
+def test_cookie_logout_with_an_expired_access_cookie_uses_the_refresh_cookie(cookie_app, make_user):
+    """The access cookie is a session cookie: a browser still sends it after its token expired."""
+    from datetime import timedelta
+
+    from flask_jwt_extended import create_access_token, decode_token
+
+    client = cookie_app.test_client()
+    user = make_user()
+    client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    refresh_csrf = client.get_cookie("csrf_refresh_token").value
+    sid = decode_token(client.get_cookie("refresh_token_cookie").value)["sid"]
+    client.set_cookie("access_token_cookie", create_access_token(
+        identity=str(user.id), additional_claims={"sid": sid}, expires_delta=timedelta(seconds=-60)))
+    assert client.get("/api/credits/balance").json["error"] == "token_expired"
+    response = client.post("/api/auth/logout", headers={"X-CSRF-TOKEN": refresh_csrf})
+    assert response.status_code == 200, response.json
+    assert client.post("/api/auth/refresh", headers={"X-CSRF-TOKEN": refresh_csrf}).status_code == 401

@@ -1,6 +1,8 @@
 import uuid
 
-from flask import current_app, jsonify
+from flask import current_app, jsonify, request
+from flask_jwt_extended.exceptions import CSRFError
+from jwt import ExpiredSignatureError
 from flask_jwt_extended import (
     create_access_token, create_refresh_token, get_jwt, get_jwt_identity, set_access_cookies,
     set_refresh_cookies, unset_jwt_cookies, verify_jwt_in_request,
@@ -70,8 +72,16 @@ def refresh():
 def logout():
     """End the session: its access and refresh tokens are refused from now on, everywhere."""
     # Either token will do. In cookie mode they sit in two cookies: the access cookie is read
-    # first, and without it the refresh cookie (with its own CSRF token).
-    if verify_jwt_in_request(optional=True, verify_type=False) is None:
+    # first, and without it (or when it has expired, as a session cookie outliving its token
+    # does, or when the CSRF token sent is the refresh cookie's) the refresh cookie, which then
+    # needs its own CSRF token.
+    try:
+        found = verify_jwt_in_request(optional=True, verify_type=False)
+    except (ExpiredSignatureError, CSRFError):
+        if not _refresh_cookie_sent():
+            raise
+        found = None
+    if found is None:
         verify_jwt_in_request(refresh=True)
     user_id = token_user_id()
     with caller_must_exist():  # a deleted user's token is a 401 here too, as everywhere
@@ -83,6 +93,11 @@ def logout():
     if "cookies" in current_app.config["JWT_TOKEN_LOCATION"]:
         unset_jwt_cookies(response)
     return response
+
+
+def _refresh_cookie_sent() -> bool:
+    config = current_app.config
+    return "cookies" in config["JWT_TOKEN_LOCATION"] and config["JWT_REFRESH_COOKIE_NAME"] in request.cookies
 
 
 def _tokens(access: str, refresh: str | None):
