@@ -1,3 +1,3 @@
-from creditapp import create_app
+from creditapp.app import create_app
 
 app = create_app()

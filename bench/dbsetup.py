@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from sqlalchemy import bindparam, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from creditapp.database import UTCDateTime
-from creditapp.models import CreditAccount, LedgerEntry, User
+from creditapp.ledger.tables import CreditAccount, LedgerEntry, UTCDateTime
+from creditapp.models import User
 
 from .servers import ROOT
 

@@ -7,8 +7,9 @@ from flask import Flask, request
 from flask_jwt_extended import JWTManager, get_jwt_identity, verify_jwt_in_request
 
 from . import revocation
-from .exceptions import InvalidIdentity, UnknownUser
-from .models import MAX_USER_ID
+from .exceptions import InvalidIdentity
+from .ledger.errors import UnknownUser
+from .ledger.tables import MAX_USER_ID
 
 # What login puts in a token: the user id in canonical ASCII decimal, and a session id of 32 hex
 # digits. Anything else (" 2 ", "0002", "٢", a number) is refused before it reaches a query.

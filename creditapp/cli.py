@@ -4,12 +4,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from . import idempotency
 from . import users as user_service
-from .credits import CreditType, credit_service
-from .credits.types import Balance
-from .exceptions import ReferenceConflict, UnknownUser, UsernameTaken
-from .schemas import MAX_AMOUNT, CredentialsSchema, GrantSchema
+from .api.schemas import CredentialsSchema, GrantSchema
+from .exceptions import UsernameTaken
+from .ledger import Balance, CreditType, ReferenceConflict, UnknownUser, credit_service, keys
+from .ledger.tables import MAX_AMOUNT
 
 users_cli = AppGroup("users", help="Manage users.")
 credits_cli = AppGroup("credits", help="Grant, inspect and audit credits.")
@@ -83,7 +82,7 @@ def release_expired() -> None:
 @credits_cli.command("prune-idempotency")
 def prune_idempotency() -> None:
     """Delete stored Idempotency-Key answers past IDEMPOTENCY_TTL_SECONDS."""
-    click.echo(f"pruned {idempotency.prune()} expired idempotency key(s)")
+    click.echo(f"pruned {keys.prune()} expired idempotency key(s)")
 
 
 @credits_cli.command("verify")

@@ -1,128 +1,14 @@
-"""Transactions and per-dialect engine set-up.
+"""The app's database: Flask-SQLAlchemy's session and engine, given to the ledger."""
+from flask import Flask
 
-Every public service call runs inside `atomic()`: one transaction, committed or rolled back
-as a whole. On SQLite a writing transaction takes the write lock up front (BEGIN IMMEDIATE),
-so two writers queue on the busy timeout instead of failing with "database is locked" when
-one of them tries to upgrade a read lock.
-"""
-import functools
-import random
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
-
-from sqlalchemy import DateTime, event
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
-from sqlalchemy.types import TypeDecorator
-
-from .clock import clock
 from .extensions import db
-
-_WRITE_OPTION = "creditapp_write"
-
-
-def utcnow() -> datetime:
-    return clock.now()
+from .ledger.transactions import configure_engine, database
 
 
-class UTCDateTime(TypeDecorator):
-    """A timezone-aware UTC timestamp on every dialect (SQLite has no time zones)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is not None:
-            if value.tzinfo is None:
-                raise ValueError("naive datetime given where UTC is required")
-            value = value.astimezone(timezone.utc)
-            if dialect.name == "sqlite":
-                value = value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value
-
-
-@contextmanager
-def atomic(write: bool = True) -> Iterator[Session]:
-    """One transaction on the request's session; commits on success, rolls back on error."""
-    session = db.session()  # the request's Session behind the scoped proxy
-    if session.in_transaction():
-        # A transaction left open (autobegun by a read, or by a caller that raised) must not be
-        # silently merged into this one.
-        session.rollback()
-    with session.begin():
-        if write:
-            session.connection(execution_options={_WRITE_OPTION: True})
-        yield session
-
-
-# PostgreSQL's serialization_failure and deadlock_detected: the transaction did nothing and may
-# simply run again. READ COMMITTED and a fixed lock order make them rare; they must still never
-# reach a client as a 500.
-RETRYABLE_SQLSTATES = {"40001", "40P01"}
-MAX_ATTEMPTS = 3
-
-
-def read(statement) -> list:
-    """The rows of one read statement, on a connection of its own outside the ORM session.
-    On PostgreSQL it runs in autocommit: one round trip instead of BEGIN, the query and COMMIT
-    (a single statement is consistent by itself). The revocation check runs this on every
-    authenticated request, where the session's bookkeeping showed in the profile."""
-    engine = db.engine
-    with engine.connect() as connection:
-        if engine.dialect.name == "postgresql":
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        rows = connection.execute(statement).all()
-        if connection.in_transaction():
-            connection.rollback()  # SQLite: end the read transaction it began
-        return rows
-
-
-def retry_conflicts(function: Callable) -> Callable:
-    """Run a function that is one whole transaction again when the database says it conflicted."""
-
-    @functools.wraps(function)
-    def retrying(*args, **kwargs):
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return function(*args, **kwargs)
-            except DBAPIError as exc:
-                sqlstate = getattr(exc.orig, "sqlstate", None)
-                if sqlstate not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS:
-                    raise
-                time.sleep(random.uniform(0, 0.01 * attempt))
-
-    return retrying
-
-
-def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
-    if engine.dialect.name != "sqlite":
-        return
-
-    @event.listens_for(engine, "connect")
-    def _sqlite_connect(dbapi_connection, _record):
-        # Take transaction control away from pysqlite so that BEGIN is ours to emit.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _sqlite_begin(conn):
-        if conn.get_execution_options().get(_WRITE_OPTION):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
+def init_app(app: Flask) -> None:
+    database.bind(lambda: db.session(), lambda: db.engine)
+    with app.app_context():
+        configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])
 
 
 def engine_options(uri: str, configured: dict) -> dict:

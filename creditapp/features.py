@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from .credits.types import CreditType
+from .ledger.types import CreditType
 
 # Bounded so that the largest estimate (8000-character prompt + 4096 tokens, times the price)
 # stays far below the amount limit: a price can never turn a request into a 500.

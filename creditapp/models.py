@@ -1,21 +1,13 @@
-"""Tables. Models hold no behaviour and never commit: the services do."""
+"""The app's own tables (users, revoked sessions); the ledger's are in creditapp.ledger.tables.
+Models hold no behaviour and never commit."""
 from datetime import datetime
 
-from sqlalchemy import (
-    BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func, text,
-)
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .database import UTCDateTime, utcnow
 from .extensions import db
-
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
-BigId = BigInteger().with_variant(Integer, "sqlite")
-
-CREDIT_TYPES = ("generation_credits", "ai_tokens")
-MAX_USER_ID = 2**31 - 1  # users.id is a 32-bit INTEGER
-MAX_AMOUNT = 10**12  # per grant or charge: far below BigInteger's limit, so sums cannot overflow
-_credit_type_check = "credit_type IN ('generation_credits', 'ai_tokens')"
+from .ledger.clock import utcnow
+from .ledger.tables import UTCDateTime
 
 
 class User(db.Model):
@@ -30,130 +22,6 @@ class User(db.Model):
 
 # One name whatever its case (each user keeps the spelling they chose).
 Index("uq_users_username_lower", func.lower(User.username), unique=True)
-
-
-class CreditAccount(db.Model):
-    """One balance of one user: `available` can be spent now, `held` is reserved by requests."""
-
-    __tablename__ = "credit_accounts"
-    __table_args__ = (
-        CheckConstraint("available >= 0", name="available_not_negative"),
-        CheckConstraint("held >= 0", name="held_not_negative"),
-        CheckConstraint(_credit_type_check, name="credit_type_known"),
-    )
-
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
-    credit_type: Mapped[str] = mapped_column(String(32), primary_key=True)
-    available: Mapped[int] = mapped_column(BigInteger, default=0)
-    held: Mapped[int] = mapped_column(BigInteger, default=0)
-
-
-class CreditHold(db.Model):
-    """Credits reserved for one request until it settles, is released, or expires."""
-
-    __tablename__ = "credit_holds"
-    __table_args__ = (
-        CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("settled_amount >= 0", name="settled_not_negative"),
-        CheckConstraint(
-            "status IN ('open', 'settled', 'released', 'expired')", name="status_known"
-        ),
-        CheckConstraint(_credit_type_check, name="credit_type_known"),
-        # Open holds are what reservations and the expiry sweep look for.
-        Index(
-            "ix_credit_holds_open",
-            "user_id",
-            "credit_type",
-            "expires_at",
-            postgresql_where=text("status = 'open'"),
-            sqlite_where=text("status = 'open'"),
-        ),
-        Index(
-            "ix_credit_holds_open_expiry",
-            "expires_at",
-            postgresql_where=text("status = 'open'"),
-            sqlite_where=text("status = 'open'"),
-        ),
-        Index(
-            "ix_credit_holds_user_id_idempotency_key",
-            "user_id",
-            "idempotency_key",
-            postgresql_where=text("idempotency_key IS NOT NULL"),
-            sqlite_where=text("idempotency_key IS NOT NULL"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    credit_type: Mapped[str] = mapped_column(String(32))
-    amount: Mapped[int] = mapped_column(BigInteger)
-    settled_amount: Mapped[int] = mapped_column(BigInteger, default=0)
-    status: Mapped[str] = mapped_column(String(16), default="open")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # The Idempotency-Key the hold was taken for: `credits verify` reports one key charged twice.
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-
-
-class LedgerEntry(db.Model):
-    """Append-only record of every balance change; database triggers refuse UPDATE and DELETE.
-
-    `amount` is the change of the spendable balance, `held_change` the change of the reserved
-    credits: a hold moves credits from one to the other, a settle consumes held credits.
-    """
-
-    __tablename__ = "ledger_entries"
-    __table_args__ = (
-        CheckConstraint("amount <> 0 OR held_change <> 0", name="changes_something"),
-        CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
-        CheckConstraint("held_after >= 0", name="held_after_not_negative"),
-        CheckConstraint(_credit_type_check, name="credit_type_known"),
-        CheckConstraint(
-            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge')",
-            name="kind_known",
-        ),
-        # Keyset pagination of a user's history, newest first.
-        Index("ix_ledger_entries_user_id_id", "user_id", "id"),
-        Index("uq_ledger_entries_user_id_reference", "user_id", "reference", unique=True,
-              postgresql_where=text("reference IS NOT NULL"), sqlite_where=text("reference IS NOT NULL")),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    credit_type: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(16))
-    amount: Mapped[int] = mapped_column(BigInteger)
-    held_change: Mapped[int] = mapped_column(BigInteger, default=0)
-    balance_after: Mapped[int] = mapped_column(BigInteger)
-    held_after: Mapped[int] = mapped_column(BigInteger)
-    hold_id: Mapped[int | None] = mapped_column(ForeignKey("credit_holds.id"), nullable=True)
-    reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    # A grant's outside reference (a payment provider's event id): one grant per reference.
-    reference: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class IdempotencyKey(db.Model):
-    """A client's Idempotency-Key and the answer its first request got."""
-
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (
-        UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_id_key"),
-        CheckConstraint("status IN ('in_flight', 'completed')", name="status_known"),
-        Index("ix_idempotency_keys_expires_at", "expires_at"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    key: Mapped[str] = mapped_column(String(255))
-    fingerprint: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
-    hold_id: Mapped[int | None] = mapped_column(ForeignKey("credit_holds.id"), nullable=True)
-    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class RevokedSession(db.Model):

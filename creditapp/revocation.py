@@ -10,7 +10,8 @@ import redis
 from flask import Flask
 from sqlalchemy import delete, select
 
-from .database import atomic, read, utcnow
+from .ledger.clock import utcnow
+from .ledger.transactions import atomic, read
 from .models import RevokedSession
 
 REVOKED = RevokedSession.__table__

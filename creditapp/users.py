@@ -5,10 +5,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .credits.service import open_accounts
-from .credits.types import Balance
-from .database import atomic, read, utcnow
-from .exceptions import InvalidCredentials, NotAdmin, UnknownUser, UsernameTaken
+from .exceptions import InvalidCredentials, NotAdmin, UsernameTaken
+from .ledger import Balance, UnknownUser
+from .ledger.clock import utcnow
+from .ledger.service import open_accounts
+from .ledger.transactions import atomic, read
 from .models import User
 
 USERS = User.__table__

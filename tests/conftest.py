@@ -12,8 +12,8 @@ from sqlalchemy import text
 from config import TestingConfig
 from creditapp import create_app
 from creditapp.ai import StubAIProvider, set_provider
-from creditapp.clock import ManualClock, clock
-from creditapp.credits.types import Balance
+from creditapp.ledger.clock import ManualClock, clock
+from creditapp.ledger import Balance
 from creditapp.extensions import db
 from creditapp import users
 

@@ -7,8 +7,9 @@ import pytest
 from flask_jwt_extended import create_access_token, create_refresh_token
 from sqlalchemy import func, select
 
-from creditapp.database import atomic
-from creditapp.models import CreditHold, LedgerEntry, User
+from creditapp.ledger.transactions import atomic
+from creditapp.ledger.tables import CreditHold, LedgerEntry
+from creditapp.models import User
 
 PASSWORD = "long-enough-password"
 

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import text
 
-from creditapp.database import atomic
+from creditapp.ledger.transactions import atomic
 from creditapp.extensions import db
 
 from .conftest import make_app

@@ -3,8 +3,8 @@ import pytest
 from sqlalchemy import func, select
 
 from creditapp.credits import credit_service
-from creditapp.database import atomic
-from creditapp.models import CreditHold, LedgerEntry
+from creditapp.ledger.transactions import atomic
+from creditapp.ledger.tables import CreditHold, LedgerEntry
 
 IMAGE = "https://example.com/me.jpg"
 ROUTES = [

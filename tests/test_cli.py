@@ -6,9 +6,11 @@ from sqlalchemy import text, update
 
 from creditapp import users
 from creditapp.credits import CreditType, credit_service
-from creditapp.database import atomic, utcnow
-from creditapp.exceptions import NotAdmin, UnknownUser
-from creditapp.models import CreditHold
+from creditapp.ledger.clock import utcnow
+from creditapp.ledger.transactions import atomic
+from creditapp.exceptions import NotAdmin
+from creditapp.ledger import UnknownUser
+from creditapp.ledger.tables import CreditHold
 
 PASSWORD = "long-enough-pw"
 

@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 
 from creditapp.credits import credit_service
 from creditapp.extensions import db
-from creditapp.models import CreditHold
+from creditapp.ledger.tables import CreditHold
 
 from .conftest import make_app
 

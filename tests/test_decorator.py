@@ -8,8 +8,9 @@ from sqlalchemy import select
 
 from creditapp.ai import ai_service
 from creditapp.credits import CreditType, InsufficientCredits, credit_service, require_credits
-from creditapp.database import atomic, utcnow
-from creditapp.models import CreditHold
+from creditapp.ledger.clock import utcnow
+from creditapp.ledger.transactions import atomic
+from creditapp.ledger.tables import CreditHold
 
 
 class GenerateSchema(Schema):

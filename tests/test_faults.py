@@ -12,7 +12,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from creditapp.credits import credit_service
-from creditapp.database import utcnow
+from creditapp.ledger.clock import utcnow
 
 from .server import fire_together, flask_cli, gunicorn, server_env
 

@@ -14,9 +14,9 @@ from sqlalchemy.engine import make_url
 
 from creditapp.ai import StubAIProvider, set_provider
 from creditapp.credits import CreditType, credit_service
-from creditapp.database import atomic
-from creditapp.exceptions import ReservationExpired
-from creditapp.models import CreditHold, LedgerEntry
+from creditapp.ledger.transactions import atomic
+from creditapp.ledger import ReservationExpired
+from creditapp.ledger.tables import CreditHold, LedgerEntry
 
 GEN = CreditType.GENERATION_CREDITS
 GENERATE = "/api/generate"

@@ -4,10 +4,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from creditapp import idempotency
+from creditapp.api import idempotency
+from creditapp.ledger import keys
 from creditapp.credits import CreditType, credit_service
-from creditapp.database import atomic, utcnow
-from creditapp.models import CreditHold, IdempotencyKey, LedgerEntry
+from creditapp.ledger.clock import utcnow
+from creditapp.ledger.transactions import atomic
+from creditapp.ledger.tables import CreditHold, IdempotencyKey, LedgerEntry
 
 GENERATE = "/api/generate"
 
@@ -143,7 +145,7 @@ def test_answer_and_charge_commit_together(client, make_user, stub, monkeypatch)
     def broken_store(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(idempotency, "complete_for_hold", broken_store)
+    monkeypatch.setattr(keys, "complete_for_hold", broken_store)
     response = post(client, user)
     assert response.status_code == 503
     assert response.json["error"] == "database_unavailable"

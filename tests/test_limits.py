@@ -7,7 +7,7 @@ from flask_jwt_extended import create_access_token
 
 from creditapp import users
 from creditapp.credits import credit_service
-from creditapp.credits.types import Balance
+from creditapp.ledger import Balance
 
 from .conftest import make_app
 

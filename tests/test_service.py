@@ -6,9 +6,10 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from creditapp.credits import CreditType, InsufficientCredits, credit_service
-from creditapp.database import atomic, utcnow
-from creditapp.exceptions import ReservationExpired, UnknownUser
-from creditapp.models import CreditHold, LedgerEntry
+from creditapp.ledger.clock import utcnow
+from creditapp.ledger.transactions import atomic
+from creditapp.ledger import ReservationExpired, UnknownUser
+from creditapp.ledger.tables import CreditHold, LedgerEntry
 
 GEN, TOK = CreditType.GENERATION_CREDITS, CreditType.AI_TOKENS
 

@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from creditapp.ai import count_tokens
 from creditapp.credits import credit_service
 from creditapp.extensions import db
-from creditapp.models import CreditHold
+from creditapp.ledger.tables import CreditHold
 
 GEN, TOK = "generation_credits", "ai_tokens"
 def valid_text(max_size: int):

@@ -4,15 +4,13 @@ from datetime import timedelta
 from flask import current_app
 from .bodies import Blueprint
 
-from .. import idempotency, users
+from .. import users
 from ..auth import caller_must_exist, current_user_id, require_login
-from ..credits import credit_service
-from ..credits.types import Grant
-from ..database import utcnow
-from ..exceptions import UnknownUser
-from ..models import MAX_USER_ID
-from ..idempotent_requests import idempotency_key, replay, request_fingerprint
-from ..schemas import ErrorSchema, GrantResultSchema, GrantSchema
+from ..ledger import Grant, UnknownUser, credit_service, keys
+from ..ledger.clock import utcnow
+from ..ledger.tables import MAX_USER_ID
+from .idempotency import idempotency_key, replay, request_fingerprint
+from .schemas import ErrorSchema, GrantResultSchema, GrantSchema
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration.")
 blp.before_request(require_login())
@@ -46,9 +44,9 @@ def grant_credits(grant, user_id):
     def store_answer(session, result: Grant):
         if key:
             kept_until = utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
-            key_id = idempotency.claim(session, admin_id, key, fingerprint, kept_until)
+            key_id = keys.claim(session, admin_id, key, fingerprint, kept_until)
             body = json.dumps(grant_result_schema.dump(_answer(result)))
-            idempotency.complete(session, key_id, _status(result), body, kept_until)
+            keys.complete(session, key_id, _status(result), body, kept_until)
 
     result = credit_service.grant(
         user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",

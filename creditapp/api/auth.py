@@ -11,10 +11,10 @@ from .bodies import Blueprint
 
 from .. import users
 from ..auth import caller_must_exist, token_user_id
-from ..credits.types import Balance
 from ..extensions import limiter
+from ..ledger import Balance
 from ..revocation import revoke_session
-from ..schemas import CredentialsSchema, ErrorSchema, LoggedOutSchema, TokenSchema, UserSchema
+from .schemas import CredentialsSchema, ErrorSchema, LoggedOutSchema, TokenSchema, UserSchema
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts and tokens.")
 BEARER = [{"bearerAuth": []}]

@@ -1,9 +1,9 @@
 from .bodies import Blueprint
 
 from ..auth import caller_must_exist, current_user_id, require_login
-from ..credits import credit_service
+from ..ledger import credit_service
 from ..features import price_list
-from ..schemas import (
+from .schemas import (
     BalanceSchema, CostListSchema, ErrorSchema, TransactionPageSchema, TransactionQuerySchema,
 )
 

@@ -4,9 +4,10 @@ from .bodies import Blueprint
 
 from ..ai import ai_service, count_tokens
 from ..auth import require_login
-from ..credits import CreditType, credit_service, require_credits
+from ..ledger import CreditType, credit_service
 from ..features import cost_of, price
-from ..schemas import (
+from .guard import require_credits
+from .schemas import (
     CompleteSchema, CompletionResponseSchema, ErrorSchema, GenerateSchema, GenerationResponseSchema,
     HairstyleSchema, ImageSchema, UpscaleSchema,
 )

@@ -3,9 +3,9 @@ from alembic.runtime.migration import MigrationContext
 from flask import current_app
 from .bodies import Blueprint
 
-from ..database import atomic
-from ..errors import error_response
-from ..schemas import ErrorSchema, HealthSchema, ReadySchema
+from ..ledger.transactions import atomic
+from .errors import error_response
+from .schemas import ErrorSchema, HealthSchema, ReadySchema
 
 blp = Blueprint("health", __name__, description="Liveness and readiness.")
 

@@ -1,8 +1,7 @@
-"""The public surface for code that sells features for credits."""
-from ..exceptions import InsufficientCredits
-from .decorator import CreditInfo, require_credits
-from .service import CreditService, credit_service
-from .types import Balance, CreditType, Reservation
+"""The surface for code that sells features for credits: the ledger's service and types, and the
+`require_credits` guard of the web layer."""
+from ..api.guard import CreditInfo, require_credits
+from ..ledger import Balance, CreditService, CreditType, InsufficientCredits, Reservation, credit_service
 
 __all__ = [
     "Balance", "CreditInfo", "CreditService", "CreditType", "InsufficientCredits", "Reservation",

@@ -19,13 +19,14 @@ from sqlalchemy import and_, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..database import atomic, read, retry_conflicts, utcnow
-from .. import idempotency
-from ..exceptions import (
+from .clock import utcnow
+from .transactions import atomic, read, retry_conflicts
+from . import keys as idempotency
+from .errors import (
     IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, ReferenceConflict, ReservationExpired,
     UnknownUser,
 )
-from ..models import MAX_AMOUNT
+from .tables import MAX_AMOUNT
 from . import statements as sql
 from .statements import ACCOUNTS, HOLDS, LEDGER
 from .types import Balance, CreditType, Grant, Reservation

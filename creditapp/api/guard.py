@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from flask import Response, after_this_request, current_app, g, request
 
 from ..auth import caller_must_exist, current_user_id, rate_limit_key
-from ..errors import error_response
-from ..exceptions import InsufficientCredits, ReservationExpired
 from ..extensions import limiter
-from ..idempotent_requests import HEADER as IDEMPOTENCY_HEADER
-from ..idempotent_requests import idempotency_key, replay, request_fingerprint
+from ..ledger import CreditType, InsufficientCredits, Reservation, ReservationExpired, credit_service
 from ..metrics import metrics
-from ..schemas import ErrorSchema, InsufficientCreditsSchema
-from .service import credit_service
-from .types import CreditType, Reservation
+from .errors import error_response
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import idempotency_key, replay, request_fingerprint
+from .schemas import ErrorSchema, InsufficientCreditsSchema
 
 Amount = int | Callable[..., int]
 

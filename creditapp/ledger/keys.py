@@ -8,17 +8,16 @@ charged. A completed key is kept for IDEMPOTENCY_TTL_SECONDS after its answer wa
 
 These functions work inside the caller's transaction; the credit service decides when.
 """
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .database import atomic, utcnow
-from .exceptions import IdempotencyKeyInUse
-from .models import CreditHold, IdempotencyKey
+from .clock import utcnow
+from .errors import IdempotencyKeyInUse
+from .tables import CreditHold, IdempotencyKey
+from .transactions import atomic
 
 KEYS = IdempotencyKey.__table__
 HOLDS = CreditHold.__table__
@@ -29,15 +28,6 @@ PRUNE_BATCH = 20
 class StoredResponse:
     status: int
     body: str
-
-
-def fingerprint(method: str, path: str, body: bytes) -> str:
-    """Same route and same JSON (whatever its key order or spacing) give the same fingerprint."""
-    try:
-        canonical = json.dumps(json.loads(body or b"null"), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, RecursionError):
-        canonical = body
-    return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 
 def find(session, user_id: int, key: str):

@@ -44,3 +44,7 @@ class ManualClock:
 
 
 clock = Clock()
+
+
+def utcnow() -> datetime:
+    return clock.now()

@@ -8,10 +8,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from .exceptions import (
-    GenerationFailed, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits,
-    InvalidCredentials, InvalidIdentity, NotAdmin, ReferenceConflict, ReservationExpired, UnknownUser,
-    UsernameTaken,
+from ..exceptions import GenerationFailed, InvalidCredentials, InvalidIdentity, NotAdmin, UsernameTaken
+from ..ledger.errors import (
+    IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, ReferenceConflict, ReservationExpired,
+    UnknownUser,
 )
 
 HTTP_CODES = {

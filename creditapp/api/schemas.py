@@ -3,8 +3,8 @@ import re
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from .credits.types import CreditType
-from .models import CREDIT_TYPES, MAX_AMOUNT
+from ..ledger.tables import CREDIT_TYPES, MAX_AMOUNT
+from ..ledger.types import CreditType
 
 
 class StrictInteger(fields.Integer):

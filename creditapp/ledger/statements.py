@@ -7,7 +7,7 @@ column are reserved in INSERT and UPDATE.
 """
 from sqlalchemy import and_, bindparam, insert, select, update
 
-from ..models import CreditAccount, CreditHold, LedgerEntry
+from .tables import CreditAccount, CreditHold, LedgerEntry
 
 ACCOUNTS = CreditAccount.__table__
 HOLDS = CreditHold.__table__

@@ -1,0 +1,40 @@
+"""The request side of idempotency: the Idempotency-Key header, the request's fingerprint and
+replaying a stored answer. The keys themselves live in the ledger (creditapp.ledger.keys)."""
+import hashlib
+import json
+import re
+
+from flask import Response, request
+from marshmallow import ValidationError
+
+from ..ledger.keys import StoredResponse
+
+HEADER = "Idempotency-Key"
+_VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def idempotency_key() -> str | None:
+    """The request's key, None without one; a malformed key is a 422 before anything happens."""
+    key = request.headers.get(HEADER)
+    if key is not None and not _VALID_KEY.fullmatch(key):
+        raise ValidationError({HEADER: ["Must be 1 to 255 visible ASCII characters."]})
+    return key
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """Same route and same JSON (whatever its key order or spacing) give the same fingerprint."""
+    try:
+        canonical = json.dumps(json.loads(body or b"null"), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        canonical = body
+    return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
+
+
+def request_fingerprint() -> str:
+    return fingerprint(request.method, request.path, request.get_data())
+
+
+def replay(stored: StoredResponse) -> Response:
+    response = Response(stored.body, status=stored.status, mimetype="application/json")
+    response.headers["Idempotent-Replayed"] = "true"
+    return response

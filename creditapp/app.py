@@ -1,0 +1,78 @@
+"""The application factory: configuration, database, extensions, blueprints, errors, commands."""
+import os
+
+from alembic.script import ScriptDirectory
+from flask import Flask
+
+from config import Config, check_config, config_from_env
+
+from . import ai, auth, database, logs, metrics, revocation
+from .api import bench, bodies, register_blueprints
+from .api.errors import register_error_handlers, register_jwt_handlers
+from .api.schemas import ErrorSchema
+from .cli import register_commands
+from .database import engine_options
+from .extensions import api, cors, db, jwt, limiter, migrate
+from .features import check_costs, check_signup_grants
+from .ledger import credit_service
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+
+
+def create_app(config_class: type[Config] | None = None, overrides: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(config_class or config_from_env())
+    app.config.update(overrides or {})
+    check_config(app.config)
+    configure_database(app)
+    check_costs(app.config["CREDIT_COSTS"])
+    check_signup_grants(app.config)
+    credit_service.configure(
+        hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"],
+        idempotency_ttl_seconds=app.config["IDEMPOTENCY_TTL_SECONDS"],
+    )
+
+    register_extensions(app)
+    register_blueprints(api)
+    if app.config["BENCHMARK_ROUTES"]:
+        # Plain Flask blueprint: kept out of the API document.
+        app.register_blueprint(bench.blp)
+    register_error_handlers(app)
+    register_commands(app)
+    return app
+
+
+def configure_database(app: Flask) -> None:
+    uri = app.config.get("SQLALCHEMY_DATABASE_URI")
+    if not uri:
+        os.makedirs(app.instance_path, exist_ok=True)
+        uri = "sqlite:///" + os.path.join(app.instance_path, "creditapp.db")
+    app.config["SQLALCHEMY_DATABASE_URI"] = uri
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(uri, app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+
+
+def register_extensions(app: Flask) -> None:
+    bodies.init_app(app)  # before any blueprint: its routes use the `id` converter
+    db.init_app(app)
+    database.init_app(app)
+    # An absolute directory, so `flask db upgrade` works from any working directory.
+    migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
+    app.extensions["creditapp.migration_head"] = ScriptDirectory(MIGRATIONS).get_current_head()
+    jwt.init_app(app)
+    register_jwt_handlers(jwt)
+    revocation.init_app(app)
+    auth.init_app(app, jwt)
+    # Document every route's default error with our envelope, not flask-smorest's own.
+    api.ERROR_SCHEMA = ErrorSchema
+    api.init_app(app)
+    logs.init_app(app)
+    metrics.init_app(app)
+    ai.init_app(app)
+    limiter.init_app(app)
+    if app.config["CORS_ORIGINS"]:
+        cors.init_app(
+            app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+            supports_credentials="cookies" in app.config["JWT_TOKEN_LOCATION"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-CSRF-TOKEN", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "Idempotent-Replayed"],
+        )

@@ -1,0 +1,35 @@
+"""What the ledger refuses. Plain exceptions: creditapp.api.errors maps them to HTTP."""
+
+
+class LedgerError(Exception):
+    """Base class of every error the ledger raises."""
+
+
+class InsufficientCredits(LedgerError):
+    """The balance cannot cover the amount asked for; nothing was changed."""
+
+    def __init__(self, required: int, available: int, credit_type: str):
+        super().__init__(f"{required} {credit_type} required, {available} available")
+        self.required = required
+        self.available = available
+        self.credit_type = credit_type
+
+
+class UnknownUser(LedgerError):
+    """No user has that id or name."""
+
+
+class ReservationExpired(LedgerError):
+    """The work outlived its hold (CREDIT_HOLD_TTL_SECONDS): the credits went back, nothing is charged."""
+
+
+class ReferenceConflict(LedgerError):
+    """A grant with this reference exists with a different amount or credit type."""
+
+
+class IdempotencyKeyReused(LedgerError):
+    """The Idempotency-Key was already used for a different request."""
+
+
+class IdempotencyKeyInUse(LedgerError):
+    """A request with the same Idempotency-Key has not finished yet."""

@@ -1,0 +1,59 @@
+"""The code's shape: the ledger stands alone, and no import depends on import order."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from .server import ROOT
+
+PACKAGE = ROOT / "creditapp"
+WEB = ("flask", "flask_sqlalchemy", "flask_smorest", "flask_jwt_extended", "flask_limiter", "werkzeug",
+       "webargs", "creditapp.api", "creditapp.app")
+
+
+def modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_the_ledger_loads_no_web_module():
+    result = run(
+        "import sys, creditapp.ledger\n"
+        f"web = sorted(m for m in sys.modules if m.split('.')[0] in {WEB!r} or m.startswith({WEB!r}))\n"
+        "print(web)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"the ledger loads web modules: {result.stdout}"
+
+
+def test_the_ledger_imports_only_itself_from_creditapp():
+    for path in (PACKAGE / "ledger").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{path.name} imports from outside the ledger: {ast.unparse(node)}"
+                assert not (node.module or "").startswith("creditapp"), f"{path.name}: {ast.unparse(node)}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("creditapp") for a in node.names), f"{path.name}: {ast.unparse(node)}"
+
+
+def test_every_module_imports_first_on_its_own():
+    """A cycle kept alive by import order breaks when a module in it is imported first."""
+    result = run(
+        "import importlib, sys\n"
+        f"for name in {modules()!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'creditapp' or m.startswith('creditapp.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        print(f'{name}: {type(exc).__name__}: {exc}')\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "", result.stdout
