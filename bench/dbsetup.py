@@ -11,6 +11,7 @@ import sys
 import tempfile
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import bindparam, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 from creditapp.ledger.tables import CreditAccount, LedgerEntry, UTCDateTime
 from creditapp.models import User
 
+from . import floor
 from .servers import ROOT
 
 USERS, ACCOUNTS, LEDGER = User.__table__, CreditAccount.__table__, LedgerEntry.__table__
@@ -73,6 +75,16 @@ class BenchDatabase:
                 for uid in user_ids for ct in credit_types
             ])
         return list(user_ids)
+
+    def seed_floor(self, user_ids: list[int]) -> None:
+        """The floor app's own tables (bench/floor.py), with the same users."""
+        floor.create_tables(self.engine)
+        floor.seed(self.engine, user_ids, HUGE)
+
+    def statement_log(self):
+        """PostgreSQL's own record of the statements it runs, for counting round trips; None
+        where it cannot be read (SQLite, or a server whose log is elsewhere)."""
+        return None
 
     def seed_ledger(self, per_user: int) -> None:
         """`per_user` grants of +1 generation credit for every user, interleaved the way real
@@ -163,6 +175,9 @@ class PostgresDatabase(BenchDatabase):
             conn.execute(text("ANALYZE ledger_entries"))
             conn.execute(text("ANALYZE credit_accounts"))
 
+    def statement_log(self):
+        return StatementLog(self.admin, self.name)
+
     def drop(self) -> None:
         super().drop()
         try:
@@ -170,6 +185,47 @@ class PostgresDatabase(BenchDatabase):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
         finally:
             self.admin.dispose()
+
+
+class StatementLog:
+    """Counts the statements PostgreSQL itself logs for one database (log_statement = 'all',
+    set on that database only). Each one the server logged is one round trip: psycopg sends a
+    statement's parse, bind and execute together and waits once."""
+
+    def __init__(self, admin, database: str):
+        self.admin, self.database = admin, database
+        with admin.connect() as conn:
+            current = conn.execute(text("SELECT pg_current_logfile()")).scalar()
+            directory = conn.execute(text("SHOW data_directory")).scalar()
+            version = conn.execute(text("SHOW server_version_num")).scalar()
+        if current:
+            self.path = Path(current if current.startswith("/") else os.path.join(directory, current))
+        else:  # Debian's clusters log to /var/log/postgresql/postgresql-<major>-<cluster>.log
+            self.path = Path(f"/var/log/postgresql/postgresql-{int(version) // 10000}-"
+                             f"{Path(directory).name}.log")
+
+    def readable(self) -> bool:
+        return self.path.is_file() and os.access(self.path, os.R_OK)
+
+    def __enter__(self):
+        with self.admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{self.database}" SET log_statement = \'all\''))
+        return self
+
+    def __exit__(self, *exc):
+        with self.admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{self.database}" RESET log_statement'))
+
+    def mark(self) -> int:
+        return self.path.stat().st_size
+
+    def statements_since(self, mark: int) -> list[str]:
+        with open(self.path, "rb") as log:
+            log.seek(mark)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+        tag = f"@{self.database} "
+        return [line.split("LOG:  ", 1)[1] for line in lines
+                if tag in line and ("LOG:  statement: " in line or "LOG:  execute " in line)]
 
 
 def open_database(kind: str) -> BenchDatabase:

@@ -41,8 +41,16 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
         m = run.get(key)
         return m.result.p50_ms if m else None
 
-    s6 = run.get("s6")
+    s6, floor_s6 = run.get("s6"), run.get("s0-s6")
     return [
+        Ratio("s3/s0 generate vs the raw floor, requests/s", _div(rps("s3"), rps("s0")), ">= 0.8"),
+        Ratio("s4/s0 one user vs the raw floor", _div(rps("s4"), rps("s0")), ""),
+        Ratio("s5/s0 ai/complete vs the raw floor", _div(rps("s5"), rps("s0")), ""),
+        Ratio("s6/s0-s6 AI 1000 ms vs the floor at 1000 ms, ok/s",
+              _div(s6.result.ok_per_s if s6 else None, floor_s6.result.ok_per_s if floor_s6 else None), ""),
+        *[Ratio(f"round trips per request, {trips['title']}", trips["per_request"], target)
+          for key, target in (("rt-generate", "<= 3"), ("rt-balance", "<= 2"), ("rt-floor", ""))
+          if (trips := run.round_trips.get(key))],
         Ratio("s3/s1 requests/s (generate vs control)", _div(rps("s3"), rps("s1")), ">= 0.15"),
         Ratio("s4/s3 requests/s (one user vs all users)", _div(rps("s4"), rps("s3")), ">= 0.8"),
         Ratio("s6 completed generations/s", s6.result.ok_per_s if s6 else None, ">= 180", "/s"),
@@ -148,6 +156,7 @@ def write_json(path: Path, meta: dict, runs: list[DatabaseRun], skipped: dict) -
                 "ledger_rows": run.ledger_rows,
                 "memory": {"s3_peak_rss_kib": run.peak_rss_kib, "soak": run.soak},
                 "profile": run.profile,
+                "round_trips": run.round_trips,
                 "verify": run.verify,
             }
             for run in runs

@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also record one worker with py-spy during an extra scenario-3 run "
                              "(20 s; needs .venv/bin/pip install py-spy)")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenarios to run, e.g. s1,s3,s6 (s1…s7, memory); default all")
+                        help="comma-separated scenarios to run, e.g. s0,s3,rt (s0…s7, rt for round trips, memory); default all")
     args = parser.parse_args(argv)
     if args.duration < 1:
         parser.error("--duration must be at least 1")

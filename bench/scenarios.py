@@ -10,6 +10,7 @@ from .servers import Server, gunicorn, server_env
 from .tokens import write_tokens
 from .wrk import Load
 
+FLOOR = "bench.floor:create_app()"
 GENERATE_BODY = '{"prompt": "a lighthouse at dawn, oil on canvas"}'
 COMPLETE_BODY = '{"prompt": "Write a haiku about ledgers.", "max_tokens": 16}'
 
@@ -60,6 +61,7 @@ class DatabaseRun:
     ledger_rows: dict = field(default_factory=dict)
     verify: list[dict] = field(default_factory=list)
     profile: dict | None = None
+    round_trips: dict = field(default_factory=dict)
 
     def get(self, key: str) -> Measurement | None:
         return next((m for m in self.measurements if m.key == key), None)
@@ -73,9 +75,10 @@ class Runner:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def server(self, name: str, latency_ms: int = 0):
-        env = server_env(self.db.url, self.s.jwt_secret, workers=self.s.workers, latency_ms=latency_ms)
-        return gunicorn(env, self.s.workdir / f"gunicorn-{self.db.kind}-{name}.log")
+    def server(self, name: str, latency_ms: int = 0, app: str = "wsgi:app", workers: int | None = None):
+        env = server_env(self.db.url, self.s.jwt_secret, workers=workers or self.s.workers,
+                         latency_ms=latency_ms)
+        return gunicorn(env, self.s.workdir / f"gunicorn-{self.db.kind}-{name}.log", app=app)
 
     def _backends(self) -> list[int]:
         name = getattr(self.db, "name", None)
@@ -112,10 +115,11 @@ class Runner:
         return measurement
 
     def simple(self, key: str, title: str, load: Load, *, latency_ms: int = 0,
-               connections: int | None = None, duration: int | None = None) -> Measurement:
+               connections: int | None = None, duration: int | None = None,
+               app: str = "wsgi:app") -> Measurement:
         if not self.s.wants(key):
             return None
-        with self.server(key, latency_ms) as server:
+        with self.server(key, latency_ms, app=app) as server:
             self.warm_up(server, load, connections)
             return self.measure(server, key, title, load, connections=connections, duration=duration)
 
@@ -127,6 +131,8 @@ class Runner:
         one = write_tokens(self.s.jwt_secret, ids[:1], self.s.workdir / f"token-{self.db.kind}-one.txt")
         generate = Load("POST", "/api/generate", GENERATE_BODY, tokens)
 
+        self.db.seed_floor(ids)
+        self.simple("s0", "floor: raw two-transaction guard (bench/floor.py)", generate, app=FLOOR)
         self.simple("s1", "control GET /api/bench/control", Load("GET", "/api/bench/control", None, tokens))
         self.simple("s2", "JWT only GET /api/bench/jwt", Load("GET", "/api/bench/jwt", None, tokens))
         self.scenario_3(generate)
@@ -136,6 +142,11 @@ class Runner:
                     Load("POST", "/api/ai/complete", COMPLETE_BODY, tokens))
         self.simple("s6", "POST /api/generate, AI takes 1000 ms", generate, latency_ms=1000,
                     connections=self.s.s6_connections, duration=self.s.s6_duration)
+        if self.s.wants("s6"):
+            self.simple("s0-s6", "floor, AI takes 1000 ms", generate, latency_ms=1000,
+                        connections=self.s.s6_connections, duration=self.s.s6_duration, app=FLOOR)
+        if self.s.wants("rt"):
+            self.round_trips(generate, Load("GET", "/api/credits/balance", None, tokens))
         if self.s.soak and self.s.wants("memory"):
             self.memory_soak(generate)
 
@@ -156,6 +167,35 @@ class Runner:
                     duration=seconds,
                     output=Path(f"{self.s.profile_prefix}-s3-{self.db.kind}.txt"),
                 )
+
+    def round_trips(self, generate: Load, balance: Load) -> None:
+        """Round trips per request, counted by PostgreSQL: one worker, one thread, after a
+        warm-up, `n` requests one after another, and the statements the server logged."""
+        log = self.db.statement_log()
+        if log is None:
+            return
+        if not log.readable():
+            print(f"  round trips: not counted (cannot read PostgreSQL's log at {log.path})", flush=True)
+            return
+        n = 20
+        with log:
+            for key, title, load, app in (
+                ("rt-generate", "POST /api/generate", generate, "wsgi:app"),
+                ("rt-balance", "GET /api/credits/balance", balance, "wsgi:app"),
+                ("rt-floor", "floor POST /api/generate", generate, FLOOR),
+            ):
+                with self.server(key, app=app, workers=1) as server:
+                    for _ in range(5):  # warm-up: connections, prepared statements, caches
+                        load.send_one(server.url, 0)
+                    mark = log.mark()
+                    for i in range(n):
+                        load.send_one(server.url, i + 1)
+                    time.sleep(0.5)  # the server's log is written asynchronously
+                    statements = log.statements_since(mark)
+                self.run.round_trips[key] = {"title": title, "per_request": len(statements) / n,
+                                             "sample": statements[:len(statements) // n]}
+                print(f"  {key:<14} {title:<44} {len(statements) / n:5.1f} round trips per request",
+                      flush=True)
 
     def memory_soak(self, generate: Load) -> None:
         """Workers' RSS at the start and end of a long scenario-3 run, sampled as it goes."""

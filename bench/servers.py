@@ -70,14 +70,15 @@ def _die_with_parent() -> None:
 
 
 @contextmanager
-def gunicorn(env: dict, log_path: Path):
-    """Yields a Server that answers /healthz with all its workers booted; stops it on exit."""
+def gunicorn(env: dict, log_path: Path, app: str = "wsgi:app"):
+    """Yields a Server that answers /healthz with all its workers booted; stops it on exit.
+    `app` is creditapp (`wsgi:app`) or the floor (`bench.floor:create_app()`)."""
     port = free_port()
     env = dict(env, GUNICORN_BIND=f"127.0.0.1:{port}")
     workers = int(env["GUNICORN_WORKERS"])
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent,
         )

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import tempfile
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,18 @@ class Load:
     path: str
     body: str | None = None
     tokens_file: Path | None = None
+
+    def send_one(self, url: str, index: int) -> int:
+        """One request as wrk would send it, with the index-th token; fails on an error answer."""
+        tokens = self.tokens_file.read_text().split() if self.tokens_file else []
+        headers = {"Content-Type": "application/json"}
+        if tokens:
+            headers["Authorization"] = f"Bearer {tokens[index % len(tokens)]}"
+        data = self.body.encode() if self.body is not None else None
+        request = urllib.request.Request(url + self.path, data=data, headers=headers, method=self.method)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+            return answer.status
 
 
 @dataclass

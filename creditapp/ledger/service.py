@@ -192,7 +192,7 @@ class CreditService:
         return Reservation(
             hold_id=hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
             available_before=after_sweep.available + amount, available_after=after_sweep.available,
-            balance=balance, expires_at=expires_at,
+            balance=balance, expires_at=expires_at, key=key,
         )
 
     def deduct_credits(
@@ -250,10 +250,10 @@ class CreditService:
                 expired = True
             else:
                 self._settle(session, reservation, hold.amount, charge, now)
-                if succeeded and answer is not None:
+                if succeeded and answer is not None and reservation.key is not None:
                     idempotency.complete_for_hold(session, hold_id, *answer, self._key_expiry(now))
                     answered = True
-            if not answered:
+            if not answered and reservation.key is not None:
                 idempotency.free_for_hold(session, hold_id)
         reservation.closed = True
         if expired and charge:

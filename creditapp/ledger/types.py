@@ -34,6 +34,7 @@ class Reservation:
     available_after: int
     balance: Balance = Balance()  # both balances right after the reservation
     expires_at: datetime | None = None
+    key: str | None = None  # the Idempotency-Key the hold was taken for
     pending: int = 0  # charged so far; committed when the reservation closes successfully
     reason: str | None = None
     closed: bool = False
