@@ -181,6 +181,8 @@ class TestingConfig(Config):
     RATELIMIT_ENABLED = True
     AUTH_RATE_LIMIT = os.environ.get("AUTH_RATE_LIMIT") or "100000 per minute"
     PAID_RATE_LIMIT = os.environ.get("PAID_RATE_LIMIT") or "100000 per minute"
+    # CORS on too, for a web client's origin, so that every route test goes through Flask-CORS.
+    CORS_ORIGINS = _list("CORS_ORIGINS", "http://web.test")
     LOG_FORMAT = "text"
 
 

@@ -2,6 +2,7 @@
 import pytest
 import redis
 
+import config
 from creditapp.credits import credit_service
 
 from .conftest import make_app
@@ -136,9 +137,18 @@ def test_cors_allows_only_configured_origins(cookie_app, client):
     assert "Access-Control-Allow-Origin" not in other.headers
 
 
-def test_no_cors_by_default(client):
-    response = client.get("/api/credits/costs", headers={"Origin": "https://app.example"})
+def test_no_cors_by_default(database_url):
+    app = make_app(database_url, CORS_ORIGINS=config.Config.CORS_ORIGINS)
+    with app.app_context():
+        assert app.config["CORS_ORIGINS"] == []  # nothing set in the environment
+        response = app.test_client().get("/api/credits/costs", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_the_tests_run_with_cors_on(client):
+    """TestingConfig keeps CORS on, so every route test passes through Flask-CORS."""
+    response = client.get("/api/credits/costs", headers={"Origin": "http://web.test"})
+    assert response.headers["Access-Control-Allow-Origin"] == "http://web.test"
 
 
 def test_cookie_logout_with_only_the_refresh_cookie(cookie_app, make_user):
