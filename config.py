@@ -143,6 +143,9 @@ class DevelopmentConfig(Config):
 
 
 MIN_SECRET_LENGTH = 32
+# Bounds that keep every expiry a date the databases can store (and a setting a person meant).
+MAX_HOLD_TTL_SECONDS = 7 * 24 * 3600
+MAX_IDEMPOTENCY_TTL_SECONDS = 366 * 24 * 3600
 
 
 class ProductionConfig(Config):
@@ -154,8 +157,11 @@ class ProductionConfig(Config):
 def check_config(config) -> None:
     """Refuse to start with settings that would lose money or security."""
     hold_ttl, key_ttl = config["CREDIT_HOLD_TTL_SECONDS"], config["IDEMPOTENCY_TTL_SECONDS"]
-    if hold_ttl <= 0:
-        raise RuntimeError(f"CREDIT_HOLD_TTL_SECONDS must be positive, got {hold_ttl}")
+    if not 0 < hold_ttl <= MAX_HOLD_TTL_SECONDS:
+        raise RuntimeError(f"CREDIT_HOLD_TTL_SECONDS must be from 1 to {MAX_HOLD_TTL_SECONDS}, got {hold_ttl}")
+    if key_ttl > MAX_IDEMPOTENCY_TTL_SECONDS:
+        raise RuntimeError(
+            f"IDEMPOTENCY_TTL_SECONDS must be at most {MAX_IDEMPOTENCY_TTL_SECONDS}, got {key_ttl}")
     if key_ttl <= hold_ttl:
         raise RuntimeError(
             f"IDEMPOTENCY_TTL_SECONDS ({key_ttl}) must be longer than CREDIT_HOLD_TTL_SECONDS "

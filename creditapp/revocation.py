@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import redis
 from flask import Flask
 from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .ledger.clock import utcnow
 from .ledger.transactions import atomic, read
@@ -24,8 +25,12 @@ class DatabaseBlocklist:
             now = utcnow()
             expired = select(REVOKED.c.sid).where(REVOKED.c.expires_at <= now).limit(PRUNE_BATCH)
             session.execute(delete(REVOKED).where(REVOKED.c.sid.in_(expired.scalar_subquery())))
-            if session.execute(select(REVOKED.c.sid).where(REVOKED.c.sid == sid)).first() is None:
-                session.execute(REVOKED.insert().values(sid=sid, user_id=user_id, revoked_at=now, expires_at=until))
+            # Two logouts of one session at once must both succeed: the second inserts nothing.
+            dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            session.execute(
+                dialect_insert(REVOKED).values(sid=sid, user_id=user_id, revoked_at=now, expires_at=until)
+                .on_conflict_do_nothing(index_elements=["sid"])
+            )
 
     def is_revoked(self, sid: str) -> bool:
         return bool(read(select(REVOKED.c.sid).where(REVOKED.c.sid == sid)))

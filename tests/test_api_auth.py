@@ -260,7 +260,7 @@ def test_a_path_id_that_only_parses_as_the_user_is_404(client, make_user, shape)
     assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 0
 
 
-@pytest.mark.parametrize("query", ["limit=１", "limit=٢", "limit=%201", "limit=1%0A", "cursor=5%0A",
+@pytest.mark.parametrize("query", ["limit=１", "limit=٢", "limit=%201", "limit=1%0A", "cursor=5%0A", "limit=007",
                                    "cursor=０5", "limit=01x"])
 def test_a_query_number_in_other_digits_is_422(client, make_user, query):
     user = make_user(credits=1)
@@ -280,3 +280,36 @@ def test_usernames_differing_only_by_case_are_one_account(client):
     for name in ("Case", "case", "CASE"):  # and any spelling logs in to it
         response = client.post("/api/auth/login", json={"username": name, "password": PASSWORD})
         assert response.status_code == 200, (name, response.json)
+
+
+def test_a_username_with_a_trailing_newline_is_422(client):
+    assert client.post("/api/auth/register", json={"username": "bob", "password": PASSWORD}).status_code == 201
+    for name in ("bob\n", "bob\r\n", "bob\n\n", "\nbob"):
+        assert_error(client.post("/api/auth/register", json={"username": name, "password": PASSWORD}),
+                     422, "validation_error")
+    assert count_rows(User) == 1
+
+
+def test_refresh_for_a_user_that_does_not_exist_is_401(client):
+    token = create_refresh_token(identity="987654321", additional_claims={"sid": uuid.uuid4().hex})
+    assert_error(client.post("/api/auth/refresh", headers=bearer(token)), 401, "invalid_token")
+
+
+def test_logouts_of_one_session_at_the_same_moment_never_answer_500(app, make_user):
+    from .server import fire_together
+
+    user = make_user()
+    tokens = app.test_client().post("/api/auth/login", json={"username": user.username, "password": user.password}).json
+
+    def logout(i):
+        token = tokens["access_token"] if i % 2 else tokens["refresh_token"]
+        return app.test_client().post("/api/auth/logout", headers=bearer(token)).status_code
+
+    statuses = fire_together(10, logout)
+    assert set(statuses) <= {200, 401} and 200 in statuses, statuses
+    assert client_refused(app, tokens["access_token"])
+
+
+def client_refused(app, token) -> bool:
+    response = app.test_client().get("/api/credits/balance", headers=bearer(token))
+    return (response.status_code, response.json["error"]) == (401, "token_revoked")

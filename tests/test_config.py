@@ -147,3 +147,12 @@ def test_the_key_ttl_check_is_what_the_flask_cli_reports(tmp_path):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "IDEMPOTENCY_TTL_SECONDS (60) must be longer than CREDIT_HOLD_TTL_SECONDS (120)" in result.stderr
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("CREDIT_HOLD_TTL_SECONDS", 0), ("CREDIT_HOLD_TTL_SECONDS", 300_000_000_000),
+    ("IDEMPOTENCY_TTL_SECONDS", 300_000_000_000),
+])
+def test_a_time_to_live_no_date_can_hold_stops_the_app(database_url, setting, value):
+    with pytest.raises(RuntimeError, match=setting):
+        make_app(database_url, **{setting: value})

@@ -2,13 +2,13 @@ import json
 from datetime import timedelta
 
 from flask import current_app
-from .bodies import Blueprint
 
 from .. import users
 from ..auth import caller_must_exist, current_user_id, require_login
 from ..ledger import Grant, UnknownUser, credit_service, keys
 from ..ledger.clock import utcnow
 from ..ledger.tables import MAX_USER_ID
+from .bodies import Blueprint
 from .idempotency import idempotency_key, replay, request_fingerprint
 from .schemas import ErrorSchema, GrantResultSchema, GrantSchema
 

@@ -1,19 +1,19 @@
 import uuid
 
 from flask import current_app, jsonify, request
-from flask_jwt_extended.exceptions import CSRFError
-from jwt import ExpiredSignatureError
 from flask_jwt_extended import (
     create_access_token, create_refresh_token, get_jwt, get_jwt_identity, set_access_cookies,
     set_refresh_cookies, unset_jwt_cookies, verify_jwt_in_request,
 )
-from .bodies import Blueprint
+from flask_jwt_extended.exceptions import CSRFError
+from jwt import ExpiredSignatureError
 
 from .. import users
 from ..auth import caller_must_exist, token_user_id
 from ..extensions import limiter
 from ..ledger import Balance
 from ..revocation import revoke_session
+from .bodies import Blueprint
 from .schemas import CredentialsSchema, ErrorSchema, LoggedOutSchema, TokenSchema, UserSchema
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Accounts and tokens.")
@@ -61,6 +61,8 @@ def login(credentials):
 def refresh():
     """A new access token for the session of a refresh token."""
     verify_jwt_in_request(refresh=True)
+    with caller_must_exist():  # no access token for a user that is gone
+        users.require_user(token_user_id())
     access = create_access_token(identity=get_jwt_identity(), additional_claims={"sid": get_jwt().get("sid")})
     return _tokens(access, None)
 

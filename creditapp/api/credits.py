@@ -1,8 +1,7 @@
-from .bodies import Blueprint
-
 from ..auth import caller_must_exist, current_user_id, require_login
-from ..ledger import credit_service
 from ..features import price_list
+from ..ledger import credit_service
+from .bodies import Blueprint
 from .schemas import (
     BalanceSchema, CostListSchema, ErrorSchema, TransactionPageSchema, TransactionQuerySchema,
 )

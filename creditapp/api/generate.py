@@ -1,11 +1,11 @@
 """The paid AI features. Each view: reserve (the decorator), call the AI, settle."""
 from flask import g
-from .bodies import Blueprint
 
 from ..ai import ai_service, count_tokens
 from ..auth import require_login
-from ..ledger import CreditType, credit_service
 from ..features import cost_of, price
+from ..ledger import CreditType, credit_service
+from .bodies import Blueprint
 from .guard import require_credits
 from .schemas import (
     CompleteSchema, CompletionResponseSchema, ErrorSchema, GenerateSchema, GenerationResponseSchema,

@@ -1,9 +1,9 @@
 """Liveness and readiness, for load balancers and orchestrators."""
 from alembic.runtime.migration import MigrationContext
 from flask import current_app
-from .bodies import Blueprint
 
 from ..ledger.transactions import atomic
+from .bodies import Blueprint
 from .errors import error_response
 from .schemas import ErrorSchema, HealthSchema, ReadySchema
 

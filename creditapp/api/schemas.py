@@ -43,10 +43,10 @@ class HttpUrl(_UnicodeOnly, fields.Url):
 
 
 class QueryInteger(fields.Integer):
-    """An integer from a query string: ASCII digits only ("１" or "٢" are not numbers here)."""
+    """An integer from a query string in canonical ASCII decimal ("１", "٢" or "007" are not)."""
 
     def _validated(self, value):
-        if isinstance(value, str) and not re.fullmatch(r"-?[0-9]{1,18}", value):
+        if isinstance(value, str) and not re.fullmatch(r"-?(0|[1-9][0-9]{0,17})", value):
             raise self.make_error("invalid")
         return super()._validated(value)
 
@@ -60,7 +60,8 @@ class CredentialsSchema(Schema):
         required=True,
         validate=[
             validate.Length(min=3, max=64),
-            validate.Regexp(r"^[A-Za-z0-9_.-]+$", error="Use letters, digits, '_', '.' or '-'."),
+            # \Z, not $: "$" also matches before a final newline ("bob\n" would pass).
+            validate.Regexp(r"[A-Za-z0-9_.-]+\Z", error="Use letters, digits, '_', '.' or '-'."),
         ],
     )
     password = Text(required=True, load_only=True, validate=validate.Length(min=8, max=128))
