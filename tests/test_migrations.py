@@ -3,7 +3,7 @@ import os
 
 import pytest
 from alembic.runtime.migration import MigrationContext
-from flask_migrate import upgrade
+from flask_migrate import downgrade, upgrade
 from sqlalchemy import text
 
 from creditapp.extensions import db
@@ -50,4 +50,67 @@ def test_usernames_that_differ_only_by_case_stop_the_upgrade_and_are_listed(empt
         with pytest.raises(Exception, match="(?i)unique"), db.engine.begin() as conn:
             conn.execute(text("INSERT INTO users (username, password_hash, is_admin, created_at) "
                               "VALUES ('ALICE', 'x', false, CURRENT_TIMESTAMP)"))
+        db.engine.dispose()
+
+
+def _fill_before_lots(conn) -> None:
+    """What the ledger before lots wrote: alice has 10 granted, 2 spent by a settled hold and 3
+    held by an open one; bob has 4 AI tokens and nothing else."""
+    now = "CURRENT_TIMESTAMP"
+    for name in ("alice", "bob"):
+        conn.execute(text("INSERT INTO users (username, password_hash, is_admin, created_at) "
+                          f"VALUES (:n, 'x', false, {now})"), {"n": name})
+    conn.execute(text("INSERT INTO credit_accounts VALUES (1, 'generation_credits', 5, 3), (1, 'ai_tokens', 0, 0), "
+                      "(2, 'generation_credits', 0, 0), (2, 'ai_tokens', 4, 0)"))
+    conn.execute(text(
+        "INSERT INTO credit_holds (user_id, credit_type, amount, settled_amount, status, created_at, expires_at, "
+        f"closed_at) VALUES (1, 'generation_credits', 2, 2, 'settled', {now}, {now}, {now}), "
+        f"(1, 'generation_credits', 3, 0, 'open', {now}, '2999-01-01 00:00:00', NULL)"))
+    rows = [  # kind, user, type, amount, held_change, balance_after, held_after, hold
+        ("grant", 1, "generation_credits", 10, 0, 10, 0, None),
+        ("grant", 2, "ai_tokens", 4, 0, 4, 0, None),
+        ("hold", 1, "generation_credits", -2, 2, 8, 2, 1),
+        ("settle", 1, "generation_credits", 0, -2, 8, 0, 1),
+        ("hold", 1, "generation_credits", -3, 3, 5, 3, 2),
+    ]
+    for kind, user, credit_type, amount, held_change, balance_after, held_after, hold in rows:
+        conn.execute(text(
+            "INSERT INTO ledger_entries (user_id, credit_type, kind, amount, held_change, balance_after, "
+            f"held_after, hold_id, created_at) VALUES (:u, :t, :k, :a, :h, :b, :ha, :hold, {now})"),
+            {"u": user, "t": credit_type, "k": kind, "a": amount, "h": held_change, "b": balance_after,
+             "ha": held_after, "hold": hold})
+
+
+def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
+    from creditapp.ledger import CreditType, Reservation, credit_service
+
+    app = make_app(empty_database)
+    with app.app_context():
+        upgrade(directory=MIGRATIONS, revision="0005_usernames_case_insensitive")
+        with db.engine.begin() as conn:
+            _fill_before_lots(conn)
+        upgrade(directory=MIGRATIONS)
+        assert credit_service.verify() == []
+        with db.engine.connect() as conn:
+            lots = conn.execute(text("SELECT user_id, credit_type, amount, remaining, held, source, expires_at "
+                                     "FROM credit_lots ORDER BY user_id, credit_type")).all()
+            receipts = conn.execute(text("SELECT hold_id, amount FROM credit_hold_lots")).all()
+        assert [tuple(lot) for lot in lots] == [
+            (1, "generation_credits", 8, 8, 3, "migration", None), (2, "ai_tokens", 4, 4, 0, "migration", None)]
+        assert [tuple(r) for r in receipts] == [(2, 3)]
+        # The open hold settles from its receipt on the migrated lot.
+        hold = Reservation(hold_id=2, user_id=1, credit_type=CreditType.GENERATION_CREDITS, amount=3,
+                           available_before=8, available_after=5, pending=1)
+        credit_service.close(hold, succeeded=True)
+        assert credit_service.get_credit_balance(1).generation_credits == 7
+        assert credit_service.verify() == []
+        downgrade(directory=MIGRATIONS, revision="0005_usernames_case_insensitive")
+        assert revision(app) == "0005_usernames_case_insensitive"
+        with db.engine.connect() as conn:  # the ledger before lots still adds up, and is still append-only
+            assert conn.execute(text("SELECT sum(amount) FROM ledger_entries WHERE user_id = 1 "
+                                     "AND credit_type = 'generation_credits'")).scalar_one() == 7
+        with pytest.raises(Exception, match="append-only"), db.engine.begin() as conn:
+            conn.execute(text("DELETE FROM ledger_entries"))
+        upgrade(directory=MIGRATIONS)
+        assert credit_service.verify() == []
         db.engine.dispose()

@@ -15,13 +15,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, insert, select
+from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .clock import utcnow
 from .transactions import atomic, read, retry_conflicts
 from . import keys as idempotency
+from . import lots
 from .errors import (
     IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, ReferenceConflict, ReservationExpired,
     UnknownUser,
@@ -64,6 +65,15 @@ def _credit_type(value) -> CreditType:
         raise ValueError(f"unknown credit type {value!r}") from None
 
 
+DEFAULT_PRIORITY = 50  # lots are spent lowest priority first; 0 to 100
+
+
+def _priority(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError(f"priority must be an integer from 0 to 100, got {value!r}")
+    return value
+
+
 def _amount(value) -> int:
     # bool is an int subclass: True must not pass for 1 credit.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -95,8 +105,10 @@ class CreditService:
     # --- reading -------------------------------------------------------------------------
 
     def get_credit_balance(self, user_id: int) -> Balance:
+        """What can be spent at this instant: lots past their expiry count for nothing, whether
+        or not their expiry has been written yet."""
         with atomic(write=False) as session:
-            return self._balance(session, user_id)
+            return self._spendable(session, user_id, utcnow())
 
     def hold_status(self, hold_id: int) -> str | None:
         rows = read(sql.HOLD_STATUS.params(p_hold=hold_id))
@@ -128,15 +140,18 @@ class CreditService:
     @retry_conflicts
     def grant(
         self, user_id: int, amount: int, credit_type, *, reason: str | None = None,
-        reference: str | None = None, also: Callable[[Session, Grant], None] | None = None,
+        reference: str | None = None, priority: int = DEFAULT_PRIORITY,
+        expires_at: datetime | None = None, source: str = "admin",
+        also: Callable[[Session, Grant], None] | None = None,
     ) -> Grant:
-        """Add credits. A grant with a `reference` already granted to this user adds nothing and
-        answers the original grant (so a re-sent payment webhook cannot pay twice).
+        """Add credits as a new lot. A grant with a `reference` already granted to this user adds
+        nothing and answers the original grant (so a re-sent payment webhook cannot pay twice).
         `also(session, grant)` runs in the same transaction."""
         amount, credit_type = _amount(amount), _credit_type(credit_type)
+        lot = {"priority": _priority(priority), "expires_at": expires_at, "source": source}
         try:
             with atomic() as session:
-                result = self._grant(session, user_id, amount, credit_type, reason, reference)
+                result = self._grant(session, user_id, amount, credit_type, reason, reference, lot)
                 if also is not None:
                     also(session, result)
                 return result
@@ -145,7 +160,7 @@ class CreditService:
                 raise
             # Another grant with this reference committed first; answer it.
             with atomic() as session:
-                result = self._grant(session, user_id, amount, credit_type, reason, reference)
+                result = self._grant(session, user_id, amount, credit_type, reason, reference, lot)
                 if also is not None:
                     also(session, result)
                 return result
@@ -163,11 +178,12 @@ class CreditService:
         amount, credit_type = _amount(amount), _credit_type(credit_type)
         shortfall = None
         with atomic() as session:
-            now = utcnow()
+            self._lock_account(session, user_id, credit_type)
+            now = utcnow()  # after the lock: what has expired is decided at this write
+            self._expire_lots(session, user_id, credit_type, now)
             row = self._take_available(session, user_id, credit_type, amount, held_change=amount)
             if row is None:
-                # Maybe expired holds are what is missing: lock, sweep them, and try once more.
-                self._lock_account(session, user_id, credit_type)
+                # Maybe expired holds are what is missing: sweep them, and try once more.
                 self._expire_holds(session, user_id, credit_type, now)
                 row = self._take_available(session, user_id, credit_type, amount, held_change=amount)
                 if row is None:
@@ -179,10 +195,13 @@ class CreditService:
                     "settled_amount": 0, "status": "open", "created_at": now,
                     "expires_at": expires_at, "idempotency_key": key,
                 }).scalar_one()
-                self._ledger(session, user_id, credit_type, "hold", -amount, amount, row, hold_id=hold_id)
-                # Swept after the hold's own row, so that every row's *_after is the state it left.
+                parts = lots.allocate(session, user_id, credit_type.value, amount, now, hold=True)
+                lots.record_receipt(session, hold_id, parts)
+                self._rows(session, user_id, credit_type, [("hold", p.lot_id, -p.amount, p.amount) for p in parts],
+                           row, hold_id=hold_id)
+                # Swept after the hold's own rows, so that every row's *_after is the state it left.
                 after_sweep = self._expire_holds(session, user_id, credit_type, now, excluding=hold_id)[1] or row
-                balance = self._balance(session, user_id)
+                balance = self._spendable(session, user_id, now)
                 if key is not None:
                     # In flight until the hold ends; its time to live starts when its answer is stored.
                     idempotency.claim(session, user_id, key, fingerprint, expires_at, hold_id=hold_id)
@@ -295,18 +314,25 @@ class CreditService:
 
     @retry_conflicts
     def release_expired(self, now: datetime | None = None) -> int:
-        """Give back every hold past its expiry; returns how many were released."""
+        """Give back every hold past its expiry and write off every lot past its expiry (for
+        cron: it tidies up, the writes that depend on either decide by the clock anyway).
+        Returns how many holds were given back."""
         now = now or utcnow()
         with atomic(write=False) as session:
-            accounts = session.execute(
+            accounts = set(session.execute(
                 select(HOLDS.c.user_id, HOLDS.c.credit_type)
                 .where(HOLDS.c.status == "open", HOLDS.c.expires_at <= now)
                 .distinct()
-            ).all()
+            ).all()) | set(session.execute(
+                select(lots.LOTS.c.user_id, lots.LOTS.c.credit_type)
+                .where(lots.LOTS.c.remaining > lots.LOTS.c.held, lots.LOTS.c.expires_at <= now)
+                .distinct()
+            ).all())
         released = 0
-        for user_id, credit_type in accounts:
+        for user_id, credit_type in sorted(accounts):
             with atomic() as session:
                 self._lock_account(session, user_id, CreditType(credit_type))
+                self._expire_lots(session, user_id, CreditType(credit_type), now)
                 released += self._expire_holds(session, user_id, CreditType(credit_type), now)[0]
         return released
 
@@ -381,6 +407,70 @@ class CreditService:
             for r in session.execute(orphans):
                 problems.append(Discrepancy(r.user_id, r.credit_type, "account (missing)", 0, r.available))
             problems += self._double_charges(session)
+            problems += self._lot_problems(session)
+        return problems
+
+    def _lot_problems(self, session) -> list[Discrepancy]:
+        """Lots against their accounts, their ledger rows and the receipts of open holds."""
+        L, R = lots.LOTS, lots.RECEIPTS
+        per_account = (
+            select(L.c.user_id, L.c.credit_type, func.sum(L.c.remaining - L.c.held).label("free"),
+                   func.sum(L.c.held).label("held"))
+            .group_by(L.c.user_id, L.c.credit_type).subquery()
+        )
+        accounts = session.execute(
+            select(ACCOUNTS.c.user_id, ACCOUNTS.c.credit_type, ACCOUNTS.c.available, ACCOUNTS.c.held,
+                   func.coalesce(per_account.c.free, 0).label("free"),
+                   func.coalesce(per_account.c.held, 0).label("lots_held"))
+            .outerjoin(per_account, and_(per_account.c.user_id == ACCOUNTS.c.user_id,
+                                         per_account.c.credit_type == ACCOUNTS.c.credit_type))
+            .order_by(ACCOUNTS.c.user_id, ACCOUNTS.c.credit_type)
+        ).all()
+        problems = []
+        for r in accounts:
+            if r.available != r.free:
+                problems.append(Discrepancy(r.user_id, r.credit_type, "available (sum of lots)", r.available, r.free))
+            if r.held != r.lots_held:
+                problems.append(Discrepancy(r.user_id, r.credit_type, "held (sum of lots)", r.held, r.lots_held))
+        moved = (
+            select(LEDGER.c.lot_id, func.sum(LEDGER.c.amount + LEDGER.c.held_change).label("change"))
+            .where(LEDGER.c.lot_id.is_not(None), LEDGER.c.kind != "grant")
+            .group_by(LEDGER.c.lot_id).subquery()
+        )
+        open_receipts = (
+            select(R.c.lot_id, func.sum(R.c.amount).label("held"))
+            .join(HOLDS, HOLDS.c.id == R.c.hold_id).where(HOLDS.c.status == "open")
+            .group_by(R.c.lot_id).subquery()
+        )
+        for r in session.execute(
+            select(L.c.id, L.c.user_id, L.c.credit_type, L.c.amount, L.c.remaining, L.c.held,
+                   func.coalesce(moved.c.change, 0).label("change"),
+                   func.coalesce(open_receipts.c.held, 0).label("receipts"))
+            .outerjoin(moved, moved.c.lot_id == L.c.id)
+            .outerjoin(open_receipts, open_receipts.c.lot_id == L.c.id)
+            .order_by(L.c.id)
+        ):
+            if r.remaining != r.amount + r.change:
+                problems.append(Discrepancy(r.user_id, r.credit_type, f"lot {r.id} remaining", r.remaining,
+                                            r.amount + r.change))
+            if r.held != r.receipts:
+                problems.append(Discrepancy(r.user_id, r.credit_type, f"lot {r.id} held (open holds' receipts)",
+                                            r.held, r.receipts))
+        receipts = select(R.c.hold_id, func.sum(R.c.amount).label("amount"),
+                          func.sum(R.c.settled).label("settled")).group_by(R.c.hold_id).subquery()
+        for r in session.execute(
+            select(HOLDS.c.id, HOLDS.c.user_id, HOLDS.c.credit_type, HOLDS.c.status, HOLDS.c.amount,
+                   HOLDS.c.settled_amount, func.coalesce(receipts.c.amount, 0).label("drawn"),
+                   func.coalesce(receipts.c.settled, 0).label("settled"))
+            .outerjoin(receipts, receipts.c.hold_id == HOLDS.c.id)
+            .where(or_(HOLDS.c.status == "open", receipts.c.hold_id.is_not(None)))
+            .order_by(HOLDS.c.id)
+        ):
+            if r.amount != r.drawn:
+                problems.append(Discrepancy(r.user_id, r.credit_type, f"hold {r.id} receipt", r.drawn, r.amount))
+            if r.settled != r.settled_amount:
+                problems.append(Discrepancy(r.user_id, r.credit_type, f"hold {r.id} settled from lots", r.settled,
+                                            r.settled_amount))
         return problems
 
     def _double_charges(self, session) -> list[Discrepancy]:
@@ -432,11 +522,16 @@ class CreditService:
         }).one()
 
     def _charge(self, session, user_id, credit_type, amount: int, reason) -> None:
+        self._lock_account(session, user_id, credit_type)
+        now = utcnow()
+        self._expire_lots(session, user_id, credit_type, now)
         row = self._take_available(session, user_id, credit_type, amount, held_change=0)
         if row is None:
             available = self._lock_account(session, user_id, credit_type).available
             raise InsufficientCredits(amount, available, credit_type.value)
-        self._ledger(session, user_id, credit_type, "charge", -amount, 0, row, reason=reason)
+        parts = lots.allocate(session, user_id, credit_type.value, amount, now, hold=False)
+        self._rows(session, user_id, credit_type, [("charge", p.lot_id, -p.amount, 0) for p in parts], row,
+                   reason=reason)
 
     @retry_conflicts
     def _charge_now(self, user_id, credit_type, amount: int, reason) -> Balance:
@@ -455,56 +550,70 @@ class CreditService:
             user_id, credit_type = reservation.user_id, reservation.credit_type
             with atomic() as session:
                 self._lock_account(session, user_id, credit_type)
+                now = utcnow()
+                self._expire_lots(session, user_id, credit_type, now)
                 grown = session.execute(sql.GROW_HOLD, {"p_hold": reservation.hold_id, "p_extra": extra}).rowcount
                 if grown:
                     row = self._take_available(session, user_id, credit_type, extra, held_change=extra)
                     if row is None:
                         available = self._lock_account(session, user_id, credit_type).available
                         raise InsufficientCredits(total, available + reservation.amount, credit_type.value)
-                    self._ledger(session, user_id, credit_type, "hold", -extra, extra, row,
-                                 hold_id=reservation.hold_id)
+                    parts = lots.allocate(session, user_id, credit_type.value, extra, now, hold=True)
+                    lots.record_receipt(session, reservation.hold_id, parts, grow=True)
+                    self._rows(session, user_id, credit_type,
+                               [("hold", p.lot_id, -p.amount, p.amount) for p in parts], row,
+                               hold_id=reservation.hold_id)
                     reservation.balance = replace(reservation.balance, **{credit_type.value: row.available})
             reservation.amount = total
         reservation.pending = total
         reservation.reason = reason or reservation.reason
 
     def _settle(self, session, reservation: Reservation, held: int, charge: int, now: datetime) -> None:
-        """Consume `charge` of an open hold of `held` credits and give back the rest."""
-        user_id, credit_type, hold_id = reservation.user_id, reservation.credit_type, reservation.hold_id
-        session.execute(sql.CLOSE_HOLD, {
-            "p_hold": hold_id, "p_status": "settled" if charge else "released", "p_settled": charge,
-            "p_now": now,
-        })
-        remainder = held - charge
-        row = self._move(session, user_id, credit_type, remainder, -held)
-        if charge:
-            self._ledger(
-                session, user_id, credit_type, "settle", 0, -charge,
-                (row.available - remainder, row.held + remainder),
-                hold_id=hold_id, reason=reservation.reason,
-            )
-        if remainder:
-            self._ledger(session, user_id, credit_type, "release", remainder, -remainder, row, hold_id=hold_id)
+        """Consume `charge` of an open hold and give back the rest, lot by lot."""
+        self._end_hold(session, reservation.user_id, reservation.credit_type, reservation.hold_id, charge,
+                       "settled" if charge else "released", now, reason=reservation.reason)
 
     def _expire_hold(self, session, user_id, credit_type, hold_id: int, amount: int, now: datetime) -> None:
         """End one open hold that is past its expiry: its credits go back, nothing is charged."""
-        session.execute(sql.CLOSE_HOLD, {"p_hold": hold_id, "p_status": "expired", "p_settled": 0, "p_now": now})
-        row = self._move(session, user_id, credit_type, amount, -amount)
-        self._ledger(session, user_id, credit_type, "expire", amount, -amount, row, hold_id=hold_id)
+        self._end_hold(session, user_id, credit_type, hold_id, 0, "expired", now)
+
+    def _end_hold(self, session, user_id, credit_type, hold_id: int, charge: int, status: str, now: datetime,
+                  reason: str | None = None):
+        """Close a hold with `status`: its receipt is consumed for `charge` in spending order and
+        the rest goes back to its lots (and lapses at once where the lot has expired). Returns
+        the account's state after."""
+        ending = lots.end_hold(session, hold_id, charge, now)
+        session.execute(sql.CLOSE_HOLD, {"p_hold": hold_id, "p_status": status, "p_settled": charge, "p_now": now})
+        back = "expire" if status == "expired" else "release"
+        changes = (
+            [("settle", p.lot_id, 0, -p.amount) for p in ending.settled]
+            + [(back, p.lot_id, p.amount, -p.amount) for p in ending.released]
+            + [("expire", p.lot_id, 0, -p.amount) for p in ending.lapsed]
+        )
+        row = self._move(session, user_id, credit_type, sum(c[2] for c in changes), sum(c[3] for c in changes))
+        self._rows(session, user_id, credit_type, changes, row, hold_id=hold_id, reason=reason)
+        return row
+
+    def _expire_lots(self, session, user_id, credit_type, now: datetime) -> None:
+        """Write off the free part of this account's lots that are past their expiry."""
+        due = lots.expire_due(session, user_id, credit_type.value, now)
+        if due:
+            row = self._move(session, user_id, credit_type, -sum(p.amount for p in due), 0)
+            self._rows(session, user_id, credit_type, [("expire", p.lot_id, -p.amount, 0) for p in due], row,
+                       reason="lot expired")
 
     def _expire_holds(self, session, user_id, credit_type, now: datetime, excluding: int | None = None):
         """Give back this account's expired holds: how many, and the account's state after (None
         when there were none)."""
-        expired = session.execute(sql.EXPIRE_HOLDS, {
+        expired = session.execute(sql.EXPIRED_HOLDS, {
             "p_user": user_id, "p_type": credit_type.value, "p_now": now, "p_exclude": excluding or 0,
         }).all()
         row = None
-        for hold_id, amount in sorted(expired):
-            row = self._move(session, user_id, credit_type, amount, -amount)
-            self._ledger(session, user_id, credit_type, "expire", amount, -amount, row, hold_id=hold_id)
+        for (hold_id,) in expired:
+            row = self._end_hold(session, user_id, credit_type, hold_id, 0, "expired", now)
         return len(expired), row
 
-    def _grant(self, session, user_id, amount, credit_type, reason, reference) -> Grant:
+    def _grant(self, session, user_id, amount, credit_type, reason, reference, lot: dict) -> Grant:
         if reference is not None:
             original = session.execute(
                 select(LEDGER).where(LEDGER.c.user_id == user_id, LEDGER.c.reference == reference)
@@ -525,34 +634,63 @@ class CreditService:
         }).one_or_none()
         if row is None:
             raise UnknownUser(f"no user with id {user_id}")
+        now = utcnow()
+        lot_id = lots.create(session, user_id=user_id, credit_type=credit_type.value, amount=amount,
+                             reason=reason, reference=reference, now=now, **lot)
         entry_id = self._ledger(session, user_id, credit_type, "grant", amount, 0, row,
-                                reason=reason, reference=reference)
+                                reason=reason, reference=reference, lot_id=lot_id)
         return Grant(
             id=entry_id, user_id=user_id, amount=amount, credit_type=credit_type, reason=reason,
-            reference=reference, balance=self._balance(session, user_id), created=True,
+            reference=reference, balance=self._spendable(session, user_id, now), created=True, lot_id=lot_id,
         )
 
     def _ledger(
         self, session, user_id, credit_type, kind, amount, held_change, after,
-        *, hold_id=None, reason=None, reference=None,
+        *, hold_id=None, reason=None, reference=None, lot_id=None,
     ) -> int:
         balance_after, held_after = after
         return session.execute(sql.INSERT_LEDGER, {
             "user_id": user_id, "credit_type": credit_type.value, "kind": kind, "amount": amount,
             "held_change": held_change, "balance_after": balance_after, "held_after": held_after,
-            "hold_id": hold_id, "reason": reason, "reference": reference, "created_at": utcnow(),
+            "hold_id": hold_id, "lot_id": lot_id, "reason": reason, "reference": reference,
+            "created_at": utcnow(),
         }).scalar_one()
+
+    def _rows(self, session, user_id, credit_type, changes, after, *, hold_id=None, reason=None) -> None:
+        """One ledger row per (kind, lot, change of available, change of held), in order, ending at
+        `after`, the account's state that the caller's single account update left."""
+        available = after[0] - sum(c[2] for c in changes)
+        held = after[1] - sum(c[3] for c in changes)
+        for kind, lot_id, d_available, d_held in changes:
+            available, held = available + d_available, held + d_held
+            self._ledger(session, user_id, credit_type, kind, d_available, d_held, (available, held),
+                         hold_id=hold_id, reason=reason, lot_id=lot_id)
+
+    def _spendable(self, session, user_id: int, now: datetime) -> Balance:
+        """The balance less what lots past their expiry still count (until a write expires them)."""
+        balance = self._balance(session, user_id)
+        due = lots.due_by_account(session, user_id, now)
+        if not due:
+            return balance
+        return Balance(**{t.value: getattr(balance, t.value) - due.get(t.value, 0) for t in CreditType})
 
 
 credit_service = CreditService()
 
 
-def open_accounts(session, user_id: int, grant: Balance, reason: str) -> None:
-    """Open both balances of a new user inside the caller's transaction, granting `grant`."""
+def open_accounts(session, user_id: int, grant: Balance, reason: str,
+                  expires_at: datetime | None = None) -> None:
+    """Open both balances of a new user inside the caller's transaction, granting `grant` as
+    signup lots (that expire at `expires_at`, or never)."""
+    now = utcnow()
     for credit_type in CreditType:
         amount = getattr(grant, credit_type.value)
         session.execute(
             insert(ACCOUNTS).values(user_id=user_id, credit_type=credit_type.value, available=amount, held=0)
         )
         if amount:
-            credit_service._ledger(session, user_id, credit_type, "grant", amount, 0, (amount, 0), reason=reason)
+            lot_id = lots.create(session, user_id=user_id, credit_type=credit_type.value, amount=amount,
+                                 priority=DEFAULT_PRIORITY, expires_at=expires_at, source="signup",
+                                 reason=reason, reference=None, now=now)
+            credit_service._ledger(session, user_id, credit_type, "grant", amount, 0, (amount, 0),
+                                   reason=reason, lot_id=lot_id)

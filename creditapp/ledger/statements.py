@@ -60,16 +60,17 @@ GROW_HOLD = (
     .values(amount=HOLDS.c.amount + bindparam("p_extra"))
 )
 
-# p_exclude is a hold id to leave alone (0 for none: ids start at 1).
-EXPIRE_HOLDS = (
-    update(HOLDS)
+# Open holds of an account past their expiry, in the order they were taken; p_exclude is a hold
+# id to leave alone (0 for none: ids start at 1).
+EXPIRED_HOLDS = (
+    select(HOLDS.c.id)
     .where(
         HOLDS.c.user_id == bindparam("p_user"), HOLDS.c.credit_type == bindparam("p_type"),
         HOLDS.c.status == "open", HOLDS.c.expires_at <= bindparam("p_now"),
         HOLDS.c.id != bindparam("p_exclude"),
     )
-    .values(status="expired", closed_at=bindparam("p_now"))
-    .returning(HOLDS.c.id, HOLDS.c.amount)
+    .order_by(HOLDS.c.id)
+    .with_for_update()
 )
 
 HOLD_STATUS = select(HOLDS.c.status).where(HOLDS.c.id == bindparam("p_hold"))

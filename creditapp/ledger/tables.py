@@ -151,6 +151,8 @@ class LedgerEntry(Base):
     balance_after: Mapped[int] = mapped_column(BigInteger)
     held_after: Mapped[int] = mapped_column(BigInteger)
     hold_id: Mapped[int | None] = mapped_column(ForeignKey("credit_holds.id"), nullable=True)
+    # The lot the row moved credits of (None for rows written before lots existed).
+    lot_id: Mapped[int | None] = mapped_column(ForeignKey("credit_lots.id"), nullable=True, index=True)
     reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # A grant's outside reference (a payment provider's event id): one grant per reference.
     reference: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -176,3 +178,54 @@ class IdempotencyKey(Base):
     response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CreditLot(Base):
+    """Credits of one grant: spent in a fixed order (priority, then the earliest expiry, then
+    the oldest), never spendable from `expires_at` on. `remaining` is what is neither spent,
+    expired nor voided (held credits included); `held` is the part open holds set aside."""
+
+    __tablename__ = "credit_lots"
+    __table_args__ = (
+        CheckConstraint(_credit_type_check, name="credit_type_known"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
+        CheckConstraint("held >= 0 AND held <= remaining", name="held_in_range"),
+        CheckConstraint("priority >= 0 AND priority <= 100", name="priority_in_range"),
+        CheckConstraint("source IN ('signup', 'admin', 'migration', 'purchase', 'plan')", name="source_known"),
+        # The spending order, over the lots that still have something to spend.
+        Index("ix_credit_lots_spending", "user_id", "credit_type", "priority", "expires_at", "created_at", "id",
+              postgresql_where=text("remaining > held"), sqlite_where=text("remaining > held")),
+        Index("ix_credit_lots_expiry", "user_id", "expires_at",
+              postgresql_where=text("remaining > held AND expires_at IS NOT NULL"),
+              sqlite_where=text("remaining > held AND expires_at IS NOT NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    credit_type: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    held: Mapped[int] = mapped_column(BigInteger, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    reference: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CreditHoldLot(Base):
+    """A hold's receipt: how much it drew from one lot, and how much of that was settled."""
+
+    __tablename__ = "credit_hold_lots"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("settled >= 0 AND settled <= amount", name="settled_in_range"),
+    )
+
+    hold_id: Mapped[int] = mapped_column(ForeignKey("credit_holds.id"), primary_key=True)
+    lot_id: Mapped[int] = mapped_column(ForeignKey("credit_lots.id"), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    settled: Mapped[int] = mapped_column(BigInteger, default=0)

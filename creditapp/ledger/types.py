@@ -52,3 +52,4 @@ class Grant:
     reference: str | None
     balance: Balance
     created: bool = True
+    lot_id: int | None = None

@@ -1,0 +1,147 @@
+"""Lots: where an account's credits come from, and the order they are spent in.
+
+Every grant is a lot. Spending draws from lots in one order, everywhere: the lowest `priority`
+first, then the earliest `expires_at` (lots that never expire last), then the oldest. A hold
+allocates its amount from lots in that order when it is taken and keeps the allocation as its
+receipt (credit_hold_lots); when it ends, its charge is consumed from the receipt in the same
+order and the rest goes back to the lots it came from. A part that goes back to a lot that has
+expired (or was voided) lapses at once.
+
+From its `expires_at` on a lot's credits are never spendable: the write that needs them first
+expires what is due (`expire_due`, under the account's lock), and reads subtract what is due
+but not yet written. Sweeps tidy up; they do not decide.
+
+These functions run inside the caller's transaction, after it has locked the account.
+"""
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, bindparam, insert, or_, select, update
+
+from .tables import CreditHoldLot, CreditLot
+
+LOTS = CreditLot.__table__
+RECEIPTS = CreditHoldLot.__table__
+
+SPENDING_ORDER = (LOTS.c.priority, LOTS.c.expires_at.is_(None), LOTS.c.expires_at, LOTS.c.created_at, LOTS.c.id)
+
+_ACCOUNT = and_(LOTS.c.user_id == bindparam("p_user"), LOTS.c.credit_type == bindparam("p_type"))
+_SPENDABLE = and_(
+    LOTS.c.remaining > LOTS.c.held, LOTS.c.voided_at.is_(None),
+    or_(LOTS.c.expires_at.is_(None), LOTS.c.expires_at > bindparam("p_now")),
+)
+_DUE = and_(LOTS.c.remaining > LOTS.c.held, LOTS.c.expires_at <= bindparam("p_now"))
+
+SPENDABLE_LOTS = (
+    select(LOTS.c.id, (LOTS.c.remaining - LOTS.c.held).label("free"))
+    .where(_ACCOUNT, _SPENDABLE).order_by(*SPENDING_ORDER).with_for_update()
+)
+DUE_LOTS = (
+    select(LOTS.c.id, (LOTS.c.remaining - LOTS.c.held).label("free"))
+    .where(_ACCOUNT, _DUE).order_by(LOTS.c.id).with_for_update()
+)
+DUE_TOTAL = select(LOTS.c.user_id, LOTS.c.credit_type, (LOTS.c.remaining - LOTS.c.held).label("free")).where(
+    LOTS.c.user_id == bindparam("p_user"), _DUE)
+HOLD_MORE = update(LOTS).where(LOTS.c.id == bindparam("p_lot")).values(held=LOTS.c.held + bindparam("p_n"))
+SPEND_FREE = update(LOTS).where(LOTS.c.id == bindparam("p_lot")).values(remaining=LOTS.c.remaining - bindparam("p_n"))
+LAPSE_FREE = update(LOTS).where(LOTS.c.id == bindparam("p_lot")).values(remaining=LOTS.c.held)
+END_HELD = update(LOTS).where(LOTS.c.id == bindparam("p_lot")).values(
+    held=LOTS.c.held - bindparam("p_held"), remaining=LOTS.c.remaining - bindparam("p_gone"))
+RECEIPT = (
+    select(RECEIPTS.c.lot_id, RECEIPTS.c.amount, LOTS.c.expires_at, LOTS.c.voided_at)
+    .join(LOTS, LOTS.c.id == RECEIPTS.c.lot_id)
+    .where(RECEIPTS.c.hold_id == bindparam("p_hold"))
+    .order_by(*SPENDING_ORDER)
+)
+SET_SETTLED = update(RECEIPTS).where(
+    RECEIPTS.c.hold_id == bindparam("p_hold"), RECEIPTS.c.lot_id == bindparam("p_lot")
+).values(settled=bindparam("p_n"))
+GROW_RECEIPT = update(RECEIPTS).where(
+    RECEIPTS.c.hold_id == bindparam("p_hold"), RECEIPTS.c.lot_id == bindparam("p_lot")
+).values(amount=RECEIPTS.c.amount + bindparam("p_n"))
+
+
+@dataclass(frozen=True)
+class Part:
+    """Credits of one lot moved by one step."""
+
+    lot_id: int
+    amount: int
+
+
+@dataclass
+class Ending:
+    """How a hold's receipt comes out when the hold ends with `charge` settled."""
+
+    settled: list[Part]
+    released: list[Part]  # back to a lot that can still be spent
+    lapsed: list[Part]  # back to a lot that has expired or was voided: gone at once
+
+
+def create(session, *, user_id: int, credit_type: str, amount: int, priority: int,
+           expires_at: datetime | None, source: str, reason: str | None, reference: str | None,
+           now: datetime) -> int:
+    return session.execute(insert(LOTS).values(
+        user_id=user_id, credit_type=credit_type, amount=amount, remaining=amount, held=0,
+        priority=priority, expires_at=expires_at, source=source, reason=reason, reference=reference,
+        created_at=now,
+    ).returning(LOTS.c.id)).scalar_one()
+
+
+def expire_due(session, user_id: int, credit_type: str, now: datetime) -> list[Part]:
+    """Expire the free part of every lot past its `expires_at`; held parts stay with their holds."""
+    params = {"p_user": user_id, "p_type": credit_type, "p_now": now}
+    due = [Part(row.id, row.free) for row in session.execute(DUE_LOTS, params)]
+    for part in due:
+        session.execute(LAPSE_FREE, {"p_lot": part.lot_id})
+    return due
+
+
+def due_by_account(session, user_id: int, now: datetime) -> dict[str, int]:
+    """Credits of this user's lots that are past their expiry but not yet written off."""
+    due: dict[str, int] = {}
+    for row in session.execute(DUE_TOTAL, {"p_user": user_id, "p_now": now}):
+        due[row.credit_type] = due.get(row.credit_type, 0) + row.free
+    return due
+
+
+def allocate(session, user_id: int, credit_type: str, amount: int, now: datetime, *, hold: bool) -> list[Part]:
+    """Take `amount` from the account's lots in spending order: set it aside (`hold`) or spend it
+    at once. The account's own conditional write has already made sure it is there."""
+    parts, left = [], amount
+    for row in session.execute(SPENDABLE_LOTS, {"p_user": user_id, "p_type": credit_type, "p_now": now}):
+        take = min(left, row.free)
+        session.execute(HOLD_MORE if hold else SPEND_FREE, {"p_lot": row.id, "p_n": take})
+        parts.append(Part(row.id, take))
+        left -= take
+        if not left:
+            return parts
+    # The account said the credits were there and the lots disagree: never spend on that.
+    raise RuntimeError(f"lots of user {user_id} {credit_type} hold {amount - left} fewer credits than the account")
+
+
+def record_receipt(session, hold_id: int, parts: list[Part], *, grow: bool = False) -> None:
+    for part in parts:
+        if grow and session.execute(GROW_RECEIPT, {"p_hold": hold_id, "p_lot": part.lot_id, "p_n": part.amount}).rowcount:
+            continue
+        session.execute(insert(RECEIPTS).values(hold_id=hold_id, lot_id=part.lot_id, amount=part.amount, settled=0))
+
+
+def end_hold(session, hold_id: int, charge: int, now: datetime) -> Ending:
+    """Consume `charge` from the hold's receipt in spending order and give back the rest."""
+    ending, left = Ending([], [], []), charge
+    for row in session.execute(RECEIPT, {"p_hold": hold_id}).all():
+        take = min(left, row.amount)
+        left -= take
+        back = row.amount - take
+        gone_at_once = row.voided_at is not None or (row.expires_at is not None and row.expires_at <= now)
+        session.execute(END_HELD, {"p_lot": row.lot_id, "p_held": row.amount,
+                                   "p_gone": take + (back if gone_at_once else 0)})
+        if take:
+            session.execute(SET_SETTLED, {"p_hold": hold_id, "p_lot": row.lot_id, "p_n": take})
+            ending.settled.append(Part(row.lot_id, take))
+        if back:
+            (ending.lapsed if gone_at_once else ending.released).append(Part(row.lot_id, back))
+    if left:
+        raise RuntimeError(f"hold {hold_id} cannot settle {charge}: its receipt holds {charge - left} less")
+    return ending
