@@ -113,6 +113,8 @@ class Config:
     IDEMPOTENCY_TTL_SECONDS = _int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
     CREDITS_SIGNUP_GRANT = _int("CREDITS_SIGNUP_GRANT", 3)
     AI_TOKENS_SIGNUP_GRANT = _int("AI_TOKENS_SIGNUP_GRANT", 1000)
+    # Days until the signup grant's lots expire; unset: they never do.
+    SIGNUP_GRANT_EXPIRES_DAYS = _int("SIGNUP_GRANT_EXPIRES_DAYS", 0) or None
 
     AI_STUB_LATENCY_MS = _int("AI_STUB_LATENCY_MS", 0)
     AI_STUB_FAILURE_RATE = _float("AI_STUB_FAILURE_RATE", 0.0)

@@ -16,13 +16,14 @@ from pathlib import Path
 from sqlalchemy import bindparam, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from creditapp.ledger.tables import CreditAccount, LedgerEntry, UTCDateTime
+from creditapp.ledger.tables import CreditAccount, CreditLot, LedgerEntry, UTCDateTime
 from creditapp.models import User
 
 from . import floor
 from .servers import ROOT
 
 USERS, ACCOUNTS, LEDGER = User.__table__, CreditAccount.__table__, LedgerEntry.__table__
+LOTS = CreditLot.__table__
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CREDIT_TYPES = ("generation_credits", "ai_tokens")
 HUGE = 10**12  # nobody runs out during a run
@@ -68,11 +69,18 @@ class BenchDatabase:
                  "held": 0}
                 for uid in user_ids for ct in CREDIT_TYPES
             ])
+            lot_ids = conn.execute(
+                insert(LOTS).returning(LOTS.c.id, sort_by_parameter_order=True),
+                [{"user_id": uid, "credit_type": ct, "amount": HUGE, "remaining": HUGE, "held": 0,
+                  "priority": 50, "expires_at": None, "source": "admin", "reason": "bench seed",
+                  "created_at": now}
+                 for uid in user_ids for ct in credit_types],
+            ).scalars().all()
             conn.execute(insert(LEDGER), [
                 {"user_id": uid, "credit_type": ct, "kind": "grant", "amount": HUGE,
                  "held_change": 0, "balance_after": HUGE, "held_after": 0, "hold_id": None,
-                 "reason": "bench seed", "reference": None, "created_at": now}
-                for uid in user_ids for ct in credit_types
+                 "lot_id": lot_id, "reason": "bench seed", "reference": None, "created_at": now}
+                for (uid, ct), lot_id in zip(((u, c) for u in user_ids for c in credit_types), lot_ids)
             ])
         return list(user_ids)
 
@@ -92,10 +100,11 @@ class BenchDatabase:
         statement = text(
             f"{self._sequence_cte()} "
             "INSERT INTO ledger_entries (user_id, credit_type, kind, amount, held_change, "
-            "    balance_after, held_after, reason, created_at) "
-            "SELECT a.user_id, a.credit_type, 'grant', 1, 0, a.available + seq.k, a.held, "
+            "    balance_after, held_after, lot_id, reason, created_at) "
+            "SELECT a.user_id, a.credit_type, 'grant', 1, 0, a.available + seq.k, a.held, lot.id, "
             "    'bench scale seed', :now "
             "FROM seq CROSS JOIN credit_accounts AS a "
+            "JOIN credit_lots AS lot ON lot.user_id = a.user_id AND lot.credit_type = a.credit_type "
             "WHERE a.credit_type = 'generation_credits' "
             "ORDER BY seq.k, a.user_id"
         ).bindparams(bindparam("now", type_=UTCDateTime()))
@@ -104,6 +113,11 @@ class BenchDatabase:
             conn.execute(statement, {"per_user": per_user, "now": datetime.now(timezone.utc)})
             conn.execute(text(
                 "UPDATE credit_accounts SET available = available + :per_user "
+                "WHERE credit_type = 'generation_credits'"
+            ), {"per_user": per_user})
+            # Each seeded user has one lot per credit type: the +1 grants grow it.
+            conn.execute(text(
+                "UPDATE credit_lots SET amount = amount + :per_user, remaining = remaining + :per_user "
                 "WHERE credit_type = 'generation_credits'"
             ), {"per_user": per_user})
         self._after_bulk_load()

@@ -1,4 +1,6 @@
 """Flask CLI: `flask --app wsgi users ...` and `flask --app wsgi credits ...`."""
+from datetime import timedelta
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
@@ -8,6 +10,7 @@ from . import users as user_service
 from .api.schemas import CredentialsSchema, GrantSchema
 from .exceptions import UsernameTaken
 from .ledger import Balance, CreditType, ReferenceConflict, UnknownUser, credit_service, keys
+from .ledger.clock import utcnow
 from .ledger.tables import MAX_AMOUNT
 
 users_cli = AppGroup("users", help="Manage users.")
@@ -37,7 +40,7 @@ def create_user(name: str, password: str, admin: bool) -> None:
         user = user_service.create_user(
             name, password, is_admin=admin,
             signup_grant=Balance(config["CREDITS_SIGNUP_GRANT"], config["AI_TOKENS_SIGNUP_GRANT"]),
-            hash_method=config["PASSWORD_HASH_METHOD"],
+            hash_method=config["PASSWORD_HASH_METHOD"], signup_expires_in_days=config["SIGNUP_GRANT_EXPIRES_DAYS"],
         )
     except UsernameTaken as exc:
         raise click.ClickException(str(exc)) from None
@@ -52,17 +55,28 @@ def create_user(name: str, password: str, admin: bool) -> None:
               show_default=True)
 @click.option("--reason", default="granted from the command line", show_default=True)
 @click.option("--reference", default=None, help="An outside id; a second grant with it adds nothing.")
-def grant(name: str, amount: int, credit_type: str, reason: str, reference: str | None) -> None:
-    """Add AMOUNT credits to user NAME."""
-    # The same rules as the API's grant: reason and reference are 1 to 255 characters.
-    _validated(_grant, {"amount": amount, "credit_type": credit_type, "reason": reason,
-                        **({"reference": reference} if reference is not None else {})})
+@click.option("--priority", default=None, help="0 to 100, lower is spent first (default 50).")
+@click.option("--expires-at", default=None, help="ISO 8601 with a time zone, in the future.")
+@click.option("--expires-in-days", default=None, help="Days until the credits expire.")
+def grant(name: str, amount: int, credit_type: str, reason: str, reference: str | None, priority: str | None,
+          expires_at: str | None, expires_in_days: str | None) -> None:
+    """Add AMOUNT credits to user NAME, as a new lot."""
+    # The same rules as the API's grant, checked by the same schema.
+    given = {"reference": reference, "priority": _integer(priority, "--priority"), "expires_at": expires_at,
+             "expires_in_days": _integer(expires_in_days, "--expires-in-days")}
+    lot = _validated(_grant, {"amount": amount, "credit_type": credit_type, "reason": reason,
+                              **{k: v for k, v in given.items() if v is not None}})
+    if lot["expires_in_days"] is not None:
+        lot["expires_at"] = utcnow() + timedelta(days=lot["expires_in_days"])
     try:
-        result = credit_service.grant(_user_id(name), amount, credit_type, reason=reason, reference=reference)
+        result = credit_service.grant(_user_id(name), amount, credit_type, reason=reason, reference=reference,
+                                      priority=lot["priority"], expires_at=lot["expires_at"])
     except ReferenceConflict as exc:
         raise click.ClickException(str(exc)) from None
     if not result.created:
         click.echo(f"reference {reference!r} was already granted; nothing added")
+    expiry = result.lot["expires_at"].isoformat() if result.lot and result.lot["expires_at"] else "never"
+    click.echo(f"lot {result.lot_id}: {amount} {credit_type}, priority {lot['priority']}, expires {expiry}")
     click.echo(f"{name}: {_format(result.balance)}")
 
 
@@ -94,6 +108,14 @@ def verify() -> None:
     if problems:
         raise click.exceptions.Exit(1)
     click.echo("ledger ok: every balance matches its ledger")
+
+
+def _integer(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isascii() or not value.lstrip("-").isdigit():
+        raise click.BadParameter(f"{value!r} is not an integer", param_hint=option)
+    return int(value)
 
 
 def _validated(schema, data: dict) -> dict:

@@ -45,6 +45,9 @@ def check_costs(costs: dict) -> None:
 
 
 def check_signup_grants(config) -> None:
+    days = config["SIGNUP_GRANT_EXPIRES_DAYS"]
+    if days is not None and not 1 <= days <= 36600:
+        raise RuntimeError(f"SIGNUP_GRANT_EXPIRES_DAYS must be from 1 to 36600 (or unset), got {days}")
     for name in ("CREDITS_SIGNUP_GRANT", "AI_TOKENS_SIGNUP_GRANT"):
         if config[name] < 0:
             raise RuntimeError(f"{name} must not be negative, got {config[name]}")

@@ -1,4 +1,5 @@
 """Accounts of people: registration, login, admin rights. One transaction per call."""
+from datetime import timedelta
 from functools import lru_cache
 
 from sqlalchemy import func, insert, select
@@ -22,7 +23,7 @@ def _named(username: str):
 
 def create_user(
     username: str, password: str, *, is_admin: bool = False, signup_grant: Balance = Balance(),
-    hash_method: str = "scrypt",
+    hash_method: str = "scrypt", signup_expires_in_days: int | None = None,
 ) -> dict:
     """A new user with both balances opened and the signup grant in the ledger."""
     password_hash = generate_password_hash(password, method=hash_method)
@@ -36,7 +37,8 @@ def create_user(
                         created_at=utcnow())
                 .returning(USERS.c.id)
             ).scalar_one()
-            open_accounts(session, user_id, signup_grant, reason="signup grant")
+            expires_at = utcnow() + timedelta(days=signup_expires_in_days) if signup_expires_in_days else None
+            open_accounts(session, user_id, signup_grant, reason="signup grant", expires_at=expires_at)
     except IntegrityError:
         # Two registrations of one name at once: the unique index decides. Anything else is a bug.
         if _username_exists(username):

@@ -6,7 +6,8 @@ from creditapp.credits import credit_service
 
 def test_balance(client, make_user):
     user = make_user(credits=4, tokens=9)
-    assert client.get("/api/credits/balance", headers=user.headers).json == {"generation_credits": 4, "ai_tokens": 9}
+    assert client.get("/api/credits/balance", headers=user.headers).json == {
+        "generation_credits": 4, "ai_tokens": 9, "expiring": []}
 
 
 def test_signup_grant_comes_from_config(app, client):
@@ -14,7 +15,8 @@ def test_signup_grant_comes_from_config(app, client):
     assert client.post("/api/auth/register", json={"username": "carol", "password": "long-password"}).status_code == 201
     token = client.post("/api/auth/login", json={"username": "carol", "password": "long-password"}).json["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
-    assert client.get("/api/credits/balance", headers=headers).json == {"generation_credits": 7, "ai_tokens": 0}
+    assert client.get("/api/credits/balance", headers=headers).json == {
+        "generation_credits": 7, "ai_tokens": 0, "expiring": []}
     items = client.get("/api/credits/transactions", headers=headers).json["items"]
     assert [(i["kind"], i["amount"], i["reason"]) for i in items] == [("grant", 7, "signup grant")]
 
@@ -77,12 +79,14 @@ def test_admin_grants_credits(client, make_user):
                            headers=admin.headers)
     assert response.status_code == 201
     body = response.json
-    grant = body.pop("grant")
+    grant, lot = body.pop("grant"), body.pop("lot")
     assert body == {"user_id": user.id, "generation_credits": 11, "ai_tokens": 0}
     assert (grant["amount"], grant["credit_type"], grant["reason"], grant["reference"]) == (
         10, "generation_credits", "promo", None)
+    assert (lot["granted"], lot["remaining"], lot["held"], lot["priority"], lot["expires_at"], lot["source"],
+            lot["status"]) == (10, 10, 0, 50, None, "admin", "active")
     item = client.get("/api/credits/transactions?limit=1", headers=user.headers).json["items"][0]
-    assert (item["kind"], item["amount"], item["reason"]) == ("grant", 10, "promo")
+    assert (item["kind"], item["amount"], item["reason"], item["lot_id"]) == ("grant", 10, "promo", lot["id"])
     tokens = client.post(f"/api/admin/users/{user.id}/credits", json={"amount": 500, "credit_type": "ai_tokens"},
                          headers=admin.headers)
     assert tokens.json["ai_tokens"] == 500

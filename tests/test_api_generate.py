@@ -143,4 +143,5 @@ def test_spending_until_empty(client, make_user, stub):
                 for _ in range(5)]
     assert statuses == [200, 200, 200, 403, 403]
     assert stub.calls == 3
-    assert client.get("/api/credits/balance", headers=user.headers).json == {"generation_credits": 0, "ai_tokens": 0}
+    assert client.get("/api/credits/balance", headers=user.headers).json == {
+        "generation_credits": 0, "ai_tokens": 0, "expiring": []}

@@ -147,3 +147,106 @@ def test_verify_finds_a_tampered_lot(make_user, tamper, field):
         session.execute(text(tamper), {"lot": lot})
     fields = [p.field for p in credit_service.verify()]
     assert any(f"lot {lot} {field}" in f for f in fields), fields
+
+
+# --- over HTTP and the CLI -------------------------------------------------------------------------
+
+def admin_grant(client, admin, user, **body):
+    return client.post(f"/api/admin/users/{user.id}/credits", json={"amount": 5, **body}, headers=admin.headers)
+
+
+def test_a_grant_takes_a_priority_and_an_expiry_and_answers_its_lot(client, make_user, manual_clock):
+    admin, user = make_user(admin=True), make_user()
+    response = admin_grant(client, admin, user, priority=10, expires_in_days=30)
+    assert response.status_code == 201, response.json
+    lot = response.json["lot"]
+    assert (lot["granted"], lot["priority"], lot["source"], lot["status"]) == (5, 10, "admin", "active")
+    assert lot["expires_at"].startswith((manual_clock() + timedelta(days=30)).date().isoformat())
+    at = (manual_clock() + timedelta(hours=2)).isoformat()
+    response = admin_grant(client, admin, user, expires_at=at)
+    assert response.status_code == 201, response.json
+    assert response.json["lot"]["expires_at"][:19] == at[:19]
+
+
+@pytest.mark.parametrize("body", [
+    {"priority": 101}, {"priority": -1}, {"priority": "5"}, {"priority": 5.0},
+    {"expires_in_days": 0}, {"expires_at": "2020-01-01T00:00:00+00:00"}, {"expires_at": "2999-01-01T00:00:00"},
+    {"expires_at": "٢٩٩٩-01-01T00:00:00+00:00"}, {"expires_at": "tomorrow"},
+    {"expires_at": "2999-01-01T00:00:00+00:00", "expires_in_days": 3},
+])
+def test_an_invalid_priority_or_expiry_is_422_and_grants_nothing(client, make_user, body):
+    admin, user = make_user(admin=True), make_user()
+    response = admin_grant(client, admin, user, **body)
+    assert (response.status_code, response.json["error"]) == (422, "validation_error"), response.json
+    assert credits(user) == 0
+
+
+def test_the_balance_says_what_is_about_to_lapse(client, make_user, manual_clock):
+    admin, user = make_user(admin=True), make_user(credits=1)
+    admin_grant(client, admin, user, expires_in_days=2)
+    admin_grant(client, admin, user, amount=3, expires_in_days=1)
+    admin_grant(client, admin, user, amount=7)
+    body = client.get("/api/credits/balance", headers=user.headers).json
+    assert body["generation_credits"] == 16
+    assert [(e["credit_type"], e["amount"]) for e in body["expiring"]] == [
+        ("generation_credits", 3), ("generation_credits", 5)]
+    manual_clock.advance(86400)
+    body = client.get("/api/credits/balance", headers=user.headers).json
+    assert (body["generation_credits"], len(body["expiring"])) == (13, 1)
+
+
+def test_the_lots_are_listed_in_spending_order_page_by_page(client, make_user, manual_clock):
+    admin, user = make_user(admin=True), make_user(credits=2)
+    admin_grant(client, admin, user, priority=80)
+    admin_grant(client, admin, user, priority=10, expires_in_days=9)
+    admin_grant(client, admin, user, priority=10, expires_in_days=3)
+    first = client.get("/api/credits/lots?credit_type=generation_credits&limit=2", headers=user.headers).json
+    rest = client.get(f"/api/credits/lots?credit_type=generation_credits&limit=2&cursor={first['next_cursor']}",
+                      headers=user.headers).json
+    order = [(lot["priority"], lot["source"]) for lot in first["items"] + rest["items"]]
+    assert order == [(10, "admin"), (10, "admin"), (50, "signup"), (80, "admin")]
+    assert first["items"][0]["expires_at"] < first["items"][1]["expires_at"]
+    assert rest["next_cursor"] is None
+    assert client.post("/api/generate", json={"prompt": "x"}, headers=user.headers).status_code == 200
+    listed = client.get("/api/credits/lots?credit_type=generation_credits", headers=user.headers).json["items"]
+    assert listed[0]["remaining"] == 4  # the first lot in the order paid
+    manual_clock.advance(3 * 86400)
+    active = client.get("/api/credits/lots?credit_type=generation_credits", headers=user.headers).json["items"]
+    every = client.get("/api/credits/lots?include_spent=true&credit_type=generation_credits",
+                       headers=user.headers).json["items"]
+    assert len(active) == 3 and len(every) == 4
+    assert [lot["status"] for lot in every if lot["expires_at"] and lot["remaining"] == 4] == ["expired"]
+
+
+def test_lots_are_private_and_need_a_token(client, make_user):
+    assert client.get("/api/credits/lots").status_code == 401
+    response = client.get("/api/credits/lots?limit=０", headers=make_user().headers)
+    assert response.status_code == 422
+
+
+def test_the_cli_grants_a_lot_with_a_priority_and_an_expiry(app, make_user, manual_clock):
+    user = make_user()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["credits", "grant", user.username, "4", "--priority", "5", "--expires-in-days", "7"])
+    assert result.exit_code == 0, result.output
+    assert "priority 5" in result.output and "expires " in result.output
+    for bad in (["--priority", "101"], ["--expires-in-days", "0"], ["--expires-at", "2020-01-01T00:00:00+00:00"],
+                ["--priority", "٥"]):
+        refused = runner.invoke(args=["credits", "grant", user.username, "4", *bad])
+        assert refused.exit_code != 0 and "Traceback" not in refused.output, refused.output
+    assert credits(user) == 4
+
+
+def test_signup_credits_can_expire(database_url, manual_clock):
+    from .conftest import make_app
+
+    app = make_app(database_url, SIGNUP_GRANT_EXPIRES_DAYS=30)
+    with app.app_context():
+        client = app.test_client()
+        assert client.post("/api/auth/register", json={"username": "newbie", "password": "long-enough-pw"}).status_code == 201
+        token = client.post("/api/auth/login", json={"username": "newbie", "password": "long-enough-pw"}).json["access_token"]
+        body = client.get("/api/credits/balance", headers={"Authorization": f"Bearer {token}"}).json
+        assert {e["credit_type"] for e in body["expiring"]} == {"generation_credits", "ai_tokens"}
+        manual_clock.advance(30 * 86400)
+        body = client.get("/api/credits/balance", headers={"Authorization": f"Bearer {token}"}).json
+        assert (body["generation_credits"], body["ai_tokens"]) == (0, 0)

@@ -30,7 +30,7 @@ grant_result_schema = GrantResultSchema()
     "in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string"},
     "description": "Retries with the same key replay the first answer and grant nothing more"}])
 def grant_credits(grant, user_id):
-    """Add credits to a user's balance (administrators only)."""
+    """Grant credits to a user as a new lot, with its priority and expiry (administrators only)."""
     admin_id = current_user_id()
     with caller_must_exist():
         users.require_admin(admin_id)
@@ -48,9 +48,12 @@ def grant_credits(grant, user_id):
             body = json.dumps(grant_result_schema.dump(_answer(result)))
             keys.complete(session, key_id, _status(result), body, kept_until)
 
+    expires_at = grant["expires_at"]
+    if grant["expires_in_days"] is not None:
+        expires_at = utcnow() + timedelta(days=grant["expires_in_days"])
     result = credit_service.grant(
         user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",
-        reference=grant["reference"], also=store_answer,
+        reference=grant["reference"], priority=grant["priority"], expires_at=expires_at, also=store_answer,
     )
     return _answer(result), _status(result)
 
@@ -60,6 +63,7 @@ def _answer(result: Grant) -> dict:
         "user_id": result.user_id, **result.balance.as_dict(),
         "grant": {"id": result.id, "amount": result.amount, "credit_type": result.credit_type.value,
                   "reason": result.reason, "reference": result.reference},
+        "lot": result.lot,
     }
 
 

@@ -35,7 +35,7 @@ def register(credentials):
     return users.create_user(
         credentials["username"], credentials["password"],
         signup_grant=Balance(config["CREDITS_SIGNUP_GRANT"], config["AI_TOKENS_SIGNUP_GRANT"]),
-        hash_method=config["PASSWORD_HASH_METHOD"],
+        hash_method=config["PASSWORD_HASH_METHOD"], signup_expires_in_days=config["SIGNUP_GRANT_EXPIRES_DAYS"],
     )
 
 

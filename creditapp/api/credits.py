@@ -3,20 +3,36 @@ from ..features import price_list
 from ..ledger import credit_service
 from .bodies import Blueprint
 from .schemas import (
-    BalanceSchema, CostListSchema, ErrorSchema, TransactionPageSchema, TransactionQuerySchema,
+    BalanceReadSchema, CostListSchema, ErrorSchema, LotPageSchema, LotQuerySchema, TransactionPageSchema,
+    TransactionQuerySchema,
 )
 
 blp = Blueprint("credits", __name__, url_prefix="/api/credits", description="Balances and history.")
 
 
 @blp.get("/balance")
-@blp.response(200, BalanceSchema)
+@blp.response(200, BalanceReadSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
 @blp.doc(security=[{"bearerAuth": []}])
 def balance():
-    """What the caller can spend now, per credit type."""
+    """What the caller can spend now, per credit type, and the next credits to expire."""
     with caller_must_exist():
-        return credit_service.get_credit_balance(current_user_id()).as_dict()
+        spendable, expiring = credit_service.balance_overview(current_user_id())
+    return {**spendable.as_dict(), "expiring": expiring}
+
+
+@blp.get("/lots")
+@blp.arguments(LotQuerySchema, location="query", as_kwargs=True)
+@blp.response(200, LotPageSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
+@blp.doc(security=[{"bearerAuth": []}])
+def lots(credit_type, include_spent, limit, cursor):
+    """The caller's lots in spending order: what was granted, what remains, what is held."""
+    with caller_must_exist():
+        page = credit_service.list_lots(current_user_id(), credit_type=credit_type, include_spent=include_spent,
+                                        offset=int(cursor) if cursor else 0, limit=limit)
+    next_cursor = str(page.next_cursor) if page.next_cursor is not None else None
+    return {"items": page.items, "next_cursor": next_cursor}
 
 
 @blp.get("/transactions")

@@ -1,8 +1,9 @@
 """Request and response schemas, made once; they also describe the API in /api/openapi.json."""
 import re
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from ..ledger.clock import clock
 from ..ledger.tables import CREDIT_TYPES, MAX_AMOUNT
 from ..ledger.types import CreditType
 
@@ -36,6 +37,15 @@ class _UnicodeOnly:
 
 class Text(_UnicodeOnly, fields.String):
     pass
+
+
+class IsoDateTime(fields.AwareDateTime):
+    """An ISO 8601 date and time with its time zone, in ASCII digits only."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not value.isascii():
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE)
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class HttpUrl(_UnicodeOnly, fields.Url):
@@ -89,6 +99,45 @@ class BalanceSchema(Schema):
     ai_tokens = fields.Integer(dump_only=True)
 
 
+class ExpiringSchema(Schema):
+    credit_type = fields.String(dump_only=True)
+    amount = fields.Integer(dump_only=True, metadata={"description": "spendable credits of the lot"})
+    expires_at = fields.DateTime(dump_only=True)
+
+
+class BalanceReadSchema(BalanceSchema):
+    expiring = fields.List(fields.Nested(ExpiringSchema), dump_only=True, metadata={
+        "description": "the next lots to expire, soonest first (at most 5)"})
+
+
+class LotSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    credit_type = fields.String(dump_only=True)
+    granted = fields.Integer(dump_only=True)
+    remaining = fields.Integer(dump_only=True, metadata={"description": "not yet spent, expired or voided; held credits included"})
+    held = fields.Integer(dump_only=True, metadata={"description": "the part of remaining that open holds set aside"})
+    priority = fields.Integer(dump_only=True, metadata={"description": "0-100, lower is spent first"})
+    expires_at = fields.DateTime(dump_only=True, allow_none=True)
+    source = fields.String(dump_only=True, metadata={"description": "signup, admin, migration, purchase or plan"})
+    reason = fields.String(dump_only=True, allow_none=True)
+    reference = fields.String(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+    status = fields.String(dump_only=True, metadata={"description": "active, spent, expired or voided"})
+
+
+class LotPageSchema(Schema):
+    items = fields.List(fields.Nested(LotSchema), dump_only=True)
+    next_cursor = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next page; null on the last page"})
+
+
+class LotQuerySchema(Schema):
+    credit_type = fields.String(load_default=None, validate=validate.OneOf(CREDIT_TYPES))
+    include_spent = fields.Boolean(load_default=False, truthy={"true", "1"}, falsy={"false", "0"})
+    limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Regexp(r"[1-9][0-9]{0,8}\Z"))
+
+
 class TransactionSchema(Schema):
     id = fields.Integer(dump_only=True)
     credit_type = fields.String(dump_only=True)
@@ -99,6 +148,7 @@ class TransactionSchema(Schema):
     balance_after = fields.Integer(dump_only=True)
     held_after = fields.Integer(dump_only=True)
     hold_id = fields.Integer(dump_only=True, allow_none=True)
+    lot_id = fields.Integer(dump_only=True, allow_none=True, metadata={"description": "the lot whose credits moved"})
     reason = fields.String(dump_only=True, allow_none=True)
     reference = fields.String(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
@@ -138,6 +188,18 @@ class GrantSchema(Schema):
     reason = Text(load_default=None, validate=validate.Length(min=1, max=255))
     reference = Text(load_default=None, validate=validate.Length(min=1, max=255), metadata={
         "description": "an outside id (e.g. a payment event): a second grant with it adds nothing"})
+    priority = StrictInteger(load_default=50, validate=validate.Range(min=0, max=100), metadata={
+        "description": "lower is spent first"})
+    expires_at = IsoDateTime(load_default=None, metadata={
+        "description": "ISO 8601 with a time zone, in the future; or expires_in_days"})
+    expires_in_days = StrictInteger(load_default=None, validate=validate.Range(min=1, max=36600))
+
+    @validates_schema
+    def one_expiry(self, data, **_kwargs):
+        if data["expires_at"] is not None and data["expires_in_days"] is not None:
+            raise ValidationError("Give expires_at or expires_in_days, not both.", "expires_at")
+        if data["expires_at"] is not None and data["expires_at"] <= clock.now():
+            raise ValidationError("Must be in the future.", "expires_at")
 
 
 class GrantRecordSchema(Schema):
@@ -151,6 +213,7 @@ class GrantRecordSchema(Schema):
 class GrantResultSchema(BalanceSchema):
     user_id = fields.Integer(dump_only=True)
     grant = fields.Nested(GrantRecordSchema, dump_only=True)
+    lot = fields.Nested(LotSchema, dump_only=True)
 
 
 class ImageSchema(Schema):

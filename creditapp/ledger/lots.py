@@ -145,3 +145,49 @@ def end_hold(session, hold_id: int, charge: int, now: datetime) -> Ending:
     if left:
         raise RuntimeError(f"hold {hold_id} cannot settle {charge}: its receipt holds {charge - left} less")
     return ending
+
+
+def status(row, now: datetime) -> str:
+    """voided; else expired once past its expiry; else spent when nothing remains; else active."""
+    if row.voided_at is not None:
+        return "voided"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "spent" if row.remaining == 0 else "active"
+
+
+def describe(row, now: datetime) -> dict:
+    return {
+        "id": row.id, "credit_type": row.credit_type, "granted": row.amount, "remaining": row.remaining,
+        "held": row.held, "priority": row.priority, "expires_at": row.expires_at, "source": row.source,
+        "reason": row.reason, "reference": row.reference, "created_at": row.created_at,
+        "status": status(row, now),
+    }
+
+
+def listing(session, user_id: int, *, credit_type: str | None, include_spent: bool, now: datetime,
+            offset: int, limit: int) -> list:
+    query = select(LOTS).where(LOTS.c.user_id == user_id)
+    if credit_type is not None:
+        query = query.where(LOTS.c.credit_type == credit_type)
+    if not include_spent:
+        query = query.where(
+            LOTS.c.remaining > 0, LOTS.c.voided_at.is_(None),
+            or_(LOTS.c.expires_at.is_(None), LOTS.c.expires_at > now),
+        )
+    return session.execute(query.order_by(LOTS.c.credit_type, *SPENDING_ORDER).offset(offset).limit(limit)).all()
+
+
+def expiring(session, user_id: int, now: datetime, limit: int) -> list[dict]:
+    """The next credits to lapse: spendable parts of lots that expire, soonest first."""
+    rows = session.execute(
+        select(LOTS.c.credit_type, (LOTS.c.remaining - LOTS.c.held).label("amount"), LOTS.c.expires_at)
+        .where(LOTS.c.user_id == user_id, LOTS.c.remaining > LOTS.c.held, LOTS.c.voided_at.is_(None),
+               LOTS.c.expires_at > now)
+        .order_by(LOTS.c.expires_at, LOTS.c.id).limit(limit)
+    ).all()
+    return [{"credit_type": r.credit_type, "amount": r.amount, "expires_at": r.expires_at} for r in rows]
+
+
+def one(session, lot_id: int):
+    return session.execute(select(LOTS).where(LOTS.c.id == lot_id)).one_or_none()

@@ -110,6 +110,26 @@ class CreditService:
         with atomic(write=False) as session:
             return self._spendable(session, user_id, utcnow())
 
+    def balance_overview(self, user_id: int, expiring: int = 5) -> tuple[Balance, list[dict]]:
+        """What can be spent now, and the next credits to lapse, soonest first
+        ([{credit_type, amount, expires_at}], at most `expiring`), read together."""
+        with atomic(write=False) as session:
+            now = utcnow()
+            return self._spendable(session, user_id, now), lots.expiring(session, user_id, now, expiring)
+
+    def list_lots(self, user_id: int, *, credit_type=None, include_spent: bool = False,
+                  offset: int = 0, limit: int = 20) -> LedgerPage:
+        """The user's lots in spending order (per credit type), `limit` at a time from `offset`;
+        without `include_spent`, only lots with credits still to spend."""
+        ctype = _credit_type(credit_type).value if credit_type is not None else None
+        with atomic(write=False) as session:
+            self._balance(session, user_id)  # raises UnknownUser
+            now = utcnow()
+            rows = lots.listing(session, user_id, credit_type=ctype, include_spent=include_spent, now=now,
+                                offset=offset, limit=limit + 1)
+        items = [lots.describe(row, now) for row in rows[:limit]]
+        return LedgerPage(items=items, next_cursor=offset + limit if len(rows) > limit else None)
+
     def hold_status(self, hold_id: int) -> str | None:
         rows = read(sql.HOLD_STATUS.params(p_hold=hold_id))
         return rows[0].status if rows else None
@@ -148,6 +168,8 @@ class CreditService:
         nothing and answers the original grant (so a re-sent payment webhook cannot pay twice).
         `also(session, grant)` runs in the same transaction."""
         amount, credit_type = _amount(amount), _credit_type(credit_type)
+        if expires_at is not None and expires_at <= utcnow():
+            raise ValueError(f"expires_at must be in the future, got {expires_at.isoformat()}")
         lot = {"priority": _priority(priority), "expires_at": expires_at, "source": source}
         try:
             with atomic() as session:
@@ -624,10 +646,13 @@ class CreditService:
                         f"reference {reference!r} was used for a grant of {original['amount']} "
                         f"{original['credit_type']}"
                     )
+                now = utcnow()
+                original_lot = lots.one(session, original["lot_id"]) if original["lot_id"] else None
                 return Grant(
                     id=original["id"], user_id=user_id, amount=amount, credit_type=credit_type,
                     reason=original["reason"], reference=reference,
-                    balance=self._balance(session, user_id), created=False,
+                    balance=self._spendable(session, user_id, now), created=False,
+                    lot_id=original["lot_id"], lot=lots.describe(original_lot, now) if original_lot else None,
                 )
         row = session.execute(sql.MOVE, {
             "p_user": user_id, "p_type": credit_type.value, "p_available": amount, "p_held": 0,
@@ -642,6 +667,7 @@ class CreditService:
         return Grant(
             id=entry_id, user_id=user_id, amount=amount, credit_type=credit_type, reason=reason,
             reference=reference, balance=self._spendable(session, user_id, now), created=True, lot_id=lot_id,
+            lot=lots.describe(lots.one(session, lot_id), now),
         )
 
     def _ledger(

@@ -53,3 +53,4 @@ class Grant:
     balance: Balance
     created: bool = True
     lot_id: int | None = None
+    lot: dict | None = None  # the lot as it is now (see lots.describe)
