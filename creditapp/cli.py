@@ -7,9 +7,12 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from . import users as user_service
-from .api.schemas import CredentialsSchema, GrantSchema
+from .api.schemas import CredentialsSchema, GrantSchema, RefundSchema, VoidSchema
 from .exceptions import UsernameTaken
-from .ledger import Balance, CreditType, ReferenceConflict, UnknownUser, credit_service, keys
+from .ledger import (
+    AlreadyRefunded, Balance, CreditType, LotAlreadyVoided, NotACharge, ReferenceConflict, RefundExceedsCharge,
+    UnknownCharge, UnknownLot, UnknownUser, credit_service, keys,
+)
 from .ledger.clock import utcnow
 from .ledger.tables import MAX_AMOUNT
 
@@ -18,6 +21,8 @@ credits_cli = AppGroup("credits", help="Grant, inspect and audit credits.")
 
 _credentials = CredentialsSchema()
 _grant = GrantSchema()
+_refund = RefundSchema()
+_void = VoidSchema()
 _credit_types = click.Choice([t.value for t in CreditType])
 
 
@@ -78,6 +83,35 @@ def grant(name: str, amount: int, credit_type: str, reason: str, reference: str 
     expiry = result.lot["expires_at"].isoformat() if result.lot and result.lot["expires_at"] else "never"
     click.echo(f"lot {result.lot_id}: {amount} {credit_type}, priority {lot['priority']}, expires {expiry}")
     click.echo(f"{name}: {_format(result.balance)}")
+
+
+@credits_cli.command("refund")
+@click.argument("hold_id", type=click.IntRange(1, 2**63 - 1))
+@click.option("--amount", type=click.IntRange(1, MAX_AMOUNT), default=None,
+              help="Credits to give back (default: all that is left to refund).")
+@click.option("--reason", default="refunded from the command line", show_default=True)
+def refund(hold_id: int, amount: int | None, reason: str) -> None:
+    """Give back all or part of charge HOLD_ID to the lots it came from."""
+    _validated(_refund, {"reason": reason, **({"amount": amount} if amount is not None else {})})
+    try:
+        result = credit_service.refund(hold_id, amount, reason=reason)
+    except (UnknownCharge, NotACharge, AlreadyRefunded, RefundExceedsCharge) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"refunded {result.amount} {result.credit_type.value} of charge {hold_id} "
+               f"({result.refunded_total} of {result.charged} refunded so far)")
+
+
+@credits_cli.command("void")
+@click.argument("lot_id", type=click.IntRange(1, 2**63 - 1))
+@click.option("--reason", required=True, help="Why (1 to 255 characters), e.g. the reversed payment.")
+def void(lot_id: int, reason: str) -> None:
+    """Remove what nobody holds of lot LOT_ID."""
+    _validated(_void, {"reason": reason})
+    try:
+        result = credit_service.void_lot(lot_id, reason=reason)
+    except (UnknownLot, LotAlreadyVoided) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"voided lot {lot_id}: {result['voided']} removed, {result['lot']['held']} still held")
 
 
 @credits_cli.command("balance")

@@ -165,3 +165,30 @@ def test_spends_racing_a_lots_expiry_never_spend_an_expired_credit(app, make_use
     assert credit_service.get_credit_balance(user.id).generation_credits == 0
     credit_service.release_expired()
     assert credit_service.verify() == []
+
+
+@pytest.mark.slow
+def test_refunds_racing_each_other_over_http_refund_once(app, make_user, database_url):
+    """20 full refunds of one charge at once, and 20 partial refunds of 2 of a charge of 7."""
+    admin, user = make_user(admin=True), make_user(credits=20)
+    hold = credit_service.reserve(user.id, 7, GEN)
+    credit_service.settle(hold, 7)
+    other = credit_service.reserve(user.id, 7, GEN)
+    credit_service.settle(other, 7)
+    env = server_env(database_url)
+    with gunicorn(env, workers=4, threads=2) as server:
+        def refund(i, hold_id, body):
+            with requests.Session() as http:
+                response = http.post(f"{server.url}/api/admin/charges/{hold_id}/refund", json=body,
+                                     headers=admin.headers, timeout=60)
+                return response.status_code, response.json().get("error")
+
+        full = fire_together(20, lambda i: refund(i, hold.hold_id, {"reason": "race"}))
+        partial = fire_together(20, lambda i: refund(i, other.hold_id, {"reason": "race", "amount": 2}))
+    print(f"\n[figures] 20 full refunds at once: {full.count((200, None))} x 200; "
+          f"20 partial refunds of 2 from 7: {partial.count((200, None))} x 200")
+    assert full.count((200, None)) == 1 and full.count((409, "already_refunded")) == 19
+    assert partial.count((200, None)) == 3  # 2 + 2 + 2; the last 1 cannot take 2
+    assert set(partial) == {(200, None), (409, "refund_exceeds_charge")}
+    assert credit_service.get_credit_balance(user.id).generation_credits == 6 + 7 + 6
+    assert credit_service.verify() == []

@@ -38,7 +38,7 @@ class Blueprint(flask_smorest.Blueprint):
 class IdConverter(BaseConverter):
     """`<id:name>`: a positive id in canonical ASCII decimal (not "007", " 7" or "٧")."""
 
-    regex = r"[1-9][0-9]{0,18}"
+    regex = r"[1-9][0-9]{0,17}"  # at most 18 digits: always inside a 64-bit id
 
     def to_python(self, value: str) -> int:
         return int(value)

@@ -10,8 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from ..exceptions import GenerationFailed, InvalidCredentials, InvalidIdentity, NotAdmin, UsernameTaken
 from ..ledger.errors import (
-    IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, ReferenceConflict, ReservationExpired,
-    UnknownUser,
+    AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge,
+    ReferenceConflict, RefundExceedsCharge, ReservationExpired, UnknownCharge, UnknownLot, UnknownUser,
 )
 
 HTTP_CODES = {
@@ -35,6 +35,11 @@ DOMAIN_ERRORS = {
     InvalidIdentity: (401, "invalid_token"),
     NotAdmin: (403, "forbidden"),
     UnknownUser: (404, "unknown_user"),
+    UnknownCharge: (404, "unknown_charge"),
+    UnknownLot: (404, "unknown_lot"),
+    NotACharge: (409, "not_a_charge"),
+    AlreadyRefunded: (409, "already_refunded"),
+    LotAlreadyVoided: (409, "lot_voided"),
     UsernameTaken: (409, "username_taken"),
     IdempotencyKeyInUse: (409, "idempotency_key_in_use"),
     ReferenceConflict: (409, "reference_conflict"),
@@ -82,6 +87,13 @@ def handle_insufficient_credits(exc: InsufficientCredits):
     )
 
 
+def handle_refund_exceeds_charge(exc: RefundExceedsCharge):
+    return error_response(
+        409, "refund_exceeds_charge", f"{exc.asked} asked, {exc.refundable} left to refund.",
+        refundable=exc.refundable,
+    )
+
+
 def handle_validation_error(exc: ValidationError):
     """A schema loaded inside a view (rather than with @blp.arguments) fails the same way."""
     return error_response(
@@ -101,6 +113,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(InsufficientCredits, handle_insufficient_credits)
+    app.register_error_handler(RefundExceedsCharge, handle_refund_exceeds_charge)
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))
 

@@ -142,7 +142,7 @@ class TransactionSchema(Schema):
     id = fields.Integer(dump_only=True)
     credit_type = fields.String(dump_only=True)
     kind = fields.String(dump_only=True, metadata={
-        "description": "grant, hold, settle, release, expire or charge"})
+        "description": "grant, hold, settle, release, expire, charge, refund or void"})
     amount = fields.Integer(dump_only=True, metadata={"description": "change of the spendable balance"})
     held_change = fields.Integer(dump_only=True, metadata={"description": "change of the reserved credits"})
     balance_after = fields.Integer(dump_only=True)
@@ -213,6 +213,44 @@ class GrantRecordSchema(Schema):
 class GrantResultSchema(BalanceSchema):
     user_id = fields.Integer(dump_only=True)
     grant = fields.Nested(GrantRecordSchema, dump_only=True)
+    lot = fields.Nested(LotSchema, dump_only=True)
+
+
+class RefundSchema(Schema):
+    amount = StrictInteger(load_default=None, validate=validate.Range(min=1, max=MAX_AMOUNT), metadata={
+        "description": "what to give back; all that is left to refund when absent"})
+    reason = _text(255)
+
+
+class RefundedPartSchema(Schema):
+    lot_id = fields.Integer(dump_only=True)
+    amount = fields.Integer(dump_only=True)
+    lapsed = fields.Boolean(dump_only=True, metadata={
+        "description": "the lot had expired or was voided: the credits went again at once"})
+
+
+class RefundRecordSchema(Schema):
+    hold_id = fields.Integer(dump_only=True)
+    credit_type = fields.String(dump_only=True)
+    amount = fields.Integer(dump_only=True)
+    charged = fields.Integer(dump_only=True)
+    refunded_total = fields.Integer(dump_only=True)
+    refundable = fields.Integer(dump_only=True)
+    lots = fields.List(fields.Nested(RefundedPartSchema), dump_only=True)
+
+
+class RefundResultSchema(BalanceSchema):
+    user_id = fields.Integer(dump_only=True)
+    refund = fields.Nested(RefundRecordSchema, dump_only=True)
+
+
+class VoidSchema(Schema):
+    reason = _text(255)
+
+
+class VoidResultSchema(BalanceSchema):
+    user_id = fields.Integer(dump_only=True)
+    voided = fields.Integer(dump_only=True, metadata={"description": "credits removed now"})
     lot = fields.Nested(LotSchema, dump_only=True)
 
 

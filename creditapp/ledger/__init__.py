@@ -12,18 +12,23 @@ Vocabulary (one word per idea, in code, API, README and tests):
 - **grant**: credits added to an account; a grant's `reference` is unique per user.
 - **ledger entry**: one row per change, append-only; `verify` proves the accounts, the open holds
   and the entries agree.
+- **lot**: the credits of one grant, spent in a fixed order (lowest priority, earliest expiry,
+  oldest); a hold's **receipt** says which lots it drew from.
+- **charge**: a settled hold; a **refund** gives (part of) it back to its lots; a **void**
+  removes what nobody holds of a lot.
 - **key**: a client's Idempotency-Key, bound to the hold of the request that claimed it.
 """
 from .errors import (
-    IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, ReferenceConflict,
-    ReservationExpired, UnknownUser,
+    AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, LotAlreadyVoided,
+    NotACharge, ReferenceConflict, RefundExceedsCharge, ReservationExpired, UnknownCharge, UnknownLot, UnknownUser,
 )
 from .service import CreditService, Discrepancy, credit_service
 from .transactions import database
-from .types import Balance, CreditType, Grant, Reservation
+from .types import Balance, CreditType, Grant, Refund, Reservation
 
 __all__ = [
-    "Balance", "CreditService", "CreditType", "Discrepancy", "Grant", "IdempotencyKeyInUse",
-    "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "ReferenceConflict", "Reservation",
-    "ReservationExpired", "UnknownUser", "credit_service", "database",
+    "AlreadyRefunded", "Balance", "CreditService", "CreditType", "Discrepancy", "Grant", "IdempotencyKeyInUse",
+    "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided", "NotACharge",
+    "ReferenceConflict", "Refund", "RefundExceedsCharge", "Reservation", "ReservationExpired", "UnknownCharge",
+    "UnknownLot", "UnknownUser", "credit_service", "database",
 ]

@@ -33,3 +33,31 @@ class IdempotencyKeyReused(LedgerError):
 
 class IdempotencyKeyInUse(LedgerError):
     """A request with the same Idempotency-Key has not finished yet."""
+
+
+class UnknownCharge(LedgerError):
+    """No hold has that id."""
+
+
+class NotACharge(LedgerError):
+    """The hold charged nothing (it is open, was released or expired): there is nothing to refund."""
+
+
+class AlreadyRefunded(LedgerError):
+    """Everything the charge took has been refunded already."""
+
+
+class RefundExceedsCharge(LedgerError):
+    """The refund asks for more than is left to refund of the charge."""
+
+    def __init__(self, asked: int, refundable: int):
+        super().__init__(f"{asked} asked, {refundable} left to refund")
+        self.asked, self.refundable = asked, refundable
+
+
+class UnknownLot(LedgerError):
+    """No lot has that id."""
+
+
+class LotAlreadyVoided(LedgerError):
+    """The lot was voided before."""

@@ -75,7 +75,17 @@ class Ending:
 
     settled: list[Part]
     released: list[Part]  # back to a lot that can still be spent
-    lapsed: list[Part]  # back to a lot that has expired or was voided: gone at once
+    lapsed: list[Part]  # back to a lot that has expired: gone at once
+    voided: list[Part]  # back to a lot that was voided: gone at once
+
+
+def dead(row, now: datetime) -> str | None:
+    """Why credits given back to this lot cannot be spent again: "void", "expire", or None."""
+    if row.voided_at is not None:
+        return "void"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expire"
+    return None
 
 
 def create(session, *, user_id: int, credit_type: str, amount: int, priority: int,
@@ -129,19 +139,19 @@ def record_receipt(session, hold_id: int, parts: list[Part], *, grow: bool = Fal
 
 def end_hold(session, hold_id: int, charge: int, now: datetime) -> Ending:
     """Consume `charge` from the hold's receipt in spending order and give back the rest."""
-    ending, left = Ending([], [], []), charge
+    ending, left = Ending([], [], [], []), charge
     for row in session.execute(RECEIPT, {"p_hold": hold_id}).all():
         take = min(left, row.amount)
         left -= take
         back = row.amount - take
-        gone_at_once = row.voided_at is not None or (row.expires_at is not None and row.expires_at <= now)
+        gone = dead(row, now)
         session.execute(END_HELD, {"p_lot": row.lot_id, "p_held": row.amount,
-                                   "p_gone": take + (back if gone_at_once else 0)})
+                                   "p_gone": take + (back if gone else 0)})
         if take:
             session.execute(SET_SETTLED, {"p_hold": hold_id, "p_lot": row.lot_id, "p_n": take})
             ending.settled.append(Part(row.lot_id, take))
         if back:
-            (ending.lapsed if gone_at_once else ending.released).append(Part(row.lot_id, back))
+            {"void": ending.voided, "expire": ending.lapsed, None: ending.released}[gone].append(Part(row.lot_id, back))
     if left:
         raise RuntimeError(f"hold {hold_id} cannot settle {charge}: its receipt holds {charge - left} less")
     return ending
@@ -191,3 +201,39 @@ def expiring(session, user_id: int, now: datetime, limit: int) -> list[dict]:
 
 def one(session, lot_id: int):
     return session.execute(select(LOTS).where(LOTS.c.id == lot_id)).one_or_none()
+
+
+REFUNDABLE = (
+    select(RECEIPTS.c.lot_id, (RECEIPTS.c.settled - RECEIPTS.c.refunded).label("refundable"),
+           LOTS.c.expires_at, LOTS.c.voided_at)
+    .join(LOTS, LOTS.c.id == RECEIPTS.c.lot_id)
+    .where(RECEIPTS.c.hold_id == bindparam("p_hold"), RECEIPTS.c.settled > RECEIPTS.c.refunded)
+    .order_by(*(column.desc() for column in SPENDING_ORDER))
+)
+ADD_REFUNDED = update(RECEIPTS).where(
+    RECEIPTS.c.hold_id == bindparam("p_hold"), RECEIPTS.c.lot_id == bindparam("p_lot")
+).values(refunded=RECEIPTS.c.refunded + bindparam("p_n"))
+GIVE_BACK = update(LOTS).where(LOTS.c.id == bindparam("p_lot")).values(remaining=LOTS.c.remaining + bindparam("p_n"))
+
+
+def refund(session, hold_id: int, amount: int, now: datetime) -> list[tuple[Part, str | None]]:
+    """Give `amount` of a charge back to the lots it was taken from, undoing it from its end (the
+    lot spent last gets its credits back first). A part whose lot has since expired or been voided
+    comes back and goes at once: returns each part with "expire"/"void" for those, None otherwise."""
+    parts, left = [], amount
+    for row in session.execute(REFUNDABLE, {"p_hold": hold_id}).all():
+        give = min(left, row.refundable)
+        session.execute(ADD_REFUNDED, {"p_hold": hold_id, "p_lot": row.lot_id, "p_n": give})
+        gone = dead(row, now)
+        if gone is None:
+            session.execute(GIVE_BACK, {"p_lot": row.lot_id, "p_n": give})
+        parts.append((Part(row.lot_id, give), gone))
+        left -= give
+        if not left:
+            return parts
+    raise RuntimeError(f"hold {hold_id} has {amount - left} less to refund than it says")
+
+
+VOID = update(LOTS).where(LOTS.c.id == bindparam("p_lot"), LOTS.c.voided_at.is_(None)).values(
+    voided_at=bindparam("p_now"), remaining=LOTS.c.held)
+LOCK_LOT = select(LOTS).where(LOTS.c.id == bindparam("p_lot")).with_for_update()

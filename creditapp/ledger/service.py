@@ -24,13 +24,13 @@ from .transactions import atomic, read, retry_conflicts
 from . import keys as idempotency
 from . import lots
 from .errors import (
-    IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, ReferenceConflict, ReservationExpired,
-    UnknownUser,
+    AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge,
+    ReferenceConflict, RefundExceedsCharge, ReservationExpired, UnknownCharge, UnknownLot, UnknownUser,
 )
 from .tables import MAX_AMOUNT
 from . import statements as sql
 from .statements import ACCOUNTS, HOLDS, LEDGER
-from .types import Balance, CreditType, Grant, Reservation
+from .types import Balance, CreditType, Grant, Refund, Reservation
 
 _active_reservations: ContextVar[tuple[Reservation, ...]] = ContextVar(
     "creditapp_active_reservations", default=()
@@ -335,6 +335,74 @@ class CreditService:
         return now + timedelta(seconds=self.idempotency_ttl_seconds)
 
     @retry_conflicts
+    def refund(self, hold_id: int, amount: int | None = None, *, reason: str,
+               also: Callable[[Session, Refund], None] | None = None) -> Refund:
+        """Give back all (`amount` None) or part of what a settled hold charged, to the lots it came
+        from, in one transaction; `also(session, refund)` runs in it (to store an answer).
+
+        Raises UnknownCharge, NotACharge (it charged nothing), AlreadyRefunded (nothing is left to
+        refund) or RefundExceedsCharge; a refund never gives back more than was charged, however
+        many run at once: they queue on the account's lock."""
+        if amount is not None:
+            amount = _amount(amount)
+        with atomic() as session:
+            found = session.execute(sql.HOLD_ACCOUNT, {"p_hold": hold_id}).one_or_none()
+            if found is None:
+                raise UnknownCharge(f"no charge with id {hold_id}")
+            credit_type = CreditType(found.credit_type)
+            self._lock_account(session, found.user_id, credit_type)
+            hold = session.execute(sql.LOCK_HOLD_FOR_REFUND, {"p_hold": hold_id}).one()
+            if hold.status != "settled" or hold.settled_amount == 0:
+                raise NotACharge(f"hold {hold_id} charged nothing ({hold.status})")
+            refundable = hold.settled_amount - hold.refunded_amount
+            if refundable == 0:
+                raise AlreadyRefunded(f"charge {hold_id} was refunded in full")
+            amount = refundable if amount is None else amount
+            if amount > refundable:
+                raise RefundExceedsCharge(amount, refundable)
+            now = utcnow()
+            parts = lots.refund(session, hold_id, amount, now)
+            session.execute(sql.ADD_REFUNDED, {"p_hold": hold_id, "p_n": amount})
+            changes = [("refund", part.lot_id, part.amount, 0) for part, _gone in parts]
+            changes += [(gone, part.lot_id, -part.amount, 0) for part, gone in parts if gone]
+            row = self._move(session, found.user_id, credit_type, sum(c[2] for c in changes), 0)
+            self._rows(session, found.user_id, credit_type, changes, row, hold_id=hold_id, reason=reason)
+            result = Refund(
+                hold_id=hold_id, user_id=found.user_id, credit_type=credit_type, amount=amount,
+                refunded_total=hold.refunded_amount + amount, charged=hold.settled_amount,
+                lots=[{"lot_id": part.lot_id, "amount": part.amount, "lapsed": gone is not None}
+                      for part, gone in parts],
+                balance=self._spendable(session, found.user_id, now),
+            )
+            if also is not None:
+                also(session, result)
+        return result
+
+    @retry_conflicts
+    def void_lot(self, lot_id: int, *, reason: str) -> dict:
+        """Remove what is left of a lot that nobody holds (a payment was reversed). Credits of it
+        that holds have set aside stay with them: what they settle is spent, what they give back
+        is voided then. Raises UnknownLot or LotAlreadyVoided."""
+        with atomic() as session:
+            found = lots.one(session, lot_id)
+            if found is None:
+                raise UnknownLot(f"no lot with id {lot_id}")
+            credit_type = CreditType(found.credit_type)
+            self._lock_account(session, found.user_id, credit_type)
+            now = utcnow()
+            self._expire_lots(session, found.user_id, credit_type, now)  # what expired is not voided
+            lot = session.execute(lots.LOCK_LOT, {"p_lot": lot_id}).one()
+            if lot.voided_at is not None:
+                raise LotAlreadyVoided(f"lot {lot_id} was voided at {lot.voided_at.isoformat()}")
+            free = lot.remaining - lot.held
+            session.execute(lots.VOID, {"p_lot": lot_id, "p_now": now})
+            if free:
+                row = self._move(session, found.user_id, credit_type, -free, 0)
+                self._rows(session, found.user_id, credit_type, [("void", lot_id, -free, 0)], row, reason=reason)
+            return {"lot": lots.describe(lots.one(session, lot_id), now), "voided": free,
+                    "user_id": found.user_id, "balance": self._spendable(session, found.user_id, now)}
+
+    @retry_conflicts
     def release_expired(self, now: datetime | None = None) -> int:
         """Give back every hold past its expiry and write off every lot past its expiry (for
         cron: it tidies up, the writes that depend on either decide by the clock anyway).
@@ -478,12 +546,14 @@ class CreditService:
             if r.held != r.receipts:
                 problems.append(Discrepancy(r.user_id, r.credit_type, f"lot {r.id} held (open holds' receipts)",
                                             r.held, r.receipts))
-        receipts = select(R.c.hold_id, func.sum(R.c.amount).label("amount"),
-                          func.sum(R.c.settled).label("settled")).group_by(R.c.hold_id).subquery()
+        receipts = select(R.c.hold_id, func.sum(R.c.amount).label("amount"), func.sum(R.c.settled).label("settled"),
+                          func.sum(R.c.refunded).label("refunded")).group_by(R.c.hold_id).subquery()
         for r in session.execute(
             select(HOLDS.c.id, HOLDS.c.user_id, HOLDS.c.credit_type, HOLDS.c.status, HOLDS.c.amount,
-                   HOLDS.c.settled_amount, func.coalesce(receipts.c.amount, 0).label("drawn"),
-                   func.coalesce(receipts.c.settled, 0).label("settled"))
+                   HOLDS.c.settled_amount, HOLDS.c.refunded_amount,
+                   func.coalesce(receipts.c.amount, 0).label("drawn"),
+                   func.coalesce(receipts.c.settled, 0).label("settled"),
+                   func.coalesce(receipts.c.refunded, 0).label("refunded"))
             .outerjoin(receipts, receipts.c.hold_id == HOLDS.c.id)
             .where(or_(HOLDS.c.status == "open", receipts.c.hold_id.is_not(None)))
             .order_by(HOLDS.c.id)
@@ -493,6 +563,9 @@ class CreditService:
             if r.settled != r.settled_amount:
                 problems.append(Discrepancy(r.user_id, r.credit_type, f"hold {r.id} settled from lots", r.settled,
                                             r.settled_amount))
+            if r.refunded != r.refunded_amount:
+                problems.append(Discrepancy(r.user_id, r.credit_type, f"hold {r.id} refunded to lots", r.refunded,
+                                            r.refunded_amount))
         return problems
 
     def _double_charges(self, session) -> list[Discrepancy]:
@@ -611,6 +684,7 @@ class CreditService:
             [("settle", p.lot_id, 0, -p.amount) for p in ending.settled]
             + [(back, p.lot_id, p.amount, -p.amount) for p in ending.released]
             + [("expire", p.lot_id, 0, -p.amount) for p in ending.lapsed]
+            + [("void", p.lot_id, 0, -p.amount) for p in ending.voided]
         )
         row = self._move(session, user_id, credit_type, sum(c[2] for c in changes), sum(c[3] for c in changes))
         self._rows(session, user_id, credit_type, changes, row, hold_id=hold_id, reason=reason)

@@ -74,3 +74,16 @@ EXPIRED_HOLDS = (
 )
 
 HOLD_STATUS = select(HOLDS.c.status).where(HOLDS.c.id == bindparam("p_hold"))
+
+HOLD_ACCOUNT = select(HOLDS.c.user_id, HOLDS.c.credit_type).where(HOLDS.c.id == bindparam("p_hold"))
+
+LOCK_HOLD_FOR_REFUND = (
+    select(HOLDS.c.status, HOLDS.c.settled_amount, HOLDS.c.refunded_amount)
+    .where(HOLDS.c.id == bindparam("p_hold"))
+    .with_for_update()
+)
+
+ADD_REFUNDED = (
+    update(HOLDS).where(HOLDS.c.id == bindparam("p_hold"))
+    .values(refunded_amount=HOLDS.c.refunded_amount + bindparam("p_n"))
+)

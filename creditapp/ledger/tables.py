@@ -112,6 +112,9 @@ class CreditHold(Base):
     credit_type: Mapped[str] = mapped_column(String(32))
     amount: Mapped[int] = mapped_column(BigInteger)
     settled_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded_amount: Mapped[int] = mapped_column(
+        BigInteger, CheckConstraint("refunded_amount >= 0 AND refunded_amount <= settled_amount",
+                                    name="refunded_amount_in_range"), default=0)
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -133,7 +136,7 @@ class LedgerEntry(Base):
         CheckConstraint("held_after >= 0", name="held_after_not_negative"),
         CheckConstraint(_credit_type_check, name="credit_type_known"),
         CheckConstraint(
-            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge')",
+            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge', 'refund', 'void')",
             name="kind_known",
         ),
         # Keyset pagination of a user's history, newest first.
@@ -229,3 +232,5 @@ class CreditHoldLot(Base):
     lot_id: Mapped[int] = mapped_column(ForeignKey("credit_lots.id"), primary_key=True)
     amount: Mapped[int] = mapped_column(BigInteger)
     settled: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded: Mapped[int] = mapped_column(
+        BigInteger, CheckConstraint("refunded >= 0 AND refunded <= settled", name="refunded_in_range"), default=0)

@@ -54,3 +54,22 @@ class Grant:
     created: bool = True
     lot_id: int | None = None
     lot: dict | None = None  # the lot as it is now (see lots.describe)
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Credits of a charge given back: `lots` says which lots got how much (`lapsed` where the
+    lot had expired or was voided, so the credits went again at once)."""
+
+    hold_id: int
+    user_id: int
+    credit_type: CreditType
+    amount: int
+    refunded_total: int
+    charged: int
+    lots: list
+    balance: Balance
+
+    @property
+    def refundable(self) -> int:
+        return self.charged - self.refunded_total
