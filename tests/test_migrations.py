@@ -86,7 +86,8 @@ def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
 
     app = make_app(empty_database)
     with app.app_context():
-        upgrade(directory=MIGRATIONS, revision="0005_usernames_case_insensitive")
+        # 0003 was the head when lots were planned: the data is what the ledger wrote then.
+        upgrade(directory=MIGRATIONS, revision="0003_revoked_sessions")
         with db.engine.begin() as conn:
             _fill_before_lots(conn)
         upgrade(directory=MIGRATIONS)
@@ -104,8 +105,8 @@ def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
         credit_service.close(hold, succeeded=True)
         assert credit_service.get_credit_balance(1).generation_credits == 7
         assert credit_service.verify() == []
-        downgrade(directory=MIGRATIONS, revision="0005_usernames_case_insensitive")
-        assert revision(app) == "0005_usernames_case_insensitive"
+        downgrade(directory=MIGRATIONS, revision="0003_revoked_sessions")
+        assert revision(app) == "0003_revoked_sessions"
         with db.engine.connect() as conn:  # the ledger before lots still adds up, and is still append-only
             assert conn.execute(text("SELECT sum(amount) FROM ledger_entries WHERE user_id = 1 "
                                      "AND credit_type = 'generation_credits'")).scalar_one() == 7
