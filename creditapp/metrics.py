@@ -30,7 +30,7 @@ class CreditMetrics:
             "balance (403 after the AI call; nothing charged)", ["feature", "credit_type"], registry=registry,
         )
         self.open_holds = Gauge(
-            "creditapp_open_holds", "Reservations open in requests being served now",
+            "creditapp_open_holds", "Holds open in requests being served now",
             multiprocess_mode="livesum", registry=registry,
         )
         self.ai_seconds = Histogram(

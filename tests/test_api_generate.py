@@ -68,7 +68,7 @@ def test_too_few_credits_is_403_and_changes_nothing(client, make_user, stub, pat
     ("/api/ai/complete", {"prompt": "hi", "max_tokens": 4097}, "max_tokens"),
     ("/api/ai/complete", {"prompt": "hi"}, "max_tokens"),
 ])
-def test_invalid_input_is_422_before_any_reservation(client, make_user, stub, path, body, field):
+def test_invalid_input_is_422_before_any_hold(client, make_user, stub, path, body, field):
     user = make_user(credits=5, tokens=5000)
     before = ledger_size()
     response = client.post(path, json=body, headers=user.headers)

@@ -168,13 +168,13 @@ def test_credits_balance_of_an_unknown_user_is_refused(cli):
 
 def test_release_expired_gives_back_an_abandoned_hold(cli, make_user):
     user = make_user(credits=5)
-    reservation = credit_service.reserve(user.id, 3, CreditType.GENERATION_CREDITS)
+    hold = credit_service.reserve(user.id, 3, CreditType.GENERATION_CREDITS)
     assert balance(user.id)[0] == 2
     assert "released 0 " in cli("credits", "release-expired").output  # not yet expired
     with atomic() as session:
         session.execute(
             update(CreditHold)
-            .where(CreditHold.id == reservation.hold_id)
+            .where(CreditHold.id == hold.hold_id)
             .values(expires_at=utcnow() - timedelta(minutes=1))
         )
 

@@ -19,11 +19,11 @@ def test_threads_cannot_reserve_more_than_the_balance(app, make_user):
     def spend(_):
         with app.app_context():
             try:
-                reservation = credit_service.reserve(user.id, 1, GEN)
+                hold = credit_service.reserve(user.id, 1, GEN)
             except InsufficientCredits:
                 return "refused"
-            credit_service.settle(reservation, 1)
-            credit_service.close(reservation, succeeded=True)
+            credit_service.settle(hold, 1)
+            credit_service.close(hold, succeeded=True)
             return "paid"
 
     results = fire_together(40, spend)

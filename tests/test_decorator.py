@@ -163,7 +163,7 @@ def test_credit_info(client, make_user):
     ("/example/error-status", 503),
     ("/example/never-deducts", 200),
 ])
-def test_unsettled_reservation_is_given_back(client, make_user, path, status):
+def test_unsettled_hold_is_given_back(client, make_user, path, status):
     user = make_user(credits=1)
     response = client.post(path, headers=user.headers)
     assert response.status_code == status

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from creditapp.ai import StubAIProvider, set_provider
 from creditapp.credits import CreditType, credit_service
 from creditapp.ledger.transactions import atomic
-from creditapp.ledger import ReservationExpired
+from creditapp.ledger import HoldExpired
 from creditapp.ledger.tables import CreditHold, LedgerEntry
 
 GEN = CreditType.GENERATION_CREDITS
@@ -57,7 +57,7 @@ def test_from_its_expiry_on_a_hold_cannot_be_settled_though_no_sweep_ran(make_us
     user = make_user(credits=2)
     hold = charged_hold(user)
     manual_clock.advance(ttl)  # exactly expires_at
-    with pytest.raises(ReservationExpired):
+    with pytest.raises(HoldExpired):
         credit_service.close(hold, succeeded=True)
     assert credits(user) == 2
     assert kinds(user) == ["grant", "hold", "expire"]
@@ -116,7 +116,7 @@ def test_a_retry_that_frees_the_key_ends_the_first_attempts_hold(make_user, manu
     manual_clock.advance(ttl + 1)
     assert credit_service.replay_or_free(user.id, "k", "f") is None  # the retry may run
     assert credit_service.hold_status(first.hold_id) == "expired"  # ended with the key's release
-    with pytest.raises(ReservationExpired):
+    with pytest.raises(HoldExpired):
         credit_service.close(first, succeeded=True, answer=(200, "{}"))
     retry = charged_hold_with_key(user, "k", "f")
     credit_service.close(retry, succeeded=True, answer=(200, "{}"))
@@ -272,7 +272,7 @@ def test_a_close_that_waited_for_the_account_lock_past_the_expiry_charges_nothin
         lock.wait_for_a_waiter()
         manual_clock.advance(ttl)  # the hold ends while its close waits
     closing.join(30)
-    assert isinstance(result.get("error"), ReservationExpired), result
+    assert isinstance(result.get("error"), HoldExpired), result
     assert credits(user) == 1
     assert credit_service.verify() == []
 

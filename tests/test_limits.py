@@ -77,7 +77,7 @@ def test_invalid_attempts_count_too(limited_app):
     assert_429(client.post("/api/auth/register", json={"username": "valid", "password": "long-password"}))
 
 
-def test_paid_routes_are_limited_per_user_before_any_reservation(limited_app):
+def test_paid_routes_are_limited_per_user_before_any_hold(limited_app):
     client = limited_app.test_client()
     alice, bob = make_user(limited_app, "alice", credits=10), make_user(limited_app, "bob", credits=10)
     for _ in range(2):

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 )
 
 from creditapp.ledger import (
-    AlreadyRefunded, CreditType, InsufficientCredits, ReservationExpired, credit_service,
+    AlreadyRefunded, CreditType, InsufficientCredits, HoldExpired, credit_service,
 )
 from creditapp.ledger.lots import LOTS
 from creditapp.ledger.transactions import atomic
@@ -120,7 +120,7 @@ def lot_machine(make_user, clock, hold_ttl: int) -> type[RuleBasedStateMachine]:
                     credit_service.deduct_credits(self.user.id, charged, GEN)
             try:
                 credit_service.close(hold, succeeded=outcome != "fails")
-            except ReservationExpired:
+            except HoldExpired:
                 assert outcome == "outlives its hold" and charged
                 event("hold expired")
                 charged = 0

@@ -82,7 +82,7 @@ def _fill_before_lots(conn) -> None:
 
 
 def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
-    from creditapp.ledger import CreditType, Reservation, credit_service
+    from creditapp.ledger import CreditType, Hold, credit_service
 
     app = make_app(empty_database)
     with app.app_context():
@@ -100,7 +100,7 @@ def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
             (1, "generation_credits", 8, 8, 3, "migration", None), (2, "ai_tokens", 4, 4, 0, "migration", None)]
         assert [tuple(r) for r in receipts] == [(2, 3)]
         # The open hold settles from its receipt on the migrated lot.
-        hold = Reservation(hold_id=2, user_id=1, credit_type=CreditType.GENERATION_CREDITS, amount=3,
+        hold = Hold(hold_id=2, user_id=1, credit_type=CreditType.GENERATION_CREDITS, amount=3,
                            available_before=8, available_after=5, pending=1)
         credit_service.close(hold, succeeded=True)
         assert credit_service.get_credit_balance(1).generation_credits == 7

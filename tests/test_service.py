@@ -8,7 +8,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 from creditapp.credits import CreditType, InsufficientCredits, credit_service
 from creditapp.ledger.clock import utcnow
 from creditapp.ledger.transactions import atomic
-from creditapp.ledger import ReservationExpired, UnknownUser
+from creditapp.ledger import HoldExpired, UnknownUser
 from creditapp.ledger.tables import CreditHold, LedgerEntry
 
 GEN, TOK = CreditType.GENERATION_CREDITS, CreditType.AI_TOKENS
@@ -39,7 +39,7 @@ def test_signup_grant_is_in_the_ledger(make_user):
     assert credit_service.verify() == []
 
 
-def test_add_then_deduct_without_reservation(make_user):
+def test_add_then_deduct_without_a_hold(make_user):
     user = make_user()
     assert credit_service.add_credits(user.id, 5, GEN, reason="test").generation_credits == 5
     assert credit_service.deduct_credits(user.id, 2, "generation_credits").generation_credits == 3
@@ -84,13 +84,13 @@ def test_deduct_more_than_balance_raises_and_changes_nothing(make_user):
 
 def test_reserve_holds_credits_and_settle_consumes_them(make_user):
     user = make_user(credits=3)
-    reservation = credit_service.reserve(user.id, 2, GEN)
-    assert (reservation.available_before, reservation.available_after) == (3, 1)
+    hold = credit_service.reserve(user.id, 2, GEN)
+    assert (hold.available_before, hold.available_after) == (3, 1)
     assert credit_service.get_credit_balance(user.id).generation_credits == 1
-    with credit_service.activate(reservation):
+    with credit_service.activate(hold):
         balance = credit_service.deduct_credits(user.id, 2, GEN)
     assert balance.generation_credits == 1
-    credit_service.close(reservation, succeeded=True)
+    credit_service.close(hold, succeeded=True)
     assert credit_service.get_credit_balance(user.id).generation_credits == 1
     assert holds(user.id) == [("settled", 2, 2)]
     assert ledger(user.id)[1:] == [("hold", "generation_credits", -2, 2), ("settle", "generation_credits", 0, -2)]
@@ -99,8 +99,8 @@ def test_reserve_holds_credits_and_settle_consumes_them(make_user):
 
 def test_settle_less_than_reserved_gives_back_the_rest(make_user):
     user = make_user(tokens=100)
-    reservation = credit_service.reserve(user.id, 60, TOK)
-    balance = credit_service.settle(reservation, 25)
+    hold = credit_service.reserve(user.id, 60, TOK)
+    balance = credit_service.settle(hold, 25)
     assert balance.ai_tokens == 75
     assert ledger(user.id)[1:] == [
         ("hold", "ai_tokens", -60, 60), ("settle", "ai_tokens", 0, -25), ("release", "ai_tokens", 35, -35),
@@ -110,8 +110,8 @@ def test_settle_less_than_reserved_gives_back_the_rest(make_user):
 
 def test_settle_more_than_reserved_takes_the_difference(make_user):
     user = make_user(tokens=100)
-    reservation = credit_service.reserve(user.id, 30, TOK)
-    assert credit_service.settle(reservation, 50).ai_tokens == 50
+    hold = credit_service.reserve(user.id, 30, TOK)
+    assert credit_service.settle(hold, 50).ai_tokens == 50
     assert holds(user.id) == [("settled", 50, 50)]
     assert [row.kind for row in ledger(user.id)] == ["grant", "hold", "hold", "settle"]
     assert credit_service.verify() == []
@@ -119,12 +119,12 @@ def test_settle_more_than_reserved_takes_the_difference(make_user):
 
 def test_settle_more_than_can_be_paid_raises_and_keeps_the_hold(make_user):
     user = make_user(tokens=40)
-    reservation = credit_service.reserve(user.id, 30, TOK)
+    hold = credit_service.reserve(user.id, 30, TOK)
     with pytest.raises(InsufficientCredits) as info:
-        credit_service.settle(reservation, 50)
+        credit_service.settle(hold, 50)
     assert (info.value.required, info.value.available) == (50, 40)
     assert holds(user.id) == [("open", 30, 0)]
-    credit_service.close(reservation, succeeded=False)
+    credit_service.close(hold, succeeded=False)
     assert credit_service.get_credit_balance(user.id).ai_tokens == 40
     assert credit_service.verify() == []
 
@@ -140,52 +140,52 @@ def test_reserve_refuses_more_than_available_and_holds_nothing(make_user):
 
 def test_close_without_settle_releases(make_user):
     user = make_user(credits=2)
-    reservation = credit_service.reserve(user.id, 2, GEN)
-    credit_service.close(reservation, succeeded=True)
-    credit_service.close(reservation, succeeded=True)  # closing twice gives back once
+    hold = credit_service.reserve(user.id, 2, GEN)
+    credit_service.close(hold, succeeded=True)
+    credit_service.close(hold, succeeded=True)  # closing twice gives back once
     assert credit_service.get_credit_balance(user.id).generation_credits == 2
     assert holds(user.id) == [("released", 2, 0)]
     assert credit_service.verify() == []
 
 
-def test_charge_inside_a_reservation_commits_only_on_success(make_user):
+def test_charge_inside_a_hold_commits_only_on_success(make_user):
     user = make_user(tokens=100)
-    reservation = credit_service.reserve(user.id, 60, TOK)
-    with credit_service.activate(reservation):
+    hold = credit_service.reserve(user.id, 60, TOK)
+    with credit_service.activate(hold):
         # The balance answered already counts the 35 that the close will give back.
         assert credit_service.deduct_credits(user.id, 25, TOK).ai_tokens == 75
     assert credit_service.get_credit_balance(user.id).ai_tokens == 40
     assert holds(user.id) == [("open", 60, 0)]
-    credit_service.close(reservation, succeeded=True)
+    credit_service.close(hold, succeeded=True)
     assert credit_service.get_credit_balance(user.id).ai_tokens == 75
     assert holds(user.id) == [("settled", 60, 25)]
     assert credit_service.verify() == []
 
 
-def test_charge_inside_a_failed_reservation_is_never_committed(make_user):
+def test_charge_inside_a_failed_hold_is_never_committed(make_user):
     user = make_user(credits=2)
-    reservation = credit_service.reserve(user.id, 1, GEN)
-    with credit_service.activate(reservation):
+    hold = credit_service.reserve(user.id, 1, GEN)
+    with credit_service.activate(hold):
         credit_service.deduct_credits(user.id, 1, GEN)
-    credit_service.close(reservation, succeeded=False)
+    credit_service.close(hold, succeeded=False)
     assert credit_service.get_credit_balance(user.id).generation_credits == 2
     assert holds(user.id) == [("released", 1, 0)]
     assert [row.kind for row in ledger(user.id)] == ["grant", "hold", "release"]
     assert credit_service.verify() == []
 
 
-def test_two_charges_in_one_reservation_add_up(make_user):
+def test_two_charges_in_one_hold_add_up(make_user):
     user = make_user(tokens=100)
-    reservation = credit_service.reserve(user.id, 10, TOK)
-    with credit_service.activate(reservation):
+    hold = credit_service.reserve(user.id, 10, TOK)
+    with credit_service.activate(hold):
         credit_service.deduct_credits(user.id, 6, TOK)
         assert credit_service.deduct_credits(user.id, 6, TOK).ai_tokens == 88
-    credit_service.close(reservation, succeeded=True)
+    credit_service.close(hold, succeeded=True)
     assert credit_service.get_credit_balance(user.id).ai_tokens == 88
     assert credit_service.verify() == []
 
 
-def test_deduct_settles_only_the_matching_reservation(make_user):
+def test_deduct_settles_only_the_matching_hold(make_user):
     user = make_user(credits=5, tokens=50)
     tokens = credit_service.reserve(user.id, 10, TOK)
     with credit_service.activate(tokens):
@@ -216,7 +216,7 @@ def test_release_expired_gives_back_abandoned_holds(make_user):
     assert credit_service.verify() == []
 
 
-def test_next_reservation_sweeps_expired_holds_of_its_account(make_user):
+def test_next_hold_sweeps_expired_holds_of_its_account(make_user):
     user = make_user(credits=1)
     credit_service.reserve(user.id, 1, GEN)
     _age_holds(user.id, 1)
@@ -229,8 +229,8 @@ def test_every_ledger_row_records_the_state_it_left(make_user):
     user = make_user(credits=3)
     credit_service.reserve(user.id, 2, GEN)
     _age_holds(user.id, 1)
-    reservation = credit_service.reserve(user.id, 1, GEN)  # sweeps the expired hold on the way
-    assert (reservation.available_before, reservation.available_after) == (3, 2)
+    hold = credit_service.reserve(user.id, 1, GEN)  # sweeps the expired hold on the way
+    assert (hold.available_before, hold.available_after) == (3, 2)
     with atomic(write=False) as session:
         rows = session.execute(
             select(LedgerEntry.kind, LedgerEntry.balance_after, LedgerEntry.held_after)
@@ -242,11 +242,11 @@ def test_every_ledger_row_records_the_state_it_left(make_user):
 
 def test_settle_after_expiry_charges_nothing(make_user):
     user = make_user(credits=2)
-    reservation = credit_service.reserve(user.id, 1, GEN)
+    hold = credit_service.reserve(user.id, 1, GEN)
     _age_holds(user.id, 1)
     credit_service.release_expired()
-    with pytest.raises(ReservationExpired):
-        credit_service.settle(reservation, 1)
+    with pytest.raises(HoldExpired):
+        credit_service.settle(hold, 1)
     assert credit_service.get_credit_balance(user.id).generation_credits == 2
     assert [row.kind for row in ledger(user.id)] == ["grant", "hold", "expire"]
     assert credit_service.verify() == []
@@ -265,7 +265,7 @@ def test_work_that_outlived_its_hold_is_not_charged_beside_its_retry(make_user):
     credit_service.close(retry, succeeded=True, answer=(200, "{}"))
     with credit_service.activate(slow):
         credit_service.deduct_credits(user.id, 1, GEN)
-    with pytest.raises(ReservationExpired):
+    with pytest.raises(HoldExpired):
         credit_service.close(slow, succeeded=True, answer=(200, "{}"))
     assert credit_service.get_credit_balance(user.id).generation_credits == 2
     assert credit_service.verify() == []

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from ..exceptions import GenerationFailed, InvalidCredentials, InvalidIdentity, NotAdmin, UsernameTaken
 from ..ledger.errors import (
     AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge,
-    ReferenceConflict, RefundExceedsCharge, ReservationExpired, UnknownCharge, UnknownLot, UnknownUser,
+    ReferenceConflict, RefundExceedsCharge, HoldExpired, UnknownCharge, UnknownLot, UnknownUser,
 )
 
 HTTP_CODES = {
@@ -45,7 +45,7 @@ DOMAIN_ERRORS = {
     ReferenceConflict: (409, "reference_conflict"),
     IdempotencyKeyReused: (422, "idempotency_key_reused"),
     GenerationFailed: (502, "generation_failed"),
-    ReservationExpired: (503, "reservation_expired"),
+    HoldExpired: (503, "reservation_expired"),
 }
 
 

@@ -1,7 +1,7 @@
 """`require_credits`: the guard in front of every paid view.
 
 It reserves the credits before the view runs (so two requests can never both spend the last
-credit); the view's `deduct_credits` charges that reservation; when the request ends the charge
+credit); the view's `deduct_credits` charges that hold; when the request ends the charge
 is committed if the response succeeded, and everything is given back if it did not. With an
 `Idempotency-Key`, a retry replays the first answer and is not charged again.
 """
@@ -14,7 +14,7 @@ from flask import Response, after_this_request, current_app, g, request
 
 from ..auth import caller_must_exist, current_user_id, rate_limit_key
 from ..extensions import limiter
-from ..ledger import CreditType, InsufficientCredits, Reservation, ReservationExpired, credit_service
+from ..ledger import CreditType, InsufficientCredits, Hold, HoldExpired, credit_service
 from ..metrics import metrics
 from .errors import error_response
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -72,7 +72,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             required = amount(*args, **kwargs) if callable(amount) else amount
             try:
                 with caller_must_exist():
-                    reservation = credit_service.reserve(
+                    hold = credit_service.reserve(
                         user_id, required, credit_type, key=key, fingerprint=fingerprint,
                     )
             except InsufficientCredits:
@@ -81,29 +81,29 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 raise
             metrics().count("reserved", feature, credit_type.value, required)
             metrics().open_holds.inc()
-            g.credit_log.update(reserved=required, hold_id=reservation.hold_id)
+            g.credit_log.update(reserved=required, hold_id=hold.hold_id)
             g.credit_info = CreditInfo(
                 user_id=user_id, credit_type=credit_type, required=required,
-                available=reservation.available_before, hold_id=reservation.hold_id,
+                available=hold.available_before, hold_id=hold.hold_id,
             )
             answered = key is not None
 
             @after_this_request
-            def close_reservation(response):
-                return _close(reservation, response, answered)
+            def close_hold(response):
+                return _close(hold, response, answered)
 
             try:
-                with credit_service.activate(reservation):
+                with credit_service.activate(hold):
                     return view(*args, **kwargs)
             except InsufficientCredits:
                 # The work used more than was held and the rest of the balance could not cover
                 # it: the AI was already called, but an unpaid result is never handed out.
-                _close(reservation, None, answered)
+                _close(hold, None, answered)
                 metrics().usage_exceeded.labels(feature, credit_type.value).inc()
                 g.credit_log["outcome"] = "usage_exceeded_hold"
                 raise
             except Exception:
-                _close(reservation, None, answered)
+                _close(hold, None, answered)
                 raise
 
         return _documented(paid_limit(guarded), credit_type)
@@ -136,55 +136,55 @@ def _documented(view: Callable, credit_type: CreditType) -> Callable:
     return view
 
 
-def _close(reservation: Reservation, response: Response | None, answered: bool):
+def _close(hold: Hold, response: Response | None, answered: bool):
     """Commit the charge with the answer it paid for, or give everything back."""
-    if reservation.closed:
+    if hold.closed:
         return response
     succeeded = response is not None and response.status_code < 400
     answer = (response.status_code, response.get_data(as_text=True)) if succeeded and answered else None
     try:
-        credit_service.close(reservation, succeeded=succeeded, answer=answer)
-        _closed(reservation, charged=reservation.pending if succeeded else 0)
+        credit_service.close(hold, succeeded=succeeded, answer=answer)
+        _closed(hold, charged=hold.pending if succeeded else 0)
         return response
-    except ReservationExpired as exc:
+    except HoldExpired as exc:
         # The close ended the hold (or found it ended) and freed its key: nothing to give back.
         current_app.logger.warning("%s", exc)
-        _closed(reservation, charged=0)
+        _closed(hold, charged=0)
         g.credit_log["outcome"] = "reservation_expired"
         return error_response(503, "reservation_expired", "The request took too long; nothing was charged.")
     except Exception:
-        current_app.logger.exception("could not close credit hold %s", reservation.hold_id)
-        if succeeded and _settled_anyway(reservation):
-            _closed(reservation, charged=reservation.pending)
+        current_app.logger.exception("could not close credit hold %s", hold.hold_id)
+        if succeeded and _settled_anyway(hold):
+            _closed(hold, charged=hold.pending)
             return response
-    _give_back(reservation)
+    _give_back(hold)
     if not succeeded:
         return response
     # Not charged, so the result must not be handed out either.
     return error_response(503, "database_unavailable", "The charge could not be recorded; nothing was charged.")
 
 
-def _closed(reservation: Reservation, charged: int) -> None:
-    feature, credit_type = g.credit_log["feature"], reservation.credit_type.value
+def _closed(hold: Hold, charged: int) -> None:
+    feature, credit_type = g.credit_log["feature"], hold.credit_type.value
     metrics().count("charged", feature, credit_type, charged)
-    metrics().count("released", feature, credit_type, reservation.amount - charged)
+    metrics().count("released", feature, credit_type, hold.amount - charged)
     metrics().open_holds.dec()
     g.credit_log.update(charged=charged, outcome="charged" if charged else "not_charged")
 
 
-def _give_back(reservation: Reservation) -> None:
+def _give_back(hold: Hold) -> None:
     """Second try on a fresh connection; failing that, the hold expires after its TTL."""
     try:
-        credit_service.close(reservation, succeeded=False)
-        _closed(reservation, charged=0)
+        credit_service.close(hold, succeeded=False)
+        _closed(hold, charged=0)
     except Exception:
-        current_app.logger.exception("hold %s stays until it expires", reservation.hold_id)
+        current_app.logger.exception("hold %s stays until it expires", hold.hold_id)
         g.credit_log.update(charged=0, outcome="hold_left_to_expire")
 
 
-def _settled_anyway(reservation: Reservation) -> bool:
+def _settled_anyway(hold: Hold) -> bool:
     """A connection lost during COMMIT leaves it unknown whether the commit happened: ask."""
     try:
-        return credit_service.hold_status(reservation.hold_id) == "settled"
+        return credit_service.hold_status(hold.hold_id) == "settled"
     except Exception:
         return False

@@ -20,15 +20,15 @@ Vocabulary (one word per idea, in code, API, README and tests):
 """
 from .errors import (
     AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, LotAlreadyVoided,
-    NotACharge, ReferenceConflict, RefundExceedsCharge, ReservationExpired, UnknownCharge, UnknownLot, UnknownUser,
+    NotACharge, ReferenceConflict, RefundExceedsCharge, HoldExpired, UnknownCharge, UnknownLot, UnknownUser,
 )
 from .service import CreditService, Discrepancy, credit_service
 from .transactions import database
-from .types import Balance, CreditType, Grant, Refund, Reservation
+from .types import Balance, CreditType, Grant, Refund, Hold
 
 __all__ = [
     "AlreadyRefunded", "Balance", "CreditService", "CreditType", "Discrepancy", "Grant", "IdempotencyKeyInUse",
     "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided", "NotACharge",
-    "ReferenceConflict", "Refund", "RefundExceedsCharge", "Reservation", "ReservationExpired", "UnknownCharge",
+    "ReferenceConflict", "Refund", "RefundExceedsCharge", "Hold", "HoldExpired", "UnknownCharge",
     "UnknownLot", "UnknownUser", "credit_service", "database",
 ]

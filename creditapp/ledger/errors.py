@@ -19,7 +19,7 @@ class UnknownUser(LedgerError):
     """No user has that id or name."""
 
 
-class ReservationExpired(LedgerError):
+class HoldExpired(LedgerError):
     """The work outlived its hold (CREDIT_HOLD_TTL_SECONDS): the credits went back, nothing is charged."""
 
 

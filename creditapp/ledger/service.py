@@ -1,4 +1,4 @@
-"""The credit ledger: grants, reservations (holds), settlements and audits.
+"""The credit ledger: grants, holds, settlements, refunds and audits.
 
 No Flask request code lives here, so the same service serves the API, the CLI and workers.
 Every public method is one transaction. Balances change only through relative, conditional
@@ -25,15 +25,15 @@ from . import keys as idempotency
 from . import lots
 from .errors import (
     AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge,
-    ReferenceConflict, RefundExceedsCharge, ReservationExpired, UnknownCharge, UnknownLot, UnknownUser,
+    ReferenceConflict, RefundExceedsCharge, HoldExpired, UnknownCharge, UnknownLot, UnknownUser,
 )
 from .tables import MAX_AMOUNT
 from . import statements as sql
 from .statements import ACCOUNTS, HOLDS, LEDGER
-from .types import Balance, CreditType, Grant, Refund, Reservation
+from .types import Balance, CreditType, Grant, Refund, Hold
 
-_active_reservations: ContextVar[tuple[Reservation, ...]] = ContextVar(
-    "creditapp_active_reservations", default=()
+_active_holds: ContextVar[tuple[Hold, ...]] = ContextVar(
+    "creditapp_active_holds", default=()
 )
 
 
@@ -191,7 +191,7 @@ class CreditService:
     def reserve(
         self, user_id: int, amount: int, credit_type, *, key: str | None = None,
         fingerprint: str | None = None,
-    ) -> Reservation:
+    ) -> Hold:
         """Hold `amount` credits, or raise InsufficientCredits and hold nothing.
 
         With an Idempotency-Key, the key is claimed for this hold in the same transaction (and the
@@ -230,7 +230,7 @@ class CreditService:
         # Raised after the commit so that an expiry sweep done on the way is kept.
         if shortfall is not None:
             raise InsufficientCredits(amount, shortfall, credit_type.value)
-        return Reservation(
+        return Hold(
             hold_id=hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
             available_before=after_sweep.available + amount, available_after=after_sweep.available,
             balance=balance, expires_at=expires_at, key=key,
@@ -241,29 +241,29 @@ class CreditService:
     ) -> Balance:
         """Charge `amount`, or raise InsufficientCredits and change nothing.
 
-        Inside `activate(reservation)` for the same balance, the charge is taken from that
-        reservation and committed when it closes successfully; the balance returned already
+        Inside `activate(hold)` for the same balance, the charge is taken from that
+        hold and committed when it closes successfully; the balance returned already
         counts what the close will give back. Elsewhere the charge is taken at once.
         """
         amount, credit_type = _amount(amount), _credit_type(credit_type)
-        for reservation in _active_reservations.get():
-            if (reservation.user_id, reservation.credit_type) == (user_id, credit_type) and not reservation.closed:
-                self._add_charge(reservation, amount, reason)
-                # As of the reservation, plus what the close will give back: no extra query.
-                unspent = reservation.amount - reservation.pending
-                balance = reservation.balance
+        for hold in _active_holds.get():
+            if (hold.user_id, hold.credit_type) == (user_id, credit_type) and not hold.closed:
+                self._add_charge(hold, amount, reason)
+                # As of the hold, plus what the close will give back: no extra query.
+                unspent = hold.amount - hold.pending
+                balance = hold.balance
                 return replace(balance, **{credit_type.value: getattr(balance, credit_type.value) + unspent})
         return self._charge_now(user_id, credit_type, amount, reason)
 
-    def settle(self, reservation: Reservation, amount: int, reason: str | None = None) -> Balance:
-        """Charge `amount` against a reservation and close it now, giving back the rest."""
-        self._add_charge(reservation, _amount(amount), reason)
-        self.close(reservation, succeeded=True)
-        return self.get_credit_balance(reservation.user_id)
+    def settle(self, hold: Hold, amount: int, reason: str | None = None) -> Balance:
+        """Charge `amount` against a hold and close it now, giving back the rest."""
+        self._add_charge(hold, _amount(amount), reason)
+        self.close(hold, succeeded=True)
+        return self.get_credit_balance(hold.user_id)
 
     @retry_conflicts
     def close(
-        self, reservation: Reservation, *, succeeded: bool, answer: tuple[int, str] | None = None,
+        self, hold: Hold, *, succeeded: bool, answer: tuple[int, str] | None = None,
     ) -> None:
         """End a hold in one transaction: on success settle its charges, give back the rest and
         store `answer` (status, body) for its Idempotency-Key; on failure give back everything
@@ -272,33 +272,33 @@ class CreditService:
         The hold's end is decided here, with the clock read after the account is locked: from its
         `expires_at` on it cannot be settled, whatever a sweep has or has not done. Such a close
         expires the hold (if nothing else ended it first), charges nothing and raises
-        ReservationExpired when there was something to charge.
+        HoldExpired when there was something to charge.
         """
-        if reservation.closed:
+        if hold.closed:
             return
-        user_id, credit_type, hold_id = reservation.user_id, reservation.credit_type, reservation.hold_id
-        charge = reservation.pending if succeeded else 0
+        user_id, credit_type, hold_id = hold.user_id, hold.credit_type, hold.hold_id
+        charge = hold.pending if succeeded else 0
         with atomic() as session:
             self._lock_account(session, user_id, credit_type)
             now = utcnow()
-            hold = session.execute(sql.LOCK_HOLD, {"p_hold": hold_id}).one()
+            state = session.execute(sql.LOCK_HOLD, {"p_hold": hold_id}).one()
             answered = expired = False
-            if hold.status != "open":
+            if state.status != "open":
                 # Ended elsewhere: a retry with its key, or a sweep, found it past its expiry.
-                expired = hold.status == "expired"
-            elif hold.expires_at <= now:
-                self._expire_hold(session, user_id, credit_type, hold_id, hold.amount, now)
+                expired = state.status == "expired"
+            elif state.expires_at <= now:
+                self._expire_hold(session, user_id, credit_type, hold_id, state.amount, now)
                 expired = True
             else:
-                self._settle(session, reservation, hold.amount, charge, now)
-                if succeeded and answer is not None and reservation.key is not None:
+                self._settle(session, hold, state.amount, charge, now)
+                if succeeded and answer is not None and hold.key is not None:
                     idempotency.complete_for_hold(session, hold_id, *answer, self._key_expiry(now))
                     answered = True
-            if not answered and reservation.key is not None:
+            if not answered and hold.key is not None:
                 idempotency.free_for_hold(session, hold_id)
-        reservation.closed = True
+        hold.closed = True
         if expired and charge:
-            raise ReservationExpired(f"hold {hold_id} expired before the work finished; nothing was charged")
+            raise HoldExpired(f"hold {hold_id} expired before the work finished; nothing was charged")
 
     def replay_or_free(self, user_id: int, key: str, request_fingerprint: str):
         """What an Idempotency-Key says about a new request: the stored answer to replay, or None
@@ -427,13 +427,13 @@ class CreditService:
         return released
 
     @contextmanager
-    def activate(self, reservation: Reservation) -> Iterator[Reservation]:
-        """Make deduct_credits in this context charge `reservation` instead of the balance."""
-        token = _active_reservations.set(_active_reservations.get() + (reservation,))
+    def activate(self, hold: Hold) -> Iterator[Hold]:
+        """Make deduct_credits in this context charge `hold` instead of the balance."""
+        token = _active_holds.set(_active_holds.get() + (hold,))
         try:
-            yield reservation
+            yield hold
         finally:
-            _active_reservations.reset(token)
+            _active_holds.reset(token)
 
     # --- auditing ------------------------------------------------------------------------
 
@@ -635,38 +635,38 @@ class CreditService:
             return self._balance(session, user_id)
 
     @retry_conflicts
-    def _add_charge(self, reservation: Reservation, amount: int, reason: str | None) -> None:
-        """Count `amount` against the reservation, first holding more if it is not enough."""
-        if reservation.closed:
-            raise ValueError("the reservation is already closed")
-        total = reservation.pending + amount
-        extra = total - reservation.amount
+    def _add_charge(self, hold: Hold, amount: int, reason: str | None) -> None:
+        """Count `amount` against the hold, first holding more if it is not enough."""
+        if hold.closed:
+            raise ValueError("the hold is already closed")
+        total = hold.pending + amount
+        extra = total - hold.amount
         if extra > 0:
-            user_id, credit_type = reservation.user_id, reservation.credit_type
+            user_id, credit_type = hold.user_id, hold.credit_type
             with atomic() as session:
                 self._lock_account(session, user_id, credit_type)
                 now = utcnow()
                 self._expire_lots(session, user_id, credit_type, now)
-                grown = session.execute(sql.GROW_HOLD, {"p_hold": reservation.hold_id, "p_extra": extra}).rowcount
+                grown = session.execute(sql.GROW_HOLD, {"p_hold": hold.hold_id, "p_extra": extra}).rowcount
                 if grown:
                     row = self._take_available(session, user_id, credit_type, extra, held_change=extra)
                     if row is None:
                         available = self._lock_account(session, user_id, credit_type).available
-                        raise InsufficientCredits(total, available + reservation.amount, credit_type.value)
+                        raise InsufficientCredits(total, available + hold.amount, credit_type.value)
                     parts = lots.allocate(session, user_id, credit_type.value, extra, now, hold=True)
-                    lots.record_receipt(session, reservation.hold_id, parts, grow=True)
+                    lots.record_receipt(session, hold.hold_id, parts, grow=True)
                     self._rows(session, user_id, credit_type,
                                [("hold", p.lot_id, -p.amount, p.amount) for p in parts], row,
-                               hold_id=reservation.hold_id)
-                    reservation.balance = replace(reservation.balance, **{credit_type.value: row.available})
-            reservation.amount = total
-        reservation.pending = total
-        reservation.reason = reason or reservation.reason
+                               hold_id=hold.hold_id)
+                    hold.balance = replace(hold.balance, **{credit_type.value: row.available})
+            hold.amount = total
+        hold.pending = total
+        hold.reason = reason or hold.reason
 
-    def _settle(self, session, reservation: Reservation, held: int, charge: int, now: datetime) -> None:
+    def _settle(self, session, hold: Hold, held: int, charge: int, now: datetime) -> None:
         """Consume `charge` of an open hold and give back the rest, lot by lot."""
-        self._end_hold(session, reservation.user_id, reservation.credit_type, reservation.hold_id, charge,
-                       "settled" if charge else "released", now, reason=reservation.reason)
+        self._end_hold(session, hold.user_id, hold.credit_type, hold.hold_id, charge,
+                       "settled" if charge else "released", now, reason=hold.reason)
 
     def _expire_hold(self, session, user_id, credit_type, hold_id: int, amount: int, now: datetime) -> None:
         """End one open hold that is past its expiry: its credits go back, nothing is charged."""

@@ -83,7 +83,7 @@ class CreditHold(Base):
             "status IN ('open', 'settled', 'released', 'expired')", name="status_known"
         ),
         CheckConstraint(_credit_type_check, name="credit_type_known"),
-        # Open holds are what reservations and the expiry sweep look for.
+        # Open holds are what new holds (their sweep) and the expiry sweep look for.
         Index(
             "ix_credit_holds_open",
             "user_id",

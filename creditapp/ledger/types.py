@@ -23,7 +23,7 @@ class Balance:
 
 
 @dataclass
-class Reservation:
+class Hold:
     """Credits held for one unit of work (a request) until it settles or gives them back."""
 
     hold_id: int
@@ -32,10 +32,10 @@ class Reservation:
     amount: int
     available_before: int
     available_after: int
-    balance: Balance = Balance()  # both balances right after the reservation
+    balance: Balance = Balance()  # both balances right after the hold
     expires_at: datetime | None = None
     key: str | None = None  # the Idempotency-Key the hold was taken for
-    pending: int = 0  # charged so far; committed when the reservation closes successfully
+    pending: int = 0  # charged so far; committed when the hold closes successfully
     reason: str | None = None
     closed: bool = False
 
