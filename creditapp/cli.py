@@ -10,7 +10,8 @@ from . import users as user_service
 from .api.schemas import CredentialsSchema, GrantSchema, RefundSchema, VoidSchema
 from .exceptions import UsernameTaken
 from .ledger import (
-    AlreadyRefunded, Balance, CreditType, LotAlreadyVoided, NotACharge, ReferenceConflict, RefundExceedsCharge,
+    AlreadyRefunded, Balance, CreditType, ExpiryNotInTheFuture, LotAlreadyVoided, NotACharge, NotRefundable,
+    ReferenceConflict, RefundExceedsCharge,
     UnknownCharge, UnknownLot, UnknownUser, credit_service, keys,
 )
 from .ledger.clock import utcnow
@@ -76,7 +77,7 @@ def grant(name: str, amount: int, credit_type: str, reason: str, reference: str 
     try:
         result = credit_service.grant(_user_id(name), amount, credit_type, reason=reason, reference=reference,
                                       priority=lot["priority"], expires_at=lot["expires_at"])
-    except ReferenceConflict as exc:
+    except (ReferenceConflict, ExpiryNotInTheFuture) as exc:
         raise click.ClickException(str(exc)) from None
     if not result.created:
         click.echo(f"reference {reference!r} was already granted; nothing added")
@@ -95,7 +96,7 @@ def refund(hold_id: int, amount: int | None, reason: str) -> None:
     _validated(_refund, {"reason": reason, **({"amount": amount} if amount is not None else {})})
     try:
         result = credit_service.refund(hold_id, amount, reason=reason)
-    except (UnknownCharge, NotACharge, AlreadyRefunded, RefundExceedsCharge) as exc:
+    except (UnknownCharge, NotACharge, NotRefundable, AlreadyRefunded, RefundExceedsCharge) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"refunded {result.amount} {result.credit_type.value} of charge {hold_id} "
                f"({result.refunded_total} of {result.charged} refunded so far)")

@@ -173,6 +173,8 @@ def test_a_grant_takes_a_priority_and_an_expiry_and_answers_its_lot(client, make
     {"expires_in_days": 0}, {"expires_at": "2020-01-01T00:00:00+00:00"}, {"expires_at": "2999-01-01T00:00:00"},
     {"expires_at": "٢٩٩٩-01-01T00:00:00+00:00"}, {"expires_at": "tomorrow"},
     {"expires_at": "2999-01-01T00:00:00+00:00", "expires_in_days": 3},
+    {"expires_at": "9999-12-31T23:59:59-05:00"},  # past what a UTC date can hold
+    {"expires_at": "9500-01-01T00:00:00+00:00"},
 ])
 def test_an_invalid_priority_or_expiry_is_422_and_grants_nothing(client, make_user, body):
     admin, user = make_user(admin=True), make_user()
@@ -250,3 +252,19 @@ def test_signup_credits_can_expire(database_url, manual_clock):
         manual_clock.advance(30 * 86400)
         body = client.get("/api/credits/balance", headers={"Authorization": f"Bearer {token}"}).json
         assert (body["generation_credits"], body["ai_tokens"]) == (0, 0)
+
+
+def test_an_expiry_the_clock_passes_between_the_check_and_the_grant_is_422(client, make_user):
+    """The schema and the ledger both check that expires_at is ahead; time moves between them."""
+    from datetime import datetime, timezone
+
+    from creditapp.ledger.clock import clock
+
+    admin, user = make_user(admin=True), make_user()
+    start = datetime.now(timezone.utc)
+    ticks = iter(range(10_000))
+    with clock.use(lambda: start + timedelta(seconds=next(ticks))):  # one second per reading
+        response = admin_grant(client, admin, user, expires_at=(start + timedelta(seconds=0.5)).isoformat())
+    assert (response.status_code, response.json["error"]) == (422, "validation_error"), response.json
+    assert response.json["errors"] == {"expires_at": ["Must be in the future."]}
+    assert credits(user) == 0

@@ -99,6 +99,11 @@ def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
         assert [tuple(lot) for lot in lots] == [
             (1, "generation_credits", 8, 8, 3, "migration", None), (2, "ai_tokens", 4, 4, 0, "migration", None)]
         assert [tuple(r) for r in receipts] == [(2, 3)]
+        # A charge made before lots has no receipt to give back to: a clear 409, not a 500.
+        from creditapp.ledger import NotRefundable
+
+        with pytest.raises(NotRefundable):
+            credit_service.refund(1, reason="before lots")
         # The open hold settles from its receipt on the migrated lot.
         hold = Hold(hold_id=2, user_id=1, credit_type=CreditType.GENERATION_CREDITS, amount=3,
                            available_before=8, available_after=5, pending=1)

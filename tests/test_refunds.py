@@ -179,3 +179,21 @@ def test_refund_and_void_from_the_cli(app, make_user):
     assert result.exit_code == 0 and "removed" in result.output, result.output
     assert credits(user) == 0
     assert credit_service.verify() == []
+
+
+def test_one_idempotency_key_sent_many_times_at_once_refunds_once_and_replays(app, make_user):
+    admin, user = make_user(admin=True), make_user(credits=10)
+    hold_id = charge(user, 6)
+
+    def refund(_):
+        response = app.test_client().post(f"/api/admin/charges/{hold_id}/refund", json={"reason": "dup"},
+                                          headers={**admin.headers, "Idempotency-Key": "once"})
+        return response.status_code, response.get_json()
+
+    results = fire_together(12, refund)
+    assert {status for status, _ in results} <= {200, 409}
+    answers = [body for status, body in results if status == 200]
+    assert answers and all(body == answers[0] for body in answers)  # the first answer, replayed
+    assert all(body["error"] == "idempotency_key_in_use" for status, body in results if status == 409)
+    assert credits(user) == 10
+    assert credit_service.verify() == []

@@ -1,11 +1,16 @@
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from flask import current_app
 
 from .. import users
 from ..auth import caller_must_exist, current_user_id, require_login
-from ..ledger import Grant, Refund, UnknownUser, credit_service, keys
+from ..ledger import (
+    AlreadyRefunded, Grant, IdempotencyKeyInUse, ReferenceConflict, Refund, RefundExceedsCharge, UnknownUser,
+    credit_service, keys,
+)
 from ..ledger.clock import utcnow
 from ..ledger.tables import MAX_USER_ID
 from .bodies import Blueprint
@@ -47,11 +52,12 @@ def grant_credits(grant, user_id):
     expires_at = grant["expires_at"]
     if grant["expires_in_days"] is not None:
         expires_at = utcnow() + timedelta(days=grant["expires_in_days"])
-    result = credit_service.grant(
-        user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",
-        reference=grant["reference"], priority=grant["priority"], expires_at=expires_at, also=store_answer,
-    )
-    return _answer(result), _status(result)
+    with _replay_if_it_won(admin_id, key, fingerprint) as replayed:
+        result = credit_service.grant(
+            user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",
+            reference=grant["reference"], priority=grant["priority"], expires_at=expires_at, also=store_answer,
+        )
+    return replayed.response or (_answer(result), _status(result))
 
 
 @blp.post("/charges/<id:hold_id>/refund")
@@ -76,7 +82,9 @@ def refund_charge(body, hold_id):
     def store_answer(session, result: Refund):
         _store(session, admin_id, key, fingerprint, 200, refund_result_schema.dump(_refund_answer(result)))
 
-    return _refund_answer(credit_service.refund(hold_id, body["amount"], reason=body["reason"], also=store_answer))
+    with _replay_if_it_won(admin_id, key, fingerprint) as replayed:
+        result = credit_service.refund(hold_id, body["amount"], reason=body["reason"], also=store_answer)
+    return replayed.response or _refund_answer(result)
 
 
 @blp.post("/lots/<id:lot_id>/void")
@@ -109,6 +117,24 @@ def _idempotent(caller_id: int):
     fingerprint = request_fingerprint() if key else None
     stored = credit_service.replay_or_free(caller_id, key, fingerprint) if key else None
     return key, fingerprint, replay(stored) if stored is not None else None
+
+
+class _Replayed:
+    response = None
+
+
+@contextmanager
+def _replay_if_it_won(caller_id: int, key: str | None, fingerprint: str | None) -> Iterator[_Replayed]:
+    """Two requests with one key at once both find it free; the second then fails on the key (or
+    on what the first already did). When the first has stored its answer by then, replay it."""
+    replayed = _Replayed()
+    try:
+        yield replayed
+    except (IdempotencyKeyInUse, AlreadyRefunded, RefundExceedsCharge, ReferenceConflict):
+        stored = credit_service.replay_or_free(caller_id, key, fingerprint) if key else None
+        if stored is None:
+            raise
+        replayed.response = replay(stored)
 
 
 def _store(session, caller_id: int, key: str | None, fingerprint: str | None, status: int, body: dict) -> None:

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..exceptions import GenerationFailed, InvalidCredentials, InvalidIdentity, NotAdmin, UsernameTaken
 from ..ledger.errors import (
-    AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge,
+    AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, UnknownCharge, UnknownLot, UnknownUser,
 )
 
@@ -38,6 +38,7 @@ DOMAIN_ERRORS = {
     UnknownCharge: (404, "unknown_charge"),
     UnknownLot: (404, "unknown_lot"),
     NotACharge: (409, "not_a_charge"),
+    NotRefundable: (409, "not_refundable"),
     AlreadyRefunded: (409, "already_refunded"),
     LotAlreadyVoided: (409, "lot_voided"),
     UsernameTaken: (409, "username_taken"),
@@ -94,6 +95,12 @@ def handle_refund_exceeds_charge(exc: RefundExceedsCharge):
     )
 
 
+def handle_expiry_not_in_the_future(exc: ExpiryNotInTheFuture):
+    # The schema checked it too; the clock can pass it between the check and the grant.
+    return error_response(422, "validation_error", "The request is not valid; see errors for each field.",
+                          errors={"expires_at": ["Must be in the future."]})
+
+
 def handle_validation_error(exc: ValidationError):
     """A schema loaded inside a view (rather than with @blp.arguments) fails the same way."""
     return error_response(
@@ -114,6 +121,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(InsufficientCredits, handle_insufficient_credits)
     app.register_error_handler(RefundExceedsCharge, handle_refund_exceeds_charge)
+    app.register_error_handler(ExpiryNotInTheFuture, handle_expiry_not_in_the_future)
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))
 

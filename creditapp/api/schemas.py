@@ -1,5 +1,6 @@
 """Request and response schemas, made once; they also describe the API in /api/openapi.json."""
 import re
+from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -40,12 +41,20 @@ class Text(_UnicodeOnly, fields.String):
 
 
 class IsoDateTime(fields.AwareDateTime):
-    """An ISO 8601 date and time with its time zone, in ASCII digits only."""
+    """An ISO 8601 date and time with its time zone, in ASCII digits only, as UTC, before the
+    year 9000 (a later time in a negative offset is past what a UTC date can hold)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str) or not value.isascii():
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE)
-        return super()._deserialize(value, attr, data, **kwargs)
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            parsed = parsed.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValidationError("Must be before the year 9000.") from None
+        if parsed.year >= 9000:
+            raise ValidationError("Must be before the year 9000.")
+        return parsed
 
 
 class HttpUrl(_UnicodeOnly, fields.Url):

@@ -19,16 +19,17 @@ Vocabulary (one word per idea, in code, API, README and tests):
 - **key**: a client's Idempotency-Key, bound to the hold of the request that claimed it.
 """
 from .errors import (
-    AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, LotAlreadyVoided,
-    NotACharge, ReferenceConflict, RefundExceedsCharge, HoldExpired, UnknownCharge, UnknownLot, UnknownUser,
+    AlreadyRefunded, ExpiryNotInTheFuture, HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused,
+    InsufficientCredits, LedgerError, LotAlreadyVoided, NotACharge, NotRefundable, ReferenceConflict,
+    RefundExceedsCharge, UnknownCharge, UnknownLot, UnknownUser,
 )
 from .service import CreditService, Discrepancy, credit_service
 from .transactions import database
 from .types import Balance, CreditType, Grant, Refund, Hold
 
 __all__ = [
-    "AlreadyRefunded", "Balance", "CreditService", "CreditType", "Discrepancy", "Grant", "IdempotencyKeyInUse",
-    "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided", "NotACharge",
+    "AlreadyRefunded", "Balance", "ExpiryNotInTheFuture", "CreditService", "CreditType", "Discrepancy", "Grant", "IdempotencyKeyInUse",
+    "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided", "NotACharge", "NotRefundable",
     "ReferenceConflict", "Refund", "RefundExceedsCharge", "Hold", "HoldExpired", "UnknownCharge",
     "UnknownLot", "UnknownUser", "credit_service", "database",
 ]

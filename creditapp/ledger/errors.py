@@ -55,6 +55,14 @@ class RefundExceedsCharge(LedgerError):
         self.asked, self.refundable = asked, refundable
 
 
+class NotRefundable(LedgerError):
+    """The charge was made before credit lots existed: there is no receipt to give it back to."""
+
+
+class ExpiryNotInTheFuture(LedgerError):
+    """A grant's expires_at is not after the moment it is granted."""
+
+
 class UnknownLot(LedgerError):
     """No lot has that id."""
 

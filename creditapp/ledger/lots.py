@@ -127,7 +127,7 @@ def allocate(session, user_id: int, credit_type: str, amount: int, now: datetime
         if not left:
             return parts
     # The account said the credits were there and the lots disagree: never spend on that.
-    raise RuntimeError(f"lots of user {user_id} {credit_type} hold {amount - left} fewer credits than the account")
+    raise RuntimeError(f"lots of user {user_id} {credit_type} hold {left} fewer credits than the account")
 
 
 def record_receipt(session, hold_id: int, parts: list[Part], *, grow: bool = False) -> None:
@@ -231,7 +231,11 @@ def refund(session, hold_id: int, amount: int, now: datetime) -> list[tuple[Part
         left -= give
         if not left:
             return parts
-    raise RuntimeError(f"hold {hold_id} has {amount - left} less to refund than it says")
+    raise RuntimeError(f"hold {hold_id} has {left} less to refund than it says")
+
+
+def has_receipt(session, hold_id: int) -> bool:
+    return session.execute(select(RECEIPTS.c.lot_id).where(RECEIPTS.c.hold_id == hold_id).limit(1)).first() is not None
 
 
 VOID = update(LOTS).where(LOTS.c.id == bindparam("p_lot"), LOTS.c.voided_at.is_(None)).values(

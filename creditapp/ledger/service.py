@@ -24,8 +24,9 @@ from .transactions import atomic, read, retry_conflicts
 from . import keys as idempotency
 from . import lots
 from .errors import (
-    AlreadyRefunded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge,
-    ReferenceConflict, RefundExceedsCharge, HoldExpired, UnknownCharge, UnknownLot, UnknownUser,
+    AlreadyRefunded, ExpiryNotInTheFuture, HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused,
+    InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable, ReferenceConflict, RefundExceedsCharge,
+    UnknownCharge, UnknownLot, UnknownUser,
 )
 from .tables import MAX_AMOUNT
 from . import statements as sql
@@ -169,7 +170,7 @@ class CreditService:
         `also(session, grant)` runs in the same transaction."""
         amount, credit_type = _amount(amount), _credit_type(credit_type)
         if expires_at is not None and expires_at <= utcnow():
-            raise ValueError(f"expires_at must be in the future, got {expires_at.isoformat()}")
+            raise ExpiryNotInTheFuture(f"expires_at must be in the future, got {expires_at.isoformat()}")
         lot = {"priority": _priority(priority), "expires_at": expires_at, "source": source}
         try:
             with atomic() as session:
@@ -360,6 +361,8 @@ class CreditService:
             amount = refundable if amount is None else amount
             if amount > refundable:
                 raise RefundExceedsCharge(amount, refundable)
+            if not lots.has_receipt(session, hold_id):
+                raise NotRefundable(f"charge {hold_id} was made before credit lots existed; grant the credits instead")
             now = utcnow()
             parts = lots.refund(session, hold_id, amount, now)
             session.execute(sql.ADD_REFUNDED, {"p_hold": hold_id, "p_n": amount})
