@@ -14,9 +14,10 @@ from sqlalchemy.engine import make_url
 
 from creditapp.ai import StubAIProvider, set_provider
 from creditapp.credits import CreditType, credit_service
-from creditapp.ledger.transactions import atomic
 from creditapp.ledger import HoldExpired
+from creditapp.ledger.clock import clock
 from creditapp.ledger.tables import CreditHold, LedgerEntry
+from creditapp.ledger.transactions import atomic
 
 GEN = CreditType.GENERATION_CREDITS
 GENERATE = "/api/generate"
@@ -262,16 +263,25 @@ def test_a_close_that_waited_for_the_account_lock_past_the_expiry_charges_nothin
         app, make_user, manual_clock, ttl, database_url):
     user = make_user(credits=1)
     hold = charged_hold(user)
+    released, early_reads = threading.Event(), []
+
+    def watched_clock():
+        # A close that read the time before the lock would read it here, while the lock is held.
+        if threading.current_thread() is not threading.main_thread() and not released.is_set():
+            early_reads.append(manual_clock())
+        return manual_clock()
 
     def close():
         with app.app_context():
             credit_service.close(hold, succeeded=True)
 
-    with AccountLock(database_url, user.id) as lock:
+    with clock.use(watched_clock), AccountLock(database_url, user.id) as lock:
         closing, result = in_thread(close)
         lock.wait_for_a_waiter()
         manual_clock.advance(ttl)  # the hold ends while its close waits
+        released.set()
     closing.join(30)
+    assert early_reads == [], "the close read the clock before it had the account lock"
     assert isinstance(result.get("error"), HoldExpired), result
     assert credits(user) == 1
     assert credit_service.verify() == []

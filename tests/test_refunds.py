@@ -7,19 +7,13 @@ from sqlalchemy import select
 from creditapp.ledger import (
     AlreadyRefunded, CreditType, LotAlreadyVoided, NotACharge, RefundExceedsCharge, UnknownCharge, credit_service,
 )
-from creditapp.ledger.lots import LOTS
 from creditapp.ledger.tables import LedgerEntry
 from creditapp.ledger.transactions import atomic
 
 from .server import fire_together
+from .test_lots import credits, grant, lots_of
 
 GEN = CreditType.GENERATION_CREDITS
-
-
-def lots_of(user) -> dict[int, tuple[int, int]]:
-    with atomic(write=False) as session:
-        return {r.id: (r.remaining, r.held) for r in session.execute(
-            select(LOTS.c.id, LOTS.c.remaining, LOTS.c.held).where(LOTS.c.user_id == user.id, LOTS.c.credit_type == GEN.value))}
 
 
 def kinds(user) -> list[str]:
@@ -28,18 +22,10 @@ def kinds(user) -> list[str]:
             LedgerEntry.user_id == user.id, LedgerEntry.credit_type == GEN.value).order_by(LedgerEntry.id)).scalars())
 
 
-def credits(user) -> int:
-    return credit_service.get_credit_balance(user.id).generation_credits
-
-
 def charge(user, amount):
     hold = credit_service.reserve(user.id, amount, GEN)
     credit_service.settle(hold, amount)
     return hold.hold_id
-
-
-def grant(user, amount, **lot):
-    return credit_service.grant(user.id, amount, GEN, **lot).lot_id
 
 
 # --- refunds -----------------------------------------------------------------------------------------
