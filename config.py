@@ -76,7 +76,9 @@ class Config:
         "max_overflow": _int("DB_MAX_OVERFLOW", 5),
         "pool_timeout": _int("DB_POOL_TIMEOUT", 10),
         "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
-        "pool_pre_ping": True,
+        # No ping before each checkout (a round trip per request): a call that meets a dead
+        # connection runs once more on a fresh one (creditapp.ledger.transactions.lost_connection).
+        "pool_pre_ping": _bool("DB_POOL_PRE_PING", False),
     }
     SQLITE_BUSY_TIMEOUT_MS = _int("SQLITE_BUSY_TIMEOUT_MS", 30000)
 

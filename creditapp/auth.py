@@ -3,11 +3,12 @@ import re
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_jwt_extended import JWTManager, get_jwt_identity, verify_jwt_in_request
 
 from . import revocation
 from .exceptions import InvalidIdentity
+from .ledger import credit_service
 from .ledger.errors import UnknownUser
 from .ledger.tables import MAX_USER_ID
 
@@ -23,7 +24,42 @@ def init_app(app: Flask, jwt: JWTManager) -> None:
         # flask-jwt-extended asks this first, for every token: the claims are checked here so
         # that a malformed session id never reaches the revocation lookup.
         sid = canonical_session(payload)
-        return sid is not None and revocation.is_revoked(app, sid)
+        if sid is None:
+            return False
+        if payload.get("type") == "access" and _ledger_checks_session():
+            request.environ[_SESSION_TO_CHECK] = sid
+            return False
+        return revocation.is_revoked(app, sid)
+
+
+_SESSION_TO_CHECK = "creditapp.session_to_check"
+
+
+def session_checked_by_ledger(view: Callable) -> Callable:
+    """Mark a view whose first database call is a ledger call that takes `session_to_check()`
+    (a hold through require_credits, or the balance read): on PostgreSQL that call refuses a
+    revoked session itself (SessionRevoked, 401 token_revoked), which saves a round trip.
+
+    Only for views that touch no data before that call: code that runs before it (a
+    before_request hook, a view's first lines) sees a token whose session is not checked yet.
+    Apply it first (innermost): decorators built with functools.wraps carry the mark outwards,
+    and a view that loses it is checked the ordinary way."""
+    view.creditapp_checks_session = True
+    return view
+
+
+def session_to_check() -> str | None:
+    """The session id a ledger call must check for this request, or None when it was checked."""
+    return request.environ.get(_SESSION_TO_CHECK)
+
+
+def _ledger_checks_session() -> bool:
+    view = current_app.view_functions.get(request.endpoint)
+    return (
+        getattr(view, "creditapp_checks_session", False)
+        and revocation.kept_in_database(current_app)
+        and credit_service.checks_sessions
+    )
 
 
 def canonical_session(payload: dict) -> str | None:

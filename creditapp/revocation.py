@@ -54,6 +54,12 @@ def init_app(app: Flask) -> None:
     app.extensions["creditapp.blocklist"] = blocklist
 
 
+def kept_in_database(app: Flask) -> bool:
+    """Whether revoked sessions are in the ledger's database (not Redis), where a ledger call can
+    check them in passing."""
+    return isinstance(app.extensions["creditapp.blocklist"], DatabaseBlocklist)
+
+
 def is_revoked(app: Flask, sid: str) -> bool:
     return app.extensions["creditapp.blocklist"].is_revoked(sid)
 

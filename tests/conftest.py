@@ -17,7 +17,7 @@ from creditapp.ledger import Balance
 from creditapp.extensions import db
 from creditapp import users
 
-from .pg import postgres_database
+from .pg import DatabaseClock, install_test_clock, postgres_database
 
 BACKENDS = ["sqlite", "postgresql"]
 TABLES = ("revoked_sessions", "idempotency_keys", "ledger_entries", "credit_holds", "credit_accounts", "users")
@@ -46,6 +46,7 @@ def postgres_url():
     """A PostgreSQL database of this run's own, migrated; skipped where no server answers."""
     with postgres_database() as url:
         migrate(url)
+        install_test_clock(url)
         yield url
 
 
@@ -86,11 +87,20 @@ def stub(app):
 
 
 @pytest.fixture
-def manual_clock():
-    """Time that moves only when the test says so: `manual_clock.advance(seconds)`."""
+def manual_clock(database_url):
+    """Time that moves only when the test says so: `manual_clock.advance(seconds)`, for Python
+    and (on PostgreSQL) for the ledger's functions in the database alike."""
     source = ManualClock()
-    with clock.use(source):
-        yield source
+    database_clock = DatabaseClock(database_url) if database_url.startswith("postgresql") else None
+    if database_clock is not None:
+        source.on_change = database_clock.set
+        database_clock.set(source.current)
+    try:
+        with clock.use(source):
+            yield source
+    finally:
+        if database_clock is not None:
+            database_clock.close()
 
 
 @pytest.fixture

@@ -46,3 +46,51 @@ def postgres_database():
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# The ledger's PostgreSQL functions read the time from creditapp_now(), after their locks. In the
+# test database it reads a one-row table when the row is there, so that a ManualClock moves the
+# database's time with Python's (a close waiting for a lock then reads the time it is moved to).
+TEST_CLOCK = """
+CREATE TABLE IF NOT EXISTS creditapp_test_clock (now timestamptz NOT NULL);
+CREATE OR REPLACE FUNCTION creditapp_now() RETURNS timestamptz LANGUAGE sql VOLATILE AS
+$$ SELECT coalesce((SELECT now FROM creditapp_test_clock LIMIT 1), clock_timestamp()) $$;
+"""
+
+
+def install_test_clock(url: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(TEST_CLOCK)
+    engine.dispose()
+
+
+class DatabaseClock:
+    """Writes a ManualClock's time where the test database's creditapp_now() reads it."""
+
+    def __init__(self, url: str):
+        self.engine = create_engine(url, isolation_level="AUTOCOMMIT")
+
+    def set(self, when) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("DELETE FROM creditapp_test_clock"))
+            if when is not None:
+                conn.execute(text("INSERT INTO creditapp_test_clock (now) VALUES (:now)"), {"now": when})
+
+    def close(self) -> None:
+        self.set(None)
+        self.engine.dispose()
+
+
+def terminate_connections(url: str) -> int:
+    """Cut every other connection to the database at `url` (what a restart or a network cut does
+    to a pool); returns how many were cut."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            return len(conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )).all())
+    finally:
+        engine.dispose()

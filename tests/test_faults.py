@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
 from creditapp.credits import credit_service
 from creditapp.ledger.clock import utcnow
 
+from .pg import terminate_connections
 from .server import fire_together, flask_cli, gunicorn, server_env
 
 pytestmark = pytest.mark.slow
@@ -121,18 +121,6 @@ def test_worker_killed_during_the_ai_call(app, make_user, database_url, tmp_path
     assert flask_cli(env, "credits", "verify").returncode == 0
 
 
-def _terminate_backends(database_url: str) -> int:
-    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            return len(conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )).all())
-    finally:
-        engine.dispose()
-
-
 def test_database_connections_cut_under_load(app, make_user, database_url, tmp_path: Path):
     only_postgresql(database_url)
     users = [make_user(credits=1000) for _ in range(4)]
@@ -155,7 +143,7 @@ def test_database_connections_cut_under_load(app, make_user, database_url, tmp_p
         terminated = 0
         for _ in range(5):
             time.sleep(0.3)
-            terminated += _terminate_backends(database_url)
+            terminated += terminate_connections(database_url)
         stop.set()
         for thread in clients:
             thread.join(timeout=60)

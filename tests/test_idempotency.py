@@ -1,8 +1,9 @@
 """Idempotency-Key on paid routes and admin grants, through the test client."""
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from creditapp.api import idempotency
 from creditapp.ledger import keys
@@ -139,14 +140,37 @@ def test_longest_key_is_accepted(client, make_user, stub):
     assert post(client, user, key="k" * 255).status_code == 200
 
 
+BROKEN_STORE = """
+CREATE FUNCTION test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'disk full'; END $$;
+CREATE TRIGGER test_disk_full BEFORE UPDATE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION test_disk_full();
+"""
+
+
+@contextmanager
+def answers_cannot_be_stored(monkeypatch):
+    """Storing a key's answer fails: in Python on SQLite, in the database's function on PostgreSQL."""
+    if not credit_service.checks_sessions:
+        def broken_store(*args, **kwargs):
+            raise RuntimeError("disk full")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(keys, "complete_for_hold", broken_store)
+            yield
+        return
+    with atomic() as session:
+        session.execute(text(BROKEN_STORE))
+    try:
+        yield
+    finally:
+        with atomic() as session:
+            session.execute(text("DROP TRIGGER test_disk_full ON idempotency_keys; DROP FUNCTION test_disk_full()"))
+
+
 def test_answer_and_charge_commit_together(client, make_user, stub, monkeypatch):
     user = make_user(credits=1)
-
-    def broken_store(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(keys, "complete_for_hold", broken_store)
-    response = post(client, user)
+    with answers_cannot_be_stored(monkeypatch):
+        response = post(client, user)
     assert response.status_code == 503
     assert response.json["error"] == "database_unavailable"
     # No charge committed and no answer stored; the hold was given back at once.
@@ -155,7 +179,6 @@ def test_answer_and_charge_commit_together(client, make_user, stub, monkeypatch)
     assert count(CreditHold, CreditHold.status == "released") == 1
     assert generation_credits(user) == 1
     assert credit_service.verify() == []
-    monkeypatch.undo()
     assert post(client, user).status_code == 200  # the key is free for the retry
 
 

@@ -1,4 +1,4 @@
-from ..auth import caller_must_exist, current_user_id, require_login
+from ..auth import caller_must_exist, current_user_id, require_login, session_checked_by_ledger, session_to_check
 from ..features import price_list
 from ..ledger import credit_service
 from .bodies import Blueprint
@@ -14,10 +14,11 @@ blp = Blueprint("credits", __name__, url_prefix="/api/credits", description="Bal
 @blp.response(200, BalanceReadSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
 @blp.doc(security=[{"bearerAuth": []}])
+@session_checked_by_ledger
 def balance():
     """What the caller can spend now, per credit type, and the next credits to expire."""
     with caller_must_exist():
-        spendable, expiring = credit_service.balance_overview(current_user_id())
+        spendable, expiring = credit_service.balance_overview(current_user_id(), session_id=session_to_check())
     return {**spendable.as_dict(), "expiring": expiring}
 
 

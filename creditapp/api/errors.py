@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from ..exceptions import GenerationFailed, InvalidCredentials, InvalidIdentity, NotAdmin, UsernameTaken
 from ..ledger.errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
-    ReferenceConflict, RefundExceedsCharge, HoldExpired, UnknownCharge, UnknownLot, UnknownUser,
+    ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
 )
 
 HTTP_CODES = {
@@ -109,6 +109,12 @@ def handle_validation_error(exc: ValidationError):
     )
 
 
+def token_revoked(*_args):
+    """A token of a logged-out session, found by flask-jwt-extended's check or by the ledger call
+    that folds the check in (SessionRevoked): the same answer either way."""
+    return error_response(401, "token_revoked", "The token has been revoked.")
+
+
 def _domain_handler(status: int, code: str):
     def handle(exc: Exception):
         return error_response(status, code, str(exc))
@@ -122,6 +128,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(InsufficientCredits, handle_insufficient_credits)
     app.register_error_handler(RefundExceedsCharge, handle_refund_exceeds_charge)
     app.register_error_handler(ExpiryNotInTheFuture, handle_expiry_not_in_the_future)
+    app.register_error_handler(SessionRevoked, token_revoked)
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))
 
@@ -163,9 +170,7 @@ def register_jwt_handlers(jwt) -> None:
     def expired_token(_header, _payload):
         return error_response(401, "token_expired", "The token has expired; log in again.")
 
-    @jwt.revoked_token_loader
-    def revoked_token(_header, _payload):
-        return error_response(401, "token_revoked", "The token has been revoked.")
+    jwt.revoked_token_loader(token_revoked)
 
     @jwt.needs_fresh_token_loader
     def stale_token(_header, _payload):

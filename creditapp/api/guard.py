@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from flask import Response, after_this_request, current_app, g, request
 
-from ..auth import caller_must_exist, current_user_id, rate_limit_key
+from ..auth import caller_must_exist, current_user_id, rate_limit_key, session_checked_by_ledger, session_to_check
 from ..extensions import limiter
 from ..ledger import CreditType, InsufficientCredits, Hold, HoldExpired, credit_service
+from ..ledger.keys import StoredResponse
 from ..metrics import metrics
 from .errors import error_response
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -64,21 +65,20 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
             key = idempotency_key()
             fingerprint = request_fingerprint() if key is not None else None
-            if key is not None:
-                stored = credit_service.replay_or_free(user_id, key, fingerprint)
-                if stored is not None:
-                    g.credit_log["outcome"] = "replayed"
-                    return replay(stored)
             required = amount(*args, **kwargs) if callable(amount) else amount
             try:
                 with caller_must_exist():
-                    hold = credit_service.reserve(
+                    hold = credit_service.hold_or_replay(
                         user_id, required, credit_type, key=key, fingerprint=fingerprint,
+                        session_id=session_to_check(),
                     )
             except InsufficientCredits:
                 metrics().insufficient.labels(feature, credit_type.value).inc()
                 g.credit_log["outcome"] = "insufficient_credits"
                 raise
+            if isinstance(hold, StoredResponse):
+                g.credit_log["outcome"] = "replayed"
+                return replay(hold)
             metrics().count("reserved", feature, credit_type.value, required)
             metrics().open_holds.inc()
             g.credit_log.update(reserved=required, hold_id=hold.hold_id)
@@ -106,7 +106,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 _close(hold, None, answered)
                 raise
 
-        return _documented(paid_limit(guarded), credit_type)
+        return _documented(paid_limit(session_checked_by_ledger(guarded)), credit_type)
 
     return decorator
 

@@ -21,7 +21,7 @@ Vocabulary (one word per idea, in code, API, README and tests):
 from .errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused,
     InsufficientCredits, LedgerError, LotAlreadyVoided, NotACharge, NotRefundable, ReferenceConflict,
-    RefundExceedsCharge, UnknownCharge, UnknownLot, UnknownUser,
+    RefundExceedsCharge, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
 )
 from .service import CreditService, Discrepancy, credit_service
 from .transactions import database
@@ -30,6 +30,6 @@ from .types import Balance, CreditType, Grant, Refund, Hold
 __all__ = [
     "AlreadyRefunded", "Balance", "ExpiryNotInTheFuture", "CreditService", "CreditType", "Discrepancy", "Grant", "IdempotencyKeyInUse",
     "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided", "NotACharge", "NotRefundable",
-    "ReferenceConflict", "Refund", "RefundExceedsCharge", "Hold", "HoldExpired", "UnknownCharge",
+    "ReferenceConflict", "Refund", "RefundExceedsCharge", "SessionRevoked", "Hold", "HoldExpired", "UnknownCharge",
     "UnknownLot", "UnknownUser", "credit_service", "database",
 ]

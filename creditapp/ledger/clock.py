@@ -30,16 +30,20 @@ class Clock:
 
 
 class ManualClock:
-    """A clock that moves only when told to (tests)."""
+    """A clock that moves only when told to (tests). `on_change(now)` is told every move, so
+    that a clock kept elsewhere (the database's, on PostgreSQL) can move with it."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self.current = start or system_now()
+        self.on_change: Callable[[datetime], None] | None = None
 
     def __call__(self) -> datetime:
         return self.current
 
     def advance(self, seconds: float) -> datetime:
         self.current += timedelta(seconds=seconds)
+        if self.on_change is not None:
+            self.on_change(self.current)
         return self.current
 
 

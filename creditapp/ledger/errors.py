@@ -19,6 +19,10 @@ class UnknownUser(LedgerError):
     """No user has that id or name."""
 
 
+class SessionRevoked(LedgerError):
+    """The login session of the caller's token was revoked (logout); nothing was changed."""
+
+
 class HoldExpired(LedgerError):
     """The work outlived its hold (CREDIT_HOLD_TTL_SECONDS): the credits went back, nothing is charged."""
 

@@ -9,7 +9,7 @@ charged. A completed key is kept for IDEMPOTENCY_TTL_SECONDS after its answer wa
 These functions work inside the caller's transaction; the credit service decides when.
 """
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite

@@ -23,10 +23,11 @@ from .clock import utcnow
 from .transactions import atomic, read, retry_conflicts
 from . import keys as idempotency
 from . import lots
+from . import procedures
 from .errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused,
     InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable, ReferenceConflict, RefundExceedsCharge,
-    UnknownCharge, UnknownLot, UnknownUser,
+    SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
 )
 from .tables import MAX_AMOUNT
 from . import statements as sql
@@ -108,12 +109,27 @@ class CreditService:
     def get_credit_balance(self, user_id: int) -> Balance:
         """What can be spent at this instant: lots past their expiry count for nothing, whether
         or not their expiry has been written yet."""
+        if procedures.available():
+            return self.balance_overview(user_id, expiring=0)[0]
         with atomic(write=False) as session:
             return self._spendable(session, user_id, utcnow())
 
-    def balance_overview(self, user_id: int, expiring: int = 5) -> tuple[Balance, list[dict]]:
+    @property
+    def checks_sessions(self) -> bool:
+        """Whether holds and balance reads take the caller's login session and refuse a revoked
+        one in the same call (PostgreSQL), so the web layer need not look it up first."""
+        return procedures.available()
+
+    def balance_overview(self, user_id: int, expiring: int = 5,
+                         session_id: str | None = None) -> tuple[Balance, list[dict]]:
         """What can be spent now, and the next credits to lapse, soonest first
-        ([{credit_type, amount, expires_at}], at most `expiring`), read together."""
+        ([{credit_type, amount, expires_at}], at most `expiring`), read together. With
+        `session_id` (only where `checks_sessions`), SessionRevoked if it was revoked."""
+        if procedures.available():
+            row, lapsing = procedures.balance(user_id=user_id, session_id=session_id, expiring=expiring)
+            _refuse(row.outcome, user_id)
+            return Balance(generation_credits=row.generation_credits, ai_tokens=row.ai_tokens), lapsing
+        _no_session_check(session_id)
         with atomic(write=False) as session:
             now = utcnow()
             return self._spendable(session, user_id, now), lots.expiring(session, user_id, now, expiring)
@@ -199,6 +215,8 @@ class CreditService:
         hold records it), or IdempotencyKeyInUse is raised and nothing is held.
         """
         amount, credit_type = _amount(amount), _credit_type(credit_type)
+        if procedures.available():
+            return self._hold_call(user_id, amount, credit_type, key, fingerprint, None, replay=False)
         shortfall = None
         with atomic() as session:
             self._lock_account(session, user_id, credit_type)
@@ -236,6 +254,46 @@ class CreditService:
             available_before=after_sweep.available + amount, available_after=after_sweep.available,
             balance=balance, expires_at=expires_at, key=key,
         )
+
+    @retry_conflicts
+    def hold_or_replay(
+        self, user_id: int, amount: int, credit_type, *, key: str | None = None,
+        fingerprint: str | None = None, session_id: str | None = None,
+    ) -> Hold | idempotency.StoredResponse:
+        """A paid request's first step: the stored answer to replay for its Idempotency-Key, or a
+        new hold (see `replay_or_free` and `reserve`). On PostgreSQL this is one call, which also
+        refuses a revoked `session_id` (SessionRevoked) when one is given."""
+        amount, credit_type = _amount(amount), _credit_type(credit_type)
+        if procedures.available():
+            return self._hold_call(user_id, amount, credit_type, key, fingerprint, session_id, replay=True)
+        _no_session_check(session_id)
+        if key is not None:
+            stored = self.replay_or_free(user_id, key, fingerprint)
+            if stored is not None:
+                return stored
+        return self.reserve(user_id, amount, credit_type, key=key, fingerprint=fingerprint)
+
+    def _hold_call(self, user_id, amount, credit_type, key, fingerprint, session_id, *, replay: bool):
+        row = procedures.hold(user_id=user_id, credit_type=credit_type.value, amount=amount,
+                              ttl=self.hold_ttl_seconds, session_id=session_id, key=key,
+                              fingerprint=fingerprint, replay=replay)
+        if row.outcome == "held":
+            return Hold(
+                hold_id=row.hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
+                available_before=row.available + amount, available_after=row.available,
+                balance=Balance(generation_credits=row.generation_credits, ai_tokens=row.ai_tokens),
+                expires_at=row.expires_at, key=key,
+            )
+        if row.outcome == "replay":
+            return idempotency.StoredResponse(row.response_status, row.response_body)
+        if row.outcome == "insufficient":
+            raise InsufficientCredits(amount, row.available, credit_type.value)
+        if row.outcome == "in_use":
+            raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
+        if row.outcome == "reused":
+            raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
+        _refuse(row.outcome, user_id)
+        raise RuntimeError(f"creditapp_hold answered {row.outcome!r}")
 
     def deduct_credits(
         self, user_id: int, amount: int, credit_type, reason: str | None = None
@@ -279,6 +337,16 @@ class CreditService:
             return
         user_id, credit_type, hold_id = hold.user_id, hold.credit_type, hold.hold_id
         charge = hold.pending if succeeded else 0
+        if procedures.available():
+            outcome = procedures.close(
+                hold_id=hold_id, user_id=user_id, credit_type=credit_type.value, charge=charge,
+                answer=answer if succeeded and hold.key is not None else None,
+                key_ttl=self.idempotency_ttl_seconds, reason=hold.reason,
+            )
+            hold.closed = True
+            if outcome == "expired" and charge:
+                raise HoldExpired(f"hold {hold_id} expired before the work finished; nothing was charged")
+            return
         with atomic() as session:
             self._lock_account(session, user_id, credit_type)
             now = utcnow()
@@ -779,6 +847,19 @@ class CreditService:
 
 
 credit_service = CreditService()
+
+
+def _refuse(outcome: str, user_id: int) -> None:
+    """Raise what a procedure's refusal means (nothing was changed)."""
+    if outcome == "unknown_user":
+        raise UnknownUser(f"no user with id {user_id}")
+    if outcome == "revoked":
+        raise SessionRevoked("the token's login session was revoked")
+
+
+def _no_session_check(session_id: str | None) -> None:
+    if session_id is not None:
+        raise ValueError("the session check is part of the ledger call on PostgreSQL only (see checks_sessions)")
 
 
 def open_accounts(session, user_id: int, grant: Balance, reason: str,

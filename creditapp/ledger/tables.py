@@ -99,6 +99,11 @@ class CreditHold(Base):
             sqlite_where=text("status = 'open'"),
         ),
         Index(
+            "uq_credit_holds_request_ref", "request_ref", unique=True,
+            postgresql_where=text("request_ref IS NOT NULL"),
+            sqlite_where=text("request_ref IS NOT NULL"),
+        ),
+        Index(
             "ix_credit_holds_user_id_idempotency_key",
             "user_id",
             "idempotency_key",
@@ -121,6 +126,8 @@ class CreditHold(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The Idempotency-Key the hold was taken for: `credits verify` reports one key charged twice.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Set by the PostgreSQL hold call: its retry after a lost connection finds this hold.
+    request_ref: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 class LedgerEntry(Base):
     """Append-only record of every balance change; database triggers refuse UPDATE and DELETE.

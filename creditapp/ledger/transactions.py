@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -53,6 +54,11 @@ class Database:
 database = Database()
 
 
+# Set once a transaction's work is done and its COMMIT is on the way: a connection lost from then
+# on leaves it unknown whether it committed, so the transaction must not simply run again.
+committing: ContextVar[bool] = ContextVar("creditapp_committing", default=False)
+
+
 @contextmanager
 def atomic(write: bool = True) -> Iterator[Session]:
     """One transaction on the current session; commits on success, rolls back on error."""
@@ -61,10 +67,12 @@ def atomic(write: bool = True) -> Iterator[Session]:
         # A transaction left open (autobegun by a read, or by a caller that raised) must not be
         # silently merged into this one.
         session.rollback()
+    committing.set(False)
     with session.begin():
         if write:
             session.connection(execution_options={_WRITE_OPTION: True})
         yield session
+        committing.set(True)
 
 
 # PostgreSQL's serialization_failure and deadlock_detected: the transaction did nothing and may
@@ -74,30 +82,48 @@ RETRYABLE_SQLSTATES = {"40001", "40P01"}
 MAX_ATTEMPTS = 3
 
 
+def lost_connection(exc: DBAPIError) -> bool:
+    """The database connection broke (a restart, a cut, a stale pooled connection): SQLAlchemy
+    has already thrown the pool's connections away. Pools do not ping before each checkout (a
+    round trip per request); a call that meets a dead connection runs once more instead."""
+    return bool(getattr(exc, "connection_invalidated", False))
+
+
 def read(statement) -> list:
     """The rows of one read statement, on a connection of its own outside the ORM session.
     On PostgreSQL it runs in autocommit: one round trip instead of BEGIN, the query and COMMIT
     (a single statement is consistent by itself). The revocation check runs this on every
     authenticated request, where the session's bookkeeping showed in the profile."""
     engine = database.engine()
-    with engine.connect() as connection:
-        if engine.dialect.name == "postgresql":
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        rows = connection.execute(statement).all()
-        if connection.in_transaction():
-            connection.rollback()  # SQLite: end the read transaction it began
-        return rows
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as connection:
+                if engine.dialect.name == "postgresql":
+                    connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+                rows = connection.execute(statement).all()
+                if connection.in_transaction():
+                    connection.rollback()  # SQLite: end the read transaction it began
+                return rows
+        except DBAPIError as exc:
+            if attempt == 2 or not lost_connection(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 def retry_conflicts(function: Callable) -> Callable:
-    """Run a function that is one whole transaction again when the database says it conflicted."""
+    """Run a function that is one whole transaction again when the database says it conflicted,
+    or (once) when its connection was lost before its COMMIT was sent."""
 
     @functools.wraps(function)
     def retrying(*args, **kwargs):
+        reconnected = False
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return function(*args, **kwargs)
             except DBAPIError as exc:
+                if lost_connection(exc) and not reconnected and not committing.get():
+                    reconnected = True
+                    continue
                 sqlstate = getattr(exc.orig, "sqlstate", None)
                 if sqlstate not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS:
                     raise

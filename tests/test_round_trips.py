@@ -1,0 +1,143 @@
+"""The hot path's shape: on PostgreSQL a paid request is two statements (hold, close) and a
+balance read one, counted exactly at the driver; the session check they fold in stays exact; a
+connection lost under them costs a repeat, never a second hold. Speed itself is bench/'s job."""
+import pytest
+from sqlalchemy import event, select
+
+from creditapp.credits import CreditType, credit_service
+from creditapp.extensions import db
+from creditapp.ledger import procedures
+from creditapp.ledger.tables import CreditHold
+
+from .pg import terminate_connections
+from .test_tokens import bearer, login
+
+GENERATE = "/api/generate"
+
+
+def only_postgresql(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite keeps the in-process path: there is no round trip to count")
+
+
+class Statements:
+    """Every statement the app's engine sends, as the driver sends it."""
+
+    def __init__(self, engine):
+        self.engine, self.sent = engine, []
+
+    def _record(self, _conn, _cursor, statement, *_args):
+        self.sent.append(statement)
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+
+def count(request) -> tuple[object, list[str]]:
+    with Statements(db.engine) as statements:
+        response = request()
+    return response, statements.sent
+
+
+def test_a_paid_request_is_two_statements_and_a_balance_read_one(app, client, make_user, stub, database_url):
+    only_postgresql(database_url)
+    assert db.engine.pool._pre_ping is False  # a ping would be one more round trip per checkout
+    user = make_user(credits=3)
+    client.post(GENERATE, json={"prompt": "warm-up"}, headers=user.headers)
+
+    response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=user.headers))
+    assert response.status_code == 200
+    assert [s.split("(")[0] for s in sent] == ["SELECT * FROM creditapp_hold", "SELECT outcome FROM creditapp_close"]
+
+    headers = {**user.headers, "Idempotency-Key": "k-1"}
+    response, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers=headers))
+    assert response.status_code == 200 and len(sent) == 2
+    replayed, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers=headers))
+    assert replayed.headers["Idempotent-Replayed"] == "true" and len(sent) == 1
+
+    response, sent = count(lambda: client.post(GENERATE, json={"prompt": "c"}, headers=user.headers))
+    assert (response.status_code, len(sent)) == (403, 1)  # nothing left: the hold call refused it
+
+    response, sent = count(lambda: client.get("/api/credits/balance", headers=user.headers))
+    assert response.status_code == 200
+    assert [s.split("(")[0] for s in sent] == ["SELECT * FROM creditapp_balance"]
+    assert stub.calls == 3
+    assert credit_service.verify() == []
+
+
+def test_a_revoked_session_is_refused_by_the_call_that_would_hold(client, make_user, stub):
+    """On PostgreSQL the session check is part of the hold call: a logged-out token gets no hold,
+    no AI call and no replay of an answer stored for its key."""
+    user = make_user(credits=3)
+    tokens = login(client, user)
+    headers = {**bearer(tokens["access_token"]), "Idempotency-Key": "paid-once"}
+    assert client.post(GENERATE, json={"prompt": "x"}, headers=headers).status_code == 200
+    assert client.post("/api/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
+
+    replay = client.post(GENERATE, json={"prompt": "x"}, headers=headers)
+    assert (replay.status_code, replay.json["error"]) == (401, "token_revoked")
+    assert "Idempotent-Replayed" not in replay.headers and "result" not in replay.json
+    fresh = client.post(GENERATE, json={"prompt": "y"}, headers=bearer(tokens["access_token"]))
+    assert (fresh.status_code, fresh.json["error"]) == (401, "token_revoked")
+    for path in ("/api/credits/balance", "/api/credits/lots", "/api/credits/transactions"):
+        response = client.get(path, headers=bearer(tokens["access_token"]))
+        assert (response.status_code, response.json["error"]) == (401, "token_revoked"), path
+    assert (stub.calls, credit_service.get_credit_balance(user.id).generation_credits) == (1, 2)
+    assert client.post(GENERATE, json={"prompt": "z"}, headers=user.headers).status_code == 200  # other session
+    assert credit_service.verify() == []
+
+
+def test_a_hold_call_repeated_with_its_request_reference_holds_once(app, make_user, database_url):
+    """What a retry after a lost answer does: the same call again, with the same reference."""
+    only_postgresql(database_url)
+    user = make_user(credits=5)
+    call = dict(user_id=user.id, credit_type="generation_credits", amount=2, ttl=60, session_id=None,
+                key=None, fingerprint=None, replay=True)
+    first = procedures.call(procedures.HOLD, _params(call, ref="r" * 32))
+    again = procedures.call(procedures.HOLD, _params(call, ref="r" * 32))
+    assert (first.outcome, again.outcome) == ("held", "held")
+    assert again.hold_id == first.hold_id and again.expires_at == first.expires_at
+    assert credit_service.get_credit_balance(user.id).generation_credits == 3
+    assert db.session.execute(select(CreditHold.id).where(CreditHold.user_id == user.id)).all() == [(first.hold_id,)]
+    assert credit_service.verify() == []
+
+
+def _params(call: dict, ref: str) -> dict:
+    return {"user": call["user_id"], "type": call["credit_type"], "amount": call["amount"], "ttl": call["ttl"],
+            "sid": call["session_id"], "key": call["key"], "fingerprint": call["fingerprint"], "ref": ref,
+            "replay": call["replay"]}
+
+
+def test_requests_after_every_connection_was_cut_are_served(app, client, make_user, stub, database_url):
+    """No pre-ping: the first call on each dead pooled connection runs once more on a new one."""
+    only_postgresql(database_url)
+    admin, user = make_user(admin=True), make_user(credits=2)
+    assert client.post(GENERATE, json={"prompt": "x"}, headers=user.headers).status_code == 200
+    assert client.get("/api/credits/lots", headers=user.headers).status_code == 200
+    checks = [
+        lambda: client.post(GENERATE, json={"prompt": "y"}, headers=user.headers),  # hold and close
+        lambda: client.get("/api/credits/balance", headers=user.headers),  # one read call
+        lambda: client.get("/api/credits/lots", headers=user.headers),  # a session check, then a transaction
+        lambda: client.post(f"/api/admin/users/{user.id}/credits", json={"amount": 1}, headers=admin.headers),
+    ]
+    for check in checks:
+        assert terminate_connections(database_url) > 0
+        response = check()
+        assert response.status_code in (200, 201), response.json
+    assert credit_service.get_credit_balance(user.id).generation_credits == 1
+    assert len(db.session.execute(select(CreditHold.id).where(CreditHold.user_id == user.id)).all()) == 2
+    assert credit_service.verify() == []
+
+
+def test_the_guard_folds_the_session_check_only_where_the_ledger_does_it(app):
+    assert credit_service.checks_sessions is (db.engine.dialect.name == "postgresql")
+    view = app.view_functions["generate.generate_image"]
+    assert getattr(view, "creditapp_checks_session", False)  # the mark survives smorest's decorators
+    assert not getattr(app.view_functions["credits.lots"], "creditapp_checks_session", False)
+    if not credit_service.checks_sessions:  # SQLite: the web layer checked the session before
+        with pytest.raises(ValueError):
+            credit_service.hold_or_replay(1, 1, CreditType.GENERATION_CREDITS, session_id="0" * 32)
