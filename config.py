@@ -72,8 +72,11 @@ class Config:
     SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL") or None
     SQLALCHEMY_ENGINE_OPTIONS = {
         # Only used for server databases; see creditapp.database.engine_options.
-        "pool_size": _int("DB_POOL_SIZE", 5),
-        "max_overflow": _int("DB_MAX_OVERFLOW", 5),
+        # Per worker process. Calls are short, so a worker's threads take turns on a fixed set
+        # of connections; overflow connections would be opened for a burst and closed after it,
+        # each a new database backend (a fork, and its functions compiled again).
+        "pool_size": _int("DB_POOL_SIZE", 10),
+        "max_overflow": _int("DB_MAX_OVERFLOW", 0),
         "pool_timeout": _int("DB_POOL_TIMEOUT", 10),
         "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
         # No ping before each checkout (a round trip per request): a call that meets a dead

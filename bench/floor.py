@@ -6,7 +6,8 @@ same run, under the same gunicorn settings, on the same database server and data
 - a reserve transaction: one conditional decrement and one hold row,
 - the stub AI at its configured latency,
 - a capture transaction: settle the hold and take the held credit,
-with raw SQL through SQLAlchemy's pool, as a hand-written Flask view would. It keeps no ledger,
+with raw SQL through SQLAlchemy's pool (with creditapp's pool settings), as a hand-written Flask
+view would. It keeps no ledger,
 no idempotency, no limits, metrics or logs, so it works on tables of its own (floor_accounts,
 floor_holds) and `credits verify` of the real ledger is untouched.
 
@@ -20,6 +21,7 @@ import jwt
 from flask import Flask, jsonify, request
 from sqlalchemy import create_engine, text
 
+from config import Config
 from creditapp.ledger.transactions import configure_engine
 
 TABLES = (
@@ -56,7 +58,7 @@ def seed(engine, user_ids: list[int], balance: int) -> None:
 def create_app() -> Flask:
     app = Flask(__name__)
     url = os.environ["DATABASE_URL"]
-    options = {} if url.startswith("sqlite") else {"pool_size": 5, "max_overflow": 5}
+    options = {} if url.startswith("sqlite") else Config.SQLALCHEMY_ENGINE_OPTIONS
     engine = create_engine(url, **options)
     # The same SQLite set-up as creditapp (WAL, busy timeout, BEGIN IMMEDIATE for writers):
     # without it four workers fail with "database is locked" instead of measuring anything.

@@ -1,6 +1,7 @@
 """The hot path's shape: on PostgreSQL a paid request is two statements (hold, close) and a
 balance read one, counted exactly at the driver; the session check they fold in stays exact; a
 connection lost under them costs a repeat, never a second hold. Speed itself is bench/'s job."""
+import psycopg
 import pytest
 from sqlalchemy import event, select
 
@@ -21,20 +22,33 @@ def only_postgresql(database_url: str) -> None:
 
 
 class Statements:
-    """Every statement the app's engine sends, as the driver sends it."""
+    """Every statement the app's pool sends to PostgreSQL, counted in the driver's cursors (so
+    SQLAlchemy's statements and the ledger's direct calls alike)."""
 
     def __init__(self, engine):
         self.engine, self.sent = engine, []
 
-    def _record(self, _conn, _cursor, statement, *_args):
-        self.sent.append(statement)
+    def _count_on(self, dbapi_connection, _record):
+        sent = self.sent
+
+        class CountingCursor(psycopg.Cursor):
+            def execute(self, query, *args, **kwargs):
+                sent.append(str(query))
+                return super().execute(query, *args, **kwargs)
+
+        dbapi_connection.cursor_factory = CountingCursor
 
     def __enter__(self):
-        event.listen(self.engine, "before_cursor_execute", self._record)
+        self.engine.dispose()  # every connection from now on is a counted one
+        event.listen(self.engine, "connect", self._count_on)
+        with self.engine.connect():
+            pass  # opened here: a connection's own setup is not a request's
+        self.sent.clear()
         return self
 
     def __exit__(self, *exc):
-        event.remove(self.engine, "before_cursor_execute", self._record)
+        event.remove(self.engine, "connect", self._count_on)
+        self.engine.dispose()
 
 
 def count(request) -> tuple[object, list[str]]:
@@ -95,21 +109,14 @@ def test_a_hold_call_repeated_with_its_request_reference_holds_once(app, make_us
     """What a retry after a lost answer does: the same call again, with the same reference."""
     only_postgresql(database_url)
     user = make_user(credits=5)
-    call = dict(user_id=user.id, credit_type="generation_credits", amount=2, ttl=60, session_id=None,
-                key=None, fingerprint=None, replay=True)
-    first = procedures.call(procedures.HOLD, _params(call, ref="r" * 32))
-    again = procedures.call(procedures.HOLD, _params(call, ref="r" * 32))
+    call = (user.id, "generation_credits", 2, 60, None, None, None, "r" * 32, True)
+    first = procedures.call(procedures.HOLD, call)
+    again = procedures.call(procedures.HOLD, call)
     assert (first.outcome, again.outcome) == ("held", "held")
     assert again.hold_id == first.hold_id and again.expires_at == first.expires_at
     assert credit_service.get_credit_balance(user.id).generation_credits == 3
     assert db.session.execute(select(CreditHold.id).where(CreditHold.user_id == user.id)).all() == [(first.hold_id,)]
     assert credit_service.verify() == []
-
-
-def _params(call: dict, ref: str) -> dict:
-    return {"user": call["user_id"], "type": call["credit_type"], "amount": call["amount"], "ttl": call["ttl"],
-            "sid": call["session_id"], "key": call["key"], "fingerprint": call["fingerprint"], "ref": ref,
-            "replay": call["replay"]}
 
 
 def test_requests_after_every_connection_was_cut_are_served(app, client, make_user, stub, database_url):

@@ -10,17 +10,14 @@ which its repetition finds the hold the first attempt took instead of taking a s
 import uuid
 from datetime import datetime
 
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from .errors import IdempotencyKeyInUse
-from .transactions import committing, database, lost_connection
+from .transactions import committing, database
 
-HOLD = text(
-    "SELECT * FROM creditapp_hold(:user, :type, :amount, :ttl, :sid, :key, :fingerprint, :ref, :replay)"
-)
-CLOSE = text("SELECT outcome FROM creditapp_close(:hold, :user, :type, :charge, :status, :body, :key_ttl, :reason)")
-BALANCE = text("SELECT * FROM creditapp_balance(:user, :sid, :expiring)")
+HOLD = "SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+CLOSE = "SELECT outcome FROM creditapp_close(%s, %s, %s, %s, %s, %s, %s, %s)"
+BALANCE = "SELECT * FROM creditapp_balance(%s, %s, %s)"
 KEY_IN_USE = "CA409"  # raised by creditapp_hold when a concurrent request claimed the key first
 
 
@@ -28,40 +25,55 @@ def available() -> bool:
     return database.engine().dialect.name == "postgresql"
 
 
-def call(statement, params: dict):
-    """The one row of one function call, in autocommit; once more if the connection was lost."""
+def call(statement: str, params: tuple):
+    """The one row of one function call, in autocommit; once more if the connection was lost.
+
+    It uses the pooled psycopg connection directly: SQLAlchemy's Connection and execution
+    context around two statements were a fifth of a paid request's CPU. Errors come out as
+    SQLAlchemy's, like everywhere else."""
+    import psycopg
+    from psycopg.rows import namedtuple_row
+
     committing.set(True)  # an autocommit call commits as it runs: never run it again blindly
+    engine = database.engine()
     for attempt in (1, 2):
+        pooled = engine.raw_connection()
+        connection = pooled.driver_connection
         try:
-            with database.engine().connect() as connection:
-                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-                return connection.execute(statement, params).one()
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) == KEY_IN_USE:
+            connection.autocommit = True
+            try:
+                with connection.cursor(row_factory=namedtuple_row) as cursor:
+                    cursor.execute(statement, params, prepare=True)
+                    return cursor.fetchone()
+            finally:
+                if not (connection.closed or connection.broken):
+                    connection.autocommit = False  # the pool's other users expect transactions
+        except psycopg.Error as exc:
+            if exc.sqlstate == KEY_IN_USE:
                 raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress") from None
-            if attempt == 2 or not lost_connection(exc):
-                raise
+            lost = connection.closed or connection.broken
+            if lost:
+                pooled.invalidate(exc)
+                if attempt == 1:
+                    continue
+            raise DBAPIError.instance(statement, params, exc, psycopg.Error, connection_invalidated=lost) from exc
+        finally:
+            pooled.close()
     raise AssertionError("unreachable")
 
 
 def hold(*, user_id: int, credit_type: str, amount: int, ttl: int, session_id: str | None, key: str | None,
          fingerprint: str | None, replay: bool):
-    return call(HOLD, {
-        "user": user_id, "type": credit_type, "amount": amount, "ttl": ttl, "sid": session_id, "key": key,
-        "fingerprint": fingerprint, "ref": uuid.uuid4().hex, "replay": replay,
-    })
+    return call(HOLD, (user_id, credit_type, amount, ttl, session_id, key, fingerprint, uuid.uuid4().hex, replay))
 
 
 def close(*, hold_id: int, user_id: int, credit_type: str, charge: int, answer: tuple[int, str] | None,
           key_ttl: int, reason: str | None) -> str:
     status, body = answer if answer is not None else (None, None)
-    return call(CLOSE, {
-        "hold": hold_id, "user": user_id, "type": credit_type, "charge": charge, "status": status, "body": body,
-        "key_ttl": key_ttl, "reason": reason,
-    }).outcome
+    return call(CLOSE, (hold_id, user_id, credit_type, charge, status, body, key_ttl, reason)).outcome
 
 
 def balance(*, user_id: int, session_id: str | None, expiring: int):
-    row = call(BALANCE, {"user": user_id, "sid": session_id, "expiring": expiring})
+    row = call(BALANCE, (user_id, session_id, expiring))
     lapsing = [{**item, "expires_at": datetime.fromisoformat(item["expires_at"])} for item in row.expiring or ()]
     return row, lapsing

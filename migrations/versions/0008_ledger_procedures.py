@@ -90,10 +90,12 @@ DECLARE
     left_to_charge bigint := p_charge;
     take bigint; back bigint; gone text;
     back_kind text := CASE WHEN p_status = 'expired' THEN 'expire' ELSE 'release' END;
+    -- settled parts; parts given back (to a live lot, or lapsing to an expired or voided one)
     s_lots bigint[] := '{}'; s_n bigint[] := '{}';
-    b_kinds text[] := '{}'; b_lots bigint[] := '{}'; b_available bigint[] := '{}'; b_n bigint[] := '{}';
-    l_kinds text[] := '{}'; l_lots bigint[] := '{}'; l_n bigint[] := '{}';
-    kinds text[]; lots bigint[]; d_available bigint[]; d_held bigint[];
+    b_lots bigint[] := '{}'; b_n bigint[] := '{}'; b_gone text[] := '{}';
+    kinds text[] := '{}'; lots bigint[] := '{}'; d_available bigint[] := '{}'; d_held bigint[] := '{}';
+    returned bigint := 0;
+    was_held bigint := 0;
     after record;
 BEGIN
     FOR r IN SELECT hl.lot_id, hl.amount, l.expires_at, l.voided_at
@@ -104,6 +106,7 @@ BEGIN
         take := least(left_to_charge, r.amount);
         left_to_charge := left_to_charge - take;
         back := r.amount - take;
+        was_held := was_held + r.amount;
         gone := CASE WHEN r.voided_at IS NOT NULL THEN 'void'
                      WHEN r.expires_at IS NOT NULL AND r.expires_at <= p_now THEN 'expire' END;
         UPDATE credit_lots
@@ -115,10 +118,9 @@ BEGIN
             s_lots := s_lots || r.lot_id; s_n := s_n || take;
         END IF;
         IF back > 0 THEN
+            b_lots := b_lots || r.lot_id; b_n := b_n || back; b_gone := b_gone || coalesce(gone, '');
             IF gone IS NULL THEN
-                b_lots := b_lots || r.lot_id; b_n := b_n || back;
-            ELSE
-                l_kinds := l_kinds || gone; l_lots := l_lots || r.lot_id; l_n := l_n || back;
+                returned := returned + back;
             END IF;
         END IF;
     END LOOP;
@@ -127,22 +129,22 @@ BEGIN
     END IF;
     UPDATE credit_holds SET status = p_status, settled_amount = p_charge, closed_at = p_now
     WHERE id = p_hold AND status = 'open';
-    -- Rows in the service's order: settled, given back, then lapsed (expired before voided).
-    kinds := array_fill('settle'::text, ARRAY[cardinality(s_lots)]) || array_fill(back_kind, ARRAY[cardinality(b_lots)]);
-    lots := s_lots || b_lots;
-    d_available := array_fill(0::bigint, ARRAY[cardinality(s_lots)]) || b_n;
-    d_held := (SELECT coalesce(array_agg(-x), '{}') FROM unnest(s_n || b_n) AS x);
-    FOREACH gone IN ARRAY ARRAY['expire', 'void'] LOOP
-        FOR i IN 1..cardinality(l_lots) LOOP
-            IF l_kinds[i] = gone THEN
-                kinds := kinds || gone; lots := lots || l_lots[i];
-                d_available := d_available || 0::bigint; d_held := d_held || -l_n[i];
-            END IF;
+    -- Rows in the service's order: settled, given back, lapsed to expired lots, lapsed to voided.
+    FOR i IN 1..cardinality(s_lots) LOOP
+        kinds := kinds || 'settle'::text; lots := lots || s_lots[i];
+        d_available := d_available || 0::bigint; d_held := d_held || -s_n[i];
+    END LOOP;
+    FOREACH gone IN ARRAY ARRAY['', 'expire', 'void'] LOOP
+        FOR i IN 1..cardinality(b_lots) LOOP
+            CONTINUE WHEN b_gone[i] <> gone;
+            kinds := kinds || CASE WHEN gone = '' THEN back_kind ELSE gone END;
+            lots := lots || b_lots[i];
+            d_available := d_available || CASE WHEN gone = '' THEN b_n[i] ELSE 0 END;
+            d_held := d_held || -b_n[i];
         END LOOP;
     END LOOP;
-    UPDATE credit_accounts
-    SET available = available + (SELECT coalesce(sum(x), 0) FROM unnest(d_available) AS x),
-        held = held + (SELECT coalesce(sum(x), 0) FROM unnest(d_held) AS x)
+    -- Everything the hold set aside leaves `held`; what went back to live lots is available again.
+    UPDATE credit_accounts SET available = available + returned, held = held - was_held
     WHERE user_id = p_user AND credit_type = p_type RETURNING available, held INTO after;
     PERFORM creditapp_rows(p_user, p_type, p_hold, p_reason, p_now, kinds, lots, d_available, d_held,
                            after.available, after.held);
@@ -165,15 +167,23 @@ END $$;
 -- What the user can spend at p_now: lots past their expiry count for nothing, written off or not.
 CREATE OR REPLACE FUNCTION creditapp_spendable(
     p_user integer, p_now timestamptz, OUT generation_credits bigint, OUT ai_tokens bigint
-) LANGUAGE sql STABLE AS $$
-    SELECT max(a.available - coalesce(d.due, 0)) FILTER (WHERE a.credit_type = 'generation_credits'),
-           max(a.available - coalesce(d.due, 0)) FILTER (WHERE a.credit_type = 'ai_tokens')
-    FROM credit_accounts a
-    LEFT JOIN (SELECT credit_type, sum(remaining - held) AS due FROM credit_lots
-               WHERE user_id = p_user AND remaining > held AND expires_at <= p_now
-               GROUP BY credit_type) d ON d.credit_type = a.credit_type
-    WHERE a.user_id = p_user
-$$;
+) LANGUAGE plpgsql STABLE AS $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT a.credit_type, a.available FROM credit_accounts a WHERE a.user_id = p_user LOOP
+        IF r.credit_type = 'generation_credits' THEN generation_credits := r.available;
+        ELSE ai_tokens := r.available;
+        END IF;
+    END LOOP;
+    FOR r IN SELECT l.credit_type, sum(l.remaining - l.held) AS due FROM credit_lots l
+             WHERE l.user_id = p_user AND l.remaining > l.held AND l.expires_at <= p_now
+             GROUP BY l.credit_type
+    LOOP
+        IF r.credit_type = 'generation_credits' THEN generation_credits := generation_credits - r.due;
+        ELSE ai_tokens := ai_tokens - r.due;
+        END IF;
+    END LOOP;
+END $$;
 
 -- A paid request's first transaction: the session check, its Idempotency-Key (with p_replay:
 -- replay the stored answer, refuse a key in use or reused, free a key whose hold has expired),
