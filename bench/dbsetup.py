@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import bindparam, create_engine, func, insert, select, text
@@ -120,6 +120,36 @@ class BenchDatabase:
                 "UPDATE credit_lots SET amount = amount + :per_user, remaining = remaining + :per_user "
                 "WHERE credit_type = 'generation_credits'"
             ), {"per_user": per_user})
+        self._after_bulk_load()
+
+    def add_lots(self, per_user: int, amount: int = 10**9) -> None:
+        """`per_user` more generation-credit lots for every user, each with its grant row: they
+        expire a year or more from now (one day apart), so they are spent before the seed lot."""
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as conn:
+            self._lock_accounts(conn)
+            rows = [
+                {"user_id": user_id, "credit_type": "generation_credits", "amount": amount, "remaining": amount,
+                 "held": 0, "priority": 50, "expires_at": now + timedelta(days=365 + k), "source": "admin",
+                 "reason": f"bench lot {k}", "created_at": now}
+                for k in range(1, per_user + 1)
+                for (user_id,) in conn.execute(text(
+                    "SELECT user_id FROM credit_accounts WHERE credit_type = 'generation_credits' ORDER BY user_id"))
+            ]
+            lot_ids = conn.execute(insert(LOTS).returning(LOTS.c.id, sort_by_parameter_order=True), rows).scalars().all()
+            available = {r[0]: r[1] for r in conn.execute(text(
+                "SELECT user_id, available FROM credit_accounts WHERE credit_type = 'generation_credits'"))}
+            entries = []
+            for row, lot_id in zip(rows, lot_ids):
+                available[row["user_id"]] += amount
+                entries.append({"user_id": row["user_id"], "credit_type": "generation_credits", "kind": "grant",
+                                "amount": amount, "held_change": 0, "balance_after": available[row["user_id"]],
+                                "held_after": 0, "hold_id": None, "lot_id": lot_id, "reason": row["reason"],
+                                "reference": None, "created_at": now})
+            conn.execute(insert(LEDGER), entries)
+            conn.execute(text(
+                "UPDATE credit_accounts SET available = available + :added WHERE credit_type = 'generation_credits'"
+            ), {"added": per_user * amount})
         self._after_bulk_load()
 
     def ledger_rows(self) -> int:

@@ -59,6 +59,10 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
               _div(p50("s7-balance-big"), p50("s7-balance-small")), "<= 1.25"),
         Ratio("s7 generate p50, big ledger / small ledger",
               _div(p50("s7-generate-big"), p50("s7-generate-small")), "<= 1.25"),
+        Ratio("s7 generate p50, 50 lots / 1 lot (big ledger)",
+              _div(p50("s7-generate-lots"), p50("s7-generate-big")), "<= 1.25"),
+        Ratio("s7 balance p50, 50 lots / 1 lot (big ledger)",
+              _div(p50("s7-balance-lots"), p50("s7-balance-big")), "<= 1.25"),
         Ratio("s7 transactions p50, big ledger / small ledger",
               _div(p50("s7-history-big"), p50("s7-history-small")), ""),
     ]

@@ -11,6 +11,7 @@ from .tokens import write_tokens
 from .wrk import Load
 
 FLOOR = "bench.floor:create_app()"
+LOTS_PER_USER = 50  # scenario 7's last part
 GENERATE_BODY = '{"prompt": "a lighthouse at dawn, oil on canvas"}'
 COMPLETE_BODY = '{"prompt": "Write a haiku about ledgers.", "max_tokens": 16}'
 
@@ -259,6 +260,10 @@ class Runner:
                 self.measure(server, f"s7-balance-{size}", f"GET /api/credits/balance {at}", balance)
                 self.measure(server, f"s7-history-{size}", f"GET .../transactions?limit=20 {at}", history)
                 self.measure(server, f"s7-generate-{size}", f"POST /api/generate {at}", generate)
+            # A user with 50 active lots must pay no more per request than a user with one.
+            self.db.add_lots(LOTS_PER_USER - 1)
+            self.measure(server, "s7-balance-lots", f"GET /api/credits/balance, {LOTS_PER_USER} lots each", balance)
+            self.measure(server, "s7-generate-lots", f"POST /api/generate, {LOTS_PER_USER} lots each", generate)
         self.run.verify.append(self._verify(self.db, "scenario 7 database"))
 
     def _verify(self, database: BenchDatabase, what: str) -> dict:

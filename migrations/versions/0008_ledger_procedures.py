@@ -286,7 +286,10 @@ BEGIN
     FOR r IN SELECT l.id, l.remaining - l.held AS free FROM credit_lots l
              WHERE l.user_id = p_user AND l.credit_type = p_type AND l.remaining > l.held AND l.voided_at IS NULL
                AND (l.expires_at IS NULL OR l.expires_at > now_)
-             ORDER BY l.priority, l.expires_at IS NULL, l.expires_at, l.created_at, l.id
+             -- The spending order (lots that never expire last: NULLS LAST is the default for an
+             -- ascending order here), read straight from ix_credit_lots_spending: no sort, and the
+             -- loop stops at the first lots that cover the amount, however many the user has.
+             ORDER BY l.priority, l.expires_at, l.created_at, l.id
              FOR UPDATE
     LOOP
         take := least(left_to_hold, r.free);
