@@ -99,6 +99,8 @@ class Config:
     # routes. Behind a proxy, run gunicorn with --forwarded-allow-ips so the IP is the client's.
     RATELIMIT_ENABLED = _bool("RATELIMIT_ENABLED", True)
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI") or "memory://"
+    # Keeps the counters of apps that share one Redis apart.
+    RATELIMIT_KEY_PREFIX = os.environ.get("RATELIMIT_KEY_PREFIX") or ""
     RATELIMIT_HEADERS_ENABLED = True
     # A fixed window costs one counter per key; a moving window keeps every hit (and showed in
     # the profile of a paid request).

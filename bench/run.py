@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and `creditapp` i
 from bench import report  # noqa: E402
 from bench.dbsetup import Unavailable  # noqa: E402
 from bench.scenarios import Settings, run_database  # noqa: E402
-from bench.servers import PAID_RATE_LIMIT  # noqa: E402
+from bench.servers import PAID_RATE_LIMIT, limiter_storage  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -70,6 +70,7 @@ def settings_from(args, workdir: Path, stamp: str) -> Settings:
         only=frozenset(name.strip() for name in args.only.split(",") if name.strip()),
         workdir=workdir,
         jwt_secret=secrets.token_hex(32),
+        limiter_storage=limiter_storage(),
     )
 
 
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
     print(f"creditapp benchmark ({mode}), commit {git_describe()}, {os.cpu_count()} cores; "
           f"logs in {workdir}", flush=True)
     print(f"servers: gunicorn -c gunicorn.conf.py wsgi:app, CREDITAPP_ENV=development, "
-          f"PAID_RATE_LIMIT={PAID_RATE_LIMIT!r} (the limiter runs, no run reaches it); "
+          f"PAID_RATE_LIMIT={PAID_RATE_LIMIT!r} (the limiter runs, no run reaches it), "
+          f"RATELIMIT_STORAGE_URI={settings.limiter_storage}; "
           f"tokens carry a session id like /api/auth/login's", flush=True)
 
     runs, skipped = [], {}

@@ -33,6 +33,7 @@ class Settings:
     workdir: Path
     jwt_secret: str
     only: frozenset[str] = frozenset()  # scenario keys to run (s1 … s7); empty: all
+    limiter_storage: str = "memory://"  # RATELIMIT_STORAGE_URI of the servers
 
     def wants(self, key: str) -> bool:
         return not self.only or key in self.only
@@ -78,7 +79,7 @@ class Runner:
 
     def server(self, name: str, latency_ms: int = 0, app: str = "wsgi:app", workers: int | None = None):
         env = server_env(self.db.url, self.s.jwt_secret, workers=workers or self.s.workers,
-                         latency_ms=latency_ms)
+                         latency_ms=latency_ms, limiter_storage=self.s.limiter_storage)
         return gunicorn(env, self.s.workdir / f"gunicorn-{self.db.kind}-{name}.log", app=app)
 
     def _backends(self) -> list[int]:

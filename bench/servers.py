@@ -24,6 +24,19 @@ PR_SET_PDEATHSIG = 1
 # run long enough, into a benchmark of 429 answers. The limiter stays on, so its cost is
 # measured, with a limit no run reaches.
 PAID_RATE_LIMIT = "100000000 per minute"
+# Several workers need the limiter's counters in one place (README, Deploying): the bench runs
+# that deployment when a Redis answers, and memory storage (one count per worker) otherwise.
+BENCH_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def limiter_storage() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(BENCH_REDIS, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return "memory://"
+    return BENCH_REDIS
 
 
 def free_port() -> int:
@@ -32,7 +45,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(database_url: str, jwt_secret: str, *, workers: int, latency_ms: int) -> dict:
+def server_env(database_url: str, jwt_secret: str, *, workers: int, latency_ms: int,
+               limiter_storage: str = "memory://") -> dict:
     # The stub's failure rate and call log, or another database, must not leak in from outside.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AI_STUB_", "DATABASE_URL", "GUNICORN_BIND", "GUNICORN_WORKERS"))}
@@ -45,6 +59,8 @@ def server_env(database_url: str, jwt_secret: str, *, workers: int, latency_ms: 
         GUNICORN_WORKERS=str(workers),
         AI_STUB_LATENCY_MS=str(latency_ms),
         PAID_RATE_LIMIT=PAID_RATE_LIMIT,
+        RATELIMIT_STORAGE_URI=limiter_storage,
+        RATELIMIT_KEY_PREFIX=f"creditapp-bench-{os.getpid()}",
     )
     return env
 
