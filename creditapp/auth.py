@@ -37,13 +37,14 @@ _SESSION_TO_CHECK = "creditapp.session_to_check"
 
 def session_checked_by_ledger(view: Callable) -> Callable:
     """Mark a view whose first database call is a ledger call that takes `session_to_check()`
-    (a hold through require_credits, or the balance read): on PostgreSQL that call refuses a
-    revoked session itself (SessionRevoked, 401 token_revoked), which saves a round trip.
+    (the balance read): on PostgreSQL that call refuses a revoked session itself
+    (SessionRevoked, 401 token_revoked), which saves a round trip.
 
-    Only for views that touch no data before that call: code that runs before it (a
-    before_request hook, a view's first lines) sees a token whose session is not checked yet.
-    Apply it first (innermost): decorators built with functools.wraps carry the mark outwards,
-    and a view that loses it is checked the ordinary way."""
+    Only for views that do nothing before that call that a logged-out token must not do:
+    validation (a 422 before the 401), a rate limit (a logged-out token would use up the user's
+    budget) or any data. Paid routes are not marked for those reasons. Apply it first
+    (innermost): decorators built with functools.wraps carry the mark outwards, and a view that
+    loses it is checked the ordinary way."""
     view.creditapp_checks_session = True
     return view
 

@@ -238,21 +238,26 @@ class AccountLock:
                 "SELECT 1 FROM credit_accounts WHERE user_id = :u FOR UPDATE"), {"u": self.user_id})
         return self
 
-    def wait_for_a_waiter(self) -> None:
-        """Until another connection waits for this lock (PostgreSQL says so; SQLite cannot)."""
+    def wait_for_a_waiter(self, waiters: int = 1) -> None:
+        """Until `waiters` other connections wait for a lock (PostgreSQL says so; SQLite cannot)."""
         if self.url.get_backend_name() == "sqlite":
             time.sleep(0.3)
             return
         deadline = time.monotonic() + 10
-        with self.engine.connect() as probe:
+        # Autocommit: within one transaction PostgreSQL keeps answering from its first snapshot
+        # of pg_stat_activity.
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as probe:
             while time.monotonic() < deadline:
                 waiting = probe.execute(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock'")).scalar_one()
-                if waiting:
+                if waiting >= waiters:
                     return
                 time.sleep(0.02)
-        raise AssertionError("nothing waited for the account lock")
+            activity = probe.execute(text(
+                "SELECT state, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity "
+                "WHERE datname = current_database()")).all()
+        raise AssertionError(f"fewer than {waiters} connection(s) waited for a lock: {activity}")
 
     def __exit__(self, *exc):
         self.connection.rollback()

@@ -1,16 +1,23 @@
-"""The hot path's shape: on PostgreSQL a paid request is two statements (hold, close) and a
-balance read one, counted exactly at the driver; the session check they fold in stays exact; a
-connection lost under them costs a repeat, never a second hold. Speed itself is bench/'s job."""
+"""The hot path's shape: on PostgreSQL a paid request is three statements (the session check,
+the hold, the close) and a balance read one (its session check folded in), counted exactly at
+the driver; the session check stays exact; a connection lost under them costs a repeat, never
+a second hold. Speed itself is bench/'s job."""
+import re
+import threading
+
 import psycopg
 import pytest
 from sqlalchemy import event, select
 
-from creditapp.credits import CreditType, credit_service
+from creditapp.ai import set_provider
+from creditapp.credits import credit_service
 from creditapp.extensions import db
 from creditapp.ledger import procedures
 from creditapp.ledger.tables import CreditHold
 
 from .pg import terminate_connections
+from .test_hold_expiry import AccountLock
+from .conftest import make_app
 from .test_tokens import bearer, login
 
 GENERATE = "/api/generate"
@@ -57,7 +64,7 @@ def count(request) -> tuple[object, list[str]]:
     return response, statements.sent
 
 
-def test_a_paid_request_is_two_statements_and_a_balance_read_one(app, client, make_user, stub, database_url):
+def test_a_paid_request_is_three_statements_and_a_balance_read_one(app, client, make_user, stub, database_url):
     only_postgresql(database_url)
     assert db.engine.pool._pre_ping is False  # a ping would be one more round trip per checkout
     user = make_user(credits=3)
@@ -65,16 +72,17 @@ def test_a_paid_request_is_two_statements_and_a_balance_read_one(app, client, ma
 
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=user.headers))
     assert response.status_code == 200
-    assert [s.split("(")[0] for s in sent] == ["SELECT * FROM creditapp_hold", "SELECT outcome FROM creditapp_close"]
+    assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == [
+        "revoked_sessions", "creditapp_hold", "creditapp_close"]
 
     headers = {**user.headers, "Idempotency-Key": "k-1"}
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers=headers))
-    assert response.status_code == 200 and len(sent) == 2
+    assert response.status_code == 200 and len(sent) == 3
     replayed, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers=headers))
-    assert replayed.headers["Idempotent-Replayed"] == "true" and len(sent) == 1
+    assert replayed.headers["Idempotent-Replayed"] == "true" and len(sent) == 2
 
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "c"}, headers=user.headers))
-    assert (response.status_code, len(sent)) == (403, 1)  # nothing left: the hold call refused it
+    assert (response.status_code, len(sent)) == (403, 2)  # nothing left: the hold call refused it
 
     response, sent = count(lambda: client.get("/api/credits/balance", headers=user.headers))
     assert response.status_code == 200
@@ -83,9 +91,9 @@ def test_a_paid_request_is_two_statements_and_a_balance_read_one(app, client, ma
     assert credit_service.verify() == []
 
 
-def test_a_revoked_session_is_refused_by_the_call_that_would_hold(client, make_user, stub):
-    """On PostgreSQL the session check is part of the hold call: a logged-out token gets no hold,
-    no AI call and no replay of an answer stored for its key."""
+def test_a_revoked_session_gets_nothing_on_any_route(client, make_user, stub):
+    """A logged-out token gets no hold, no AI call, no replay of an answer stored for its key,
+    and no balance (whose call checks the session itself on PostgreSQL)."""
     user = make_user(credits=3)
     tokens = login(client, user)
     headers = {**bearer(tokens["access_token"]), "Idempotency-Key": "paid-once"}
@@ -132,7 +140,8 @@ def test_requests_after_every_connection_was_cut_are_served(app, client, make_us
         lambda: client.post(f"/api/admin/users/{user.id}/credits", json={"amount": 1}, headers=admin.headers),
     ]
     for check in checks:
-        assert terminate_connections(database_url) > 0
+        _fill_pool(5)  # what a busy worker has: several idle connections, all cut at once
+        assert terminate_connections(database_url) >= 5
         response = check()
         assert response.status_code in (200, 201), response.json
     assert credit_service.get_credit_balance(user.id).generation_credits == 1
@@ -140,11 +149,59 @@ def test_requests_after_every_connection_was_cut_are_served(app, client, make_us
     assert credit_service.verify() == []
 
 
-def test_the_guard_folds_the_session_check_only_where_the_ledger_does_it(app):
+def _fill_pool(n: int) -> None:
+    connections = [db.engine.raw_connection() for _ in range(n)]
+    for connection in connections:
+        connection.close()
+
+
+def test_a_hold_repeated_while_the_first_attempt_waits_for_the_lock_holds_once(app, make_user, database_url):
+    """The first attempt's connection broke while it waited for the account lock, but it goes on
+    and commits; its repetition (same reference) queued behind it finds its hold after the lock."""
+    only_postgresql(database_url)
+    user = make_user(credits=5)
+    call = (user.id, "generation_credits", 2, 60, None, "k", "f", "s" * 32, True)
+    results = []
+    with AccountLock(database_url, user.id) as lock:
+        attempts = [threading.Thread(target=lambda: results.append(_call_in_app(app, call))) for _ in range(2)]
+        for waiting, attempt in enumerate(attempts, start=1):
+            attempt.start()
+            lock.wait_for_a_waiter(waiters=waiting)
+    for attempt in attempts:
+        attempt.join(30)
+    assert [r.outcome for r in results] == ["held", "held"]
+    assert results[0].hold_id == results[1].hold_id
+    assert credit_service.get_credit_balance(user.id).generation_credits == 3
+    assert credit_service.verify() == []
+
+
+def _call_in_app(app, call):
+    with app.app_context():
+        return procedures.call(procedures.HOLD, call)
+
+
+def test_only_the_balance_read_folds_the_session_check(app):
     assert credit_service.checks_sessions is (db.engine.dialect.name == "postgresql")
-    view = app.view_functions["generate.generate_image"]
-    assert getattr(view, "creditapp_checks_session", False)  # the mark survives smorest's decorators
-    assert not getattr(app.view_functions["credits.lots"], "creditapp_checks_session", False)
+    assert getattr(app.view_functions["credits.balance"], "creditapp_checks_session", False)
+    for endpoint in ("generate.generate_image", "credits.lots"):  # a paid route validates and limits first
+        assert not getattr(app.view_functions[endpoint], "creditapp_checks_session", False), endpoint
     if not credit_service.checks_sessions:  # SQLite: the web layer checked the session before
         with pytest.raises(ValueError):
-            credit_service.hold_or_replay(1, 1, CreditType.GENERATION_CREDITS, session_id="0" * 32)
+            credit_service.balance_overview(1, session_id="0" * 32)
+
+
+def test_a_logged_out_token_is_401_before_validation_and_never_uses_the_paid_limit(database_url, make_user, stub):
+    app = make_app(database_url, PAID_RATE_LIMIT="3 per minute")
+    with app.app_context():
+        set_provider(app, stub)
+        client = app.test_client()
+        user = make_user(credits=10)
+        gone, live = login(client, user), login(client, user)
+        assert client.post("/api/auth/logout", headers=bearer(gone["access_token"])).status_code == 200
+        for body in ({"prompt": "x"},) * 4 + ({},):
+            response = client.post(GENERATE, json=body, headers=bearer(gone["access_token"]))
+            assert (response.status_code, response.json["error"]) == (401, "token_revoked"), response.json
+        answers = [client.post(GENERATE, json={"prompt": str(i)}, headers=bearer(live["access_token"])).status_code
+                   for i in range(4)]
+        assert answers == [200, 200, 200, 429]
+        assert stub.calls == 3

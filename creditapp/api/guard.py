@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from flask import Response, after_this_request, current_app, g, request
 
-from ..auth import caller_must_exist, current_user_id, rate_limit_key, session_checked_by_ledger, session_to_check
+from ..auth import caller_must_exist, current_user_id, rate_limit_key
 from ..extensions import limiter
 from ..ledger import CreditType, InsufficientCredits, Hold, HoldExpired, credit_service
 from ..ledger.keys import StoredResponse
@@ -70,7 +70,6 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 with caller_must_exist():
                     hold = credit_service.hold_or_replay(
                         user_id, required, credit_type, key=key, fingerprint=fingerprint,
-                        session_id=session_to_check(),
                     )
             except InsufficientCredits:
                 metrics().insufficient.labels(feature, credit_type.value).inc()
@@ -106,7 +105,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 _close(hold, None, answered)
                 raise
 
-        return _documented(paid_limit(session_checked_by_ledger(guarded)), credit_type)
+        return _documented(paid_limit(guarded), credit_type)
 
     return decorator
 

@@ -53,7 +53,11 @@ def call(statement: str, params: tuple):
                 raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress") from None
             lost = connection.closed or connection.broken
             if lost:
+                # What broke this connection (a restart, a cut) broke its idle neighbours too:
+                # replace them all, as SQLAlchemy does for its own statements, so that the
+                # repetition gets a new connection rather than the next dead one.
                 pooled.invalidate(exc)
+                engine.dispose()
                 if attempt == 1:
                     continue
             raise DBAPIError.instance(statement, params, exc, psycopg.Error, connection_invalidated=lost) from exc
@@ -62,9 +66,10 @@ def call(statement: str, params: tuple):
     raise AssertionError("unreachable")
 
 
-def hold(*, user_id: int, credit_type: str, amount: int, ttl: int, session_id: str | None, key: str | None,
-         fingerprint: str | None, replay: bool):
-    return call(HOLD, (user_id, credit_type, amount, ttl, session_id, key, fingerprint, uuid.uuid4().hex, replay))
+def hold(*, user_id: int, credit_type: str, amount: int, ttl: int, key: str | None, fingerprint: str | None,
+         replay: bool):
+    # The session was checked before (a paid route answers 401 before 422 and 429), so no p_sid.
+    return call(HOLD, (user_id, credit_type, amount, ttl, None, key, fingerprint, uuid.uuid4().hex, replay))
 
 
 def close(*, hold_id: int, user_id: int, credit_type: str, charge: int, answer: tuple[int, str] | None,

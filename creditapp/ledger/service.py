@@ -116,8 +116,8 @@ class CreditService:
 
     @property
     def checks_sessions(self) -> bool:
-        """Whether holds and balance reads take the caller's login session and refuse a revoked
-        one in the same call (PostgreSQL), so the web layer need not look it up first."""
+        """Whether the balance read takes the caller's login session and refuses a revoked one
+        in the same call (PostgreSQL), so the web layer need not look it up first."""
         return procedures.available()
 
     def balance_overview(self, user_id: int, expiring: int = 5,
@@ -216,7 +216,7 @@ class CreditService:
         """
         amount, credit_type = _amount(amount), _credit_type(credit_type)
         if procedures.available():
-            return self._hold_call(user_id, amount, credit_type, key, fingerprint, None, replay=False)
+            return self._hold_call(user_id, amount, credit_type, key, fingerprint, replay=False)
         shortfall = None
         with atomic() as session:
             self._lock_account(session, user_id, credit_type)
@@ -258,25 +258,22 @@ class CreditService:
     @retry_conflicts
     def hold_or_replay(
         self, user_id: int, amount: int, credit_type, *, key: str | None = None,
-        fingerprint: str | None = None, session_id: str | None = None,
+        fingerprint: str | None = None,
     ) -> Hold | idempotency.StoredResponse:
         """A paid request's first step: the stored answer to replay for its Idempotency-Key, or a
-        new hold (see `replay_or_free` and `reserve`). On PostgreSQL this is one call, which also
-        refuses a revoked `session_id` (SessionRevoked) when one is given."""
+        new hold (see `replay_or_free` and `reserve`). On PostgreSQL this is one call."""
         amount, credit_type = _amount(amount), _credit_type(credit_type)
         if procedures.available():
-            return self._hold_call(user_id, amount, credit_type, key, fingerprint, session_id, replay=True)
-        _no_session_check(session_id)
+            return self._hold_call(user_id, amount, credit_type, key, fingerprint, replay=True)
         if key is not None:
             stored = self.replay_or_free(user_id, key, fingerprint)
             if stored is not None:
                 return stored
         return self.reserve(user_id, amount, credit_type, key=key, fingerprint=fingerprint)
 
-    def _hold_call(self, user_id, amount, credit_type, key, fingerprint, session_id, *, replay: bool):
+    def _hold_call(self, user_id, amount, credit_type, key, fingerprint, *, replay: bool):
         row = procedures.hold(user_id=user_id, credit_type=credit_type.value, amount=amount,
-                              ttl=self.hold_ttl_seconds, session_id=session_id, key=key,
-                              fingerprint=fingerprint, replay=replay)
+                              ttl=self.hold_ttl_seconds, key=key, fingerprint=fingerprint, replay=replay)
         if row.outcome == "held":
             return Hold(
                 hold_id=row.hold_id, user_id=user_id, credit_type=credit_type, amount=amount,

@@ -211,22 +211,16 @@ BEGIN
     IF p_sid IS NOT NULL AND EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = p_sid) THEN
         outcome := 'revoked'; RETURN;
     END IF;
-    IF p_ref IS NOT NULL THEN
-        -- A retry of a call whose answer was lost with its connection: answer the first hold.
-        SELECT h.id, h.expires_at INTO r FROM credit_holds h WHERE h.request_ref = p_ref;
-        IF FOUND THEN
-            outcome := 'held'; hold_id := r.id; expires_at := r.expires_at;
-            SELECT a.available INTO available FROM credit_accounts a
-            WHERE a.user_id = p_user AND a.credit_type = p_type;
-            SELECT s.generation_credits, s.ai_tokens INTO generation_credits, ai_tokens
-            FROM creditapp_spendable(p_user, creditapp_now()) s;
-            RETURN;
-        END IF;
-    END IF;
+    <<fresh>>
+    BEGIN
+    -- p_ref names this call: a repetition of it (its connection was lost before the answer came)
+    -- answers the hold the first attempt took, found here, under the key, or after the lock.
+    EXIT fresh WHEN EXISTS (SELECT 1 FROM credit_holds h WHERE h.request_ref = p_ref);
     IF p_key IS NOT NULL AND p_replay THEN
         FOR attempt IN 1..2 LOOP
             SELECT ik.id, ik.fingerprint, ik.status, ik.response_status, ik.response_body, ik.expires_at,
-                   ik.hold_id, h.status AS hold_status, h.expires_at AS hold_expires_at, h.credit_type AS hold_type
+                   ik.hold_id, h.status AS hold_status, h.expires_at AS hold_expires_at, h.credit_type AS hold_type,
+                   h.request_ref AS hold_ref
             INTO k FROM idempotency_keys ik LEFT JOIN credit_holds h ON h.id = ik.hold_id
             WHERE ik.user_id = p_user AND ik.key = p_key;
             have_key := FOUND;
@@ -234,6 +228,7 @@ BEGIN
             -- In flight: read it again under its account's lock, as it is now.
             PERFORM 1 FROM credit_accounts WHERE user_id = p_user AND credit_type = k.hold_type FOR UPDATE;
         END LOOP;
+        EXIT fresh WHEN have_key AND k.hold_ref = p_ref;
         IF have_key THEN
             now_ := creditapp_now();
             IF k.status = 'completed' AND k.expires_at <= now_ THEN
@@ -260,6 +255,8 @@ BEGIN
     IF NOT FOUND THEN
         outcome := 'unknown_user'; RETURN;
     END IF;
+    -- The first attempt holds this lock until it commits: only now is it sure to be seen.
+    EXIT fresh WHEN EXISTS (SELECT 1 FROM credit_holds h WHERE h.request_ref = p_ref);
     now_ := creditapp_now();  -- after the lock: what has expired is decided at this write
     PERFORM creditapp_expire_lots(p_user, p_type, now_);
     UPDATE credit_accounts a SET available = a.available - p_amount, held = a.held + p_amount
@@ -326,6 +323,14 @@ BEGIN
         END IF;
     END IF;
     outcome := 'held';
+    RETURN;
+    END;
+    -- A repetition: the first attempt's hold.
+    outcome := 'held';
+    SELECT h.id, h.expires_at INTO hold_id, expires_at FROM credit_holds h WHERE h.request_ref = p_ref;
+    SELECT a.available INTO available FROM credit_accounts a WHERE a.user_id = p_user AND a.credit_type = p_type;
+    SELECT s.generation_credits, s.ai_tokens INTO generation_credits, ai_tokens
+    FROM creditapp_spendable(p_user, creditapp_now()) s;
 END $$;
 
 -- A paid request's second transaction: settle p_charge of the hold (storing the answer for its
