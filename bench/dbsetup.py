@@ -218,6 +218,7 @@ class PostgresDatabase(BenchDatabase):
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE ledger_entries"))
             conn.execute(text("ANALYZE credit_accounts"))
+            conn.execute(text("ANALYZE credit_lots"))
 
     def statement_log(self):
         return StatementLog(self.admin, self.name)

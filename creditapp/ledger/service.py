@@ -8,6 +8,8 @@ sums to the balance.
 
 Lock order is always account row first, then hold rows, so settle, release and the expiry sweep
 cannot deadlock with each other.
+Every write to an account's lots (and holds) happens under its account row's lock, which the
+PostgreSQL functions rely on to read lots without locking them one by one.
 """
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

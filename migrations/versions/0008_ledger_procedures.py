@@ -286,8 +286,10 @@ BEGIN
              -- The spending order (lots that never expire last: NULLS LAST is the default for an
              -- ascending order here), read straight from ix_credit_lots_spending: no sort, and the
              -- loop stops at the first lots that cover the amount, however many the user has.
+             -- No FOR UPDATE: every writer of an account's lots holds the account's row first
+             -- (this call does), and locking the ten rows a loop fetches at a time cost a WAL
+             -- record each.
              ORDER BY l.priority, l.expires_at, l.created_at, l.id
-             FOR UPDATE
     LOOP
         take := least(left_to_hold, r.free);
         UPDATE credit_lots SET held = held + take WHERE id = r.id;
