@@ -368,6 +368,41 @@ class CreditService:
         if expired and charge:
             raise HoldExpired(f"hold {hold_id} expired before the work finished; nothing was charged")
 
+    @retry_conflicts
+    def extend(self, hold: Hold, seconds: int | None = None) -> datetime:
+        """Keep a hold alive for work that is still running (a job's heartbeat): its expiry
+        becomes `seconds` (CREDIT_HOLD_TTL_SECONDS by default) from now, never earlier than it
+        was. Returns the new expiry.
+
+        Decided like the close, after the account lock and by the clock read then: a hold already
+        past its expiry is not revived but expired here (its credits go back, its key is freed)
+        and HoldExpired is raised; so is HoldExpired for a hold that has ended otherwise. An
+        extension, a close and an expiry of one hold queue on the same lock, and whichever comes
+        first decides."""
+        seconds = self.hold_ttl_seconds if seconds is None else seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+            raise ValueError(f"seconds must be a positive integer, got {seconds!r}")
+        if hold.closed:
+            raise HoldExpired(f"hold {hold.hold_id} has ended")
+        with atomic() as session:
+            self._lock_account(session, hold.user_id, hold.credit_type)
+            now = utcnow()
+            state = session.execute(sql.LOCK_HOLD, {"p_hold": hold.hold_id}).one()
+            ended = state.status != "open"
+            if not ended and state.expires_at <= now:
+                self._expire_hold(session, hold.user_id, hold.credit_type, hold.hold_id, state.amount, now)
+                if hold.key is not None:
+                    idempotency.free_for_hold(session, hold.hold_id)
+                ended = True
+            if not ended:
+                expires_at = max(state.expires_at, now + timedelta(seconds=seconds))
+                session.execute(sql.EXTEND_HOLD, {"p_hold": hold.hold_id, "p_expires": expires_at})
+        if ended:
+            hold.closed = True
+            raise HoldExpired(f"hold {hold.hold_id} ended before it could be extended; nothing will be charged")
+        hold.expires_at = expires_at
+        return expires_at
+
     def replay_or_free(self, user_id: int, key: str, request_fingerprint: str):
         """What an Idempotency-Key says about a new request: the stored answer to replay, or None
         when the request should run. Raises IdempotencyKeyReused or IdempotencyKeyInUse.

@@ -73,6 +73,13 @@ EXPIRED_HOLDS = (
     .with_for_update()
 )
 
+# A heartbeat: the caller holds the account's lock and has checked that the hold is open.
+EXTEND_HOLD = (
+    update(HOLDS)
+    .where(HOLDS.c.id == bindparam("p_hold"), HOLDS.c.status == "open")
+    .values(expires_at=bindparam("p_expires", type_=HOLDS.c.expires_at.type))
+)
+
 HOLD_STATUS = select(HOLDS.c.status).where(HOLDS.c.id == bindparam("p_hold"))
 
 HOLD_ACCOUNT = select(HOLDS.c.user_id, HOLDS.c.credit_type).where(HOLDS.c.id == bindparam("p_hold"))
