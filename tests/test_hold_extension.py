@@ -110,8 +110,13 @@ def test_an_extension_and_a_close_queued_on_one_lock_end_the_hold_once(app, make
     assert credit_service.verify() == []
 
 
-@pytest.mark.parametrize("seconds", [0, -5, 1.5, True, "60"])
-def test_an_extension_takes_a_positive_number_of_whole_seconds(make_user, seconds):
+@pytest.mark.parametrize("seconds", [0, -5, -0.5, float("nan"), True, "60"])
+def test_an_extension_takes_a_positive_number_of_seconds(make_user, seconds):
     hold = charged_hold(make_user(credits=1))
     with pytest.raises(ValueError):
         credit_service.extend(hold, seconds=seconds)
+
+
+def test_an_extension_may_be_a_fraction_of_a_second(make_user, manual_clock):
+    hold = charged_hold(make_user(credits=1))
+    assert credit_service.extend(hold, seconds=900.5) == manual_clock() + timedelta(seconds=900.5)

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .tables import MAX_AMOUNT
 from . import statements as sql
+from .holding import HeldHold
 from .statements import ACCOUNTS, HOLDS, LEDGER
 from .types import Balance, CreditType, Grant, Refund, Hold
 
@@ -369,7 +370,7 @@ class CreditService:
             raise HoldExpired(f"hold {hold_id} expired before the work finished; nothing was charged")
 
     @retry_conflicts
-    def extend(self, hold: Hold, seconds: int | None = None) -> datetime:
+    def extend(self, hold: Hold, seconds: float | None = None) -> datetime:
         """Keep a hold alive for work that is still running (a job's heartbeat): its expiry
         becomes `seconds` (CREDIT_HOLD_TTL_SECONDS by default) from now, never earlier than it
         was. Returns the new expiry.
@@ -380,28 +381,31 @@ class CreditService:
         extension, a close and an expiry of one hold queue on the same lock, and whichever comes
         first decides."""
         seconds = self.hold_ttl_seconds if seconds is None else seconds
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
-            raise ValueError(f"seconds must be a positive integer, got {seconds!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"seconds must be a positive number, got {seconds!r}")
         if hold.closed:
             raise HoldExpired(f"hold {hold.hold_id} has ended")
+        with self.holding(hold) as held:
+            if held.end_if_due():
+                return held.extend(seconds)
+        hold.closed = True
+        raise HoldExpired(f"hold {hold.hold_id} ended before it could be extended; nothing will be charged")
+
+    @contextmanager
+    def holding(self, hold: Hold) -> Iterator[HeldHold]:
+        """One transaction on `hold` under its account's lock, for the caller's writes that must
+        commit with the hold's (see holding.py). Callers wrap their whole transaction in
+        `retry_conflicts`."""
         with atomic() as session:
             self._lock_account(session, hold.user_id, hold.credit_type)
-            now = utcnow()
-            state = session.execute(sql.LOCK_HOLD, {"p_hold": hold.hold_id}).one()
-            ended = state.status != "open"
-            if not ended and state.expires_at <= now:
-                self._expire_hold(session, hold.user_id, hold.credit_type, hold.hold_id, state.amount, now)
-                if hold.key is not None:
-                    idempotency.free_for_hold(session, hold.hold_id)
-                ended = True
-            if not ended:
-                expires_at = max(state.expires_at, now + timedelta(seconds=seconds))
-                session.execute(sql.EXTEND_HOLD, {"p_hold": hold.hold_id, "p_expires": expires_at})
-        if ended:
-            hold.closed = True
-            raise HoldExpired(f"hold {hold.hold_id} ended before it could be extended; nothing will be charged")
-        hold.expires_at = expires_at
-        return expires_at
+            now = utcnow()  # after the lock: what has expired is decided here
+            state = session.execute(sql.LOCK_HOLD, {"p_hold": hold.hold_id}).one_or_none()
+            if state is None:
+                raise UnknownCharge(f"no hold with id {hold.hold_id}")
+            yield HeldHold(self, session, hold, now, state)
+
+    def _extend(self, session, hold_id: int, expires_at: datetime) -> None:
+        session.execute(sql.EXTEND_HOLD, {"p_hold": hold_id, "p_expires": expires_at})
 
     def replay_or_free(self, user_id: int, key: str, request_fingerprint: str):
         """What an Idempotency-Key says about a new request: the stored answer to replay, or None
