@@ -127,6 +127,23 @@ class Config:
     AI_STUB_FAILURE_RATE = _float("AI_STUB_FAILURE_RATE", 0.0)
     # When set, the stub appends one line per call: lets tests count calls across workers.
     AI_STUB_CALL_LOG = os.environ.get("AI_STUB_CALL_LOG") or None
+    AI_STUB_RESULT_LOG = os.environ.get("AI_STUB_RESULT_LOG") or None  # a line per result it returned
+
+    # Jobs (`Prefer: respond-async`): the broker workers take them from, redis://... or amqp://...;
+    # empty: an embedded queue, with a worker of JOBS_EMBEDDED_THREADS threads in the server.
+    JOBS_BROKER_URL = os.environ.get("JOBS_BROKER_URL") or ""
+    JOBS_QUEUE = os.environ.get("JOBS_QUEUE") or "creditapp-jobs"
+    JOBS_NAMESPACE = os.environ.get("JOBS_NAMESPACE") or "creditapp"  # Redis key prefix
+    JOBS_EMBEDDED_THREADS = _int("JOBS_EMBEDDED_THREADS", 4)
+    JOBS_REDIS_HEARTBEAT_TIMEOUT_SECONDS = _float("JOBS_REDIS_HEARTBEAT_TIMEOUT_SECONDS", 60)
+    JOBS_REDIS_MAINTENANCE_CHANCE = _int("JOBS_REDIS_MAINTENANCE_CHANCE", 1000)  # per million commands
+    JOB_MAX_ATTEMPTS = _int("JOB_MAX_ATTEMPTS", 3)
+    JOB_RETRY_BACKOFF_SECONDS = _float("JOB_RETRY_BACKOFF_SECONDS", 2)  # doubled at each further attempt
+    # A running job's worker extends its hold and its lease this often; a lease not renewed for
+    # JOB_LEASE_SECONDS lets a redelivery take the job over (the worker is taken for dead).
+    JOB_HEARTBEAT_SECONDS = _float("JOB_HEARTBEAT_SECONDS", 10)
+    JOB_LEASE_SECONDS = _float("JOB_LEASE_SECONDS", 30)
+    JOB_TIME_LIMIT_SECONDS = _float("JOB_TIME_LIMIT_SECONDS", 900)  # one attempt, at most
 
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
@@ -177,12 +194,37 @@ def check_config(config) -> None:
             f"({hold_ttl}): a stored answer could otherwise be forgotten while its request still "
             "runs, and a retry with the same Idempotency-Key would be charged again"
         )
+    _check_jobs(config)
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:
             raise RuntimeError(
                 f"JWT_SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production"
             )
+
+
+def _check_jobs(config) -> None:
+    heartbeat, lease = config["JOB_HEARTBEAT_SECONDS"], config["JOB_LEASE_SECONDS"]
+    if not 0 < heartbeat <= 3600:
+        raise RuntimeError(f"JOB_HEARTBEAT_SECONDS must be from 0 to 3600, got {heartbeat}")
+    if not 2 * heartbeat <= lease <= MAX_HOLD_TTL_SECONDS / 4:
+        raise RuntimeError(f"JOB_LEASE_SECONDS must be at least twice JOB_HEARTBEAT_SECONDS ({heartbeat}), "
+                           f"so that one late heartbeat does not lose the job, got {lease}")
+    if not 1 <= config["JOB_MAX_ATTEMPTS"] <= 20:
+        raise RuntimeError(f"JOB_MAX_ATTEMPTS must be from 1 to 20, got {config['JOB_MAX_ATTEMPTS']}")
+    if not 0 <= config["JOB_RETRY_BACKOFF_SECONDS"] <= 3600:
+        raise RuntimeError(f"JOB_RETRY_BACKOFF_SECONDS must be from 0 to 3600, got {config['JOB_RETRY_BACKOFF_SECONDS']}")
+    if config["JOBS_EMBEDDED_THREADS"] < 1:
+        raise RuntimeError("JOBS_EMBEDDED_THREADS must be at least 1")
+    longest = (config["CREDIT_HOLD_TTL_SECONDS"] + config["JOB_MAX_ATTEMPTS"]
+               * (config["JOB_TIME_LIMIT_SECONDS"] + 2 * lease + config["JOB_RETRY_BACKOFF_SECONDS"]
+                  * 2 ** (config["JOB_MAX_ATTEMPTS"] - 1)))
+    if not 0 < config["JOB_TIME_LIMIT_SECONDS"] or longest >= config["IDEMPOTENCY_TTL_SECONDS"]:
+        raise RuntimeError(
+            f"a job can live {longest:.0f} s (queued for CREDIT_HOLD_TTL_SECONDS, then JOB_MAX_ATTEMPTS "
+            "attempts of JOB_TIME_LIMIT_SECONDS with their backoff): that must be positive and shorter "
+            f"than IDEMPOTENCY_TTL_SECONDS ({config['IDEMPOTENCY_TTL_SECONDS']}), or a retry with the "
+            "job's Idempotency-Key could submit it again")
 
 
 class TestingConfig(Config):
@@ -199,6 +241,8 @@ class TestingConfig(Config):
     # CORS on too, for a web client's origin, so that every route test goes through Flask-CORS.
     CORS_ORIGINS = _list("CORS_ORIGINS", "http://web.test")
     LOG_FORMAT = "text"
+    # By default no broker and no worker thread: tests run queued jobs with job_queue().drain().
+    JOBS_BROKER_URL = os.environ.get("JOBS_BROKER_URL") or "stub://"
 
 
 CONFIGS = {

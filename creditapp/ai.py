@@ -49,26 +49,35 @@ class StubAIProvider:
     """Answers like a provider would, with configurable latency and failure rate."""
 
     def __init__(self, latency_ms: int = 0, failure_rate: float = 0.0, call_log: str | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, result_log: str | None = None):
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be between 0 and 1")
         self.latency_ms = latency_ms
         self.failure_rate = failure_rate
         self.call_log = call_log
+        self.result_log = result_log  # one line per result handed out (tests count them across processes)
         self.calls = 0
         self._lock = threading.Lock()
         self._random = random.Random(seed)
 
     def generate_image(self, params: dict, feature: str = "basic_generation") -> dict:
         self._call(feature)
-        return {"feature": feature, "image_url": f"https://images.stub.invalid/{uuid.uuid4().hex}.png"}
+        url = f"https://images.stub.invalid/{uuid.uuid4().hex}.png"
+        self._delivered(url)
+        return {"feature": feature, "image_url": url}
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
         self._call("ai_complete")
         prompt_tokens = count_tokens(prompt)
         completion_tokens = min(max_tokens, 8 + prompt_tokens // 2)
         text = " ".join(["lorem"] * completion_tokens)
+        self._delivered(f"completion of {completion_tokens} tokens")
         return Completion(text, prompt_tokens, completion_tokens)
+
+    def _delivered(self, result: str) -> None:
+        if self.result_log:
+            with open(self.result_log, "a", encoding="utf-8") as log:
+                log.write(f"{result}\n")
 
     def _call(self, feature: str) -> None:
         with self._lock:
@@ -112,6 +121,7 @@ def init_app(app: Flask) -> None:
         latency_ms=app.config["AI_STUB_LATENCY_MS"],
         failure_rate=app.config["AI_STUB_FAILURE_RATE"],
         call_log=app.config["AI_STUB_CALL_LOG"],
+        result_log=app.config["AI_STUB_RESULT_LOG"],
     ))
 
 

@@ -7,13 +7,14 @@ from flask import Flask
 from config import Config, check_config, config_from_env
 
 from . import ai, auth, database, logs, metrics, revocation
-from .api import bench, bodies, register_blueprints
+from .api import bench, bodies, register_blueprints, running
 from .api.errors import register_error_handlers, register_jwt_handlers
 from .api.schemas import ErrorSchema
 from .cli import register_commands
 from .database import engine_options
 from .extensions import api, cors, db, jwt, limiter, migrate
 from .features import check_costs, check_signup_grants
+from .jobs import queue as job_queue
 from .ledger import credit_service
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -68,6 +69,7 @@ def register_extensions(app: Flask) -> None:
     logs.init_app(app)
     metrics.init_app(app)
     ai.init_app(app)
+    job_queue.init_app(app, perform=running.run)
     limiter.init_app(app)
     if app.config["CORS_ORIGINS"]:
         cors.init_app(

@@ -1,4 +1,8 @@
 """Flask CLI: `flask --app wsgi users ...` and `flask --app wsgi credits ...`."""
+import os
+import re
+import signal
+import threading
 from datetime import timedelta
 
 import click
@@ -6,7 +10,10 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
+from . import metrics
 from . import users as user_service
+from .jobs import store as job_store
+from .jobs.queue import job_queue
 from .api.schemas import CredentialsSchema, GrantSchema, RefundSchema, VoidSchema
 from .exceptions import UsernameTaken
 from .ledger import (
@@ -18,6 +25,7 @@ from .ledger.clock import utcnow
 from .ledger.tables import MAX_AMOUNT
 
 users_cli = AppGroup("users", help="Manage users.")
+jobs_cli = AppGroup("jobs", help="Run and inspect jobs (paid work submitted with Prefer: respond-async).")
 credits_cli = AppGroup("credits", help="Grant, inspect and audit credits.")
 
 _credentials = CredentialsSchema()
@@ -165,6 +173,57 @@ def _format(balance: Balance) -> str:
     return f"generation_credits={balance.generation_credits} ai_tokens={balance.ai_tokens}"
 
 
+@jobs_cli.command("worker")
+@click.option("--threads", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="Jobs run at once by this process.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0,
+              help="Serve Prometheus metrics on this port (0: not at all).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+def jobs_worker(threads: int, metrics_port: int, metrics_host: str) -> None:
+    """Take jobs from JOBS_BROKER_URL and run them until SIGTERM or SIGINT (then finish the running
+    ones, up to the broker's own timeout). Run as many processes, on as many hosts, as needed."""
+    queue = job_queue()
+    if queue.mode != "broker":
+        raise click.ClickException(
+            "JOBS_BROKER_URL is not set: jobs run inside the server (the embedded queue). "
+            "Set it to redis://... or amqp://... to run workers of their own.")
+    if metrics_port:
+        metrics.serve(current_app._get_current_object(), metrics_host, metrics_port)
+    worker = queue.worker(threads)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    worker.start()
+    click.echo(f"worker: {threads} threads on {queue.actor.queue_name} ({_redacted(queue.url)}), pid {os.getpid()}",
+               err=True)
+    stopping.wait()
+    click.echo("worker: stopping", err=True)
+    worker.stop(timeout=10_000)
+
+
+@jobs_cli.command("requeue")
+def jobs_requeue() -> None:
+    """Send every unfinished job to the broker again (after a broker lost its messages). A job
+    that is running or finished is not run twice: the jobs table decides."""
+    queue = job_queue()
+    ids = job_store.unfinished()
+    for job_id in ids:
+        queue.send(job_id)
+    click.echo(f"sent {len(ids)} unfinished job(s) again")
+
+
+@jobs_cli.command("status")
+def jobs_status() -> None:
+    """How many jobs are queued and running now."""
+    depth = job_store.depth()
+    click.echo(f"queued {depth['queued']}, running {depth['running']}")
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
 def register_commands(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.cli.add_command(jobs_cli)
     app.cli.add_command(credits_cli)

@@ -24,3 +24,19 @@ class GenerationFailed(CreditAppError):
 
 class InvalidIdentity(CreditAppError):
     """A verified token names no user of this service, or carries claims login never makes."""
+
+
+class UnknownJob(CreditAppError):
+    """No job of the caller's has that id."""
+
+
+class JobRunning(CreditAppError):
+    """A worker is running the job: it can no longer be cancelled."""
+
+
+class JobFinished(CreditAppError):
+    """The job has finished already."""
+
+
+class QueueUnavailable(CreditAppError):
+    """The job could not be handed to the broker; nothing was held."""

@@ -68,3 +68,11 @@ def price_list() -> list[dict]:
          "unit": f.unit, "endpoint": f.endpoint}
         for f in FEATURES.values()
     ]
+
+
+def feature_of_route(method: str, rule: str) -> str | None:
+    """The declared feature a route sells, by its "METHOD /rule"."""
+    return _BY_ENDPOINT.get(f"{method} {rule}")
+
+
+_BY_ENDPOINT = {feature.endpoint: feature.name for feature in FEATURES.values()}

@@ -16,11 +16,15 @@ from pythonjsonlogger.json import JsonFormatter
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access_log = logging.getLogger("creditapp.access")
+job_log = logging.getLogger("creditapp.jobs")
 
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id") if has_request_context() else None
+        if has_request_context():
+            record.request_id = g.get("request_id")
+        elif not hasattr(record, "request_id"):  # a job's lines carry the id of the request that submitted it
+            record.request_id = None
         return True
 
 
@@ -31,10 +35,11 @@ def init_app(app: Flask) -> None:
             "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"asctime": "time", "levelname": "level"},
         ))
         handler.addFilter(RequestIdFilter())
-        for logger in (app.logger, access_log):
+        for logger in (app.logger, access_log, job_log):
             logger.handlers = [handler]
             logger.propagate = False
     access_log.setLevel(logging.INFO if app.config["LOG_REQUESTS"] else logging.WARNING)
+    job_log.setLevel(logging.INFO)
     app.before_request(_start)
     app.after_request(_finish)
 

@@ -41,6 +41,26 @@ class CreditMetrics:
             "creditapp_ai_failures", "AI provider calls that failed", ["feature"], registry=registry,
         )
 
+        self.jobs = Counter(
+            "creditapp_jobs", "Jobs that ended, by feature and outcome (succeeded, failed, expired, cancelled)",
+            ["feature", "outcome"], registry=registry,
+        )
+        self.job_wait = Histogram(
+            "creditapp_job_queue_wait_seconds", "From submit to a worker's first attempt", ["feature"],
+            buckets=AI_BUCKETS, registry=registry,
+        )
+        self.job_run = Histogram(
+            "creditapp_job_run_seconds", "One attempt of a job, by how it ended (succeeded, failed, "
+            "queued for a retry, lost)", ["feature", "outcome"], buckets=AI_BUCKETS, registry=registry,
+        )
+        self.job_holds_extended = Counter(
+            "creditapp_job_holds_extended", "Heartbeats that extended a running job's hold", registry=registry,
+        )
+        self.job_holds_ended = Counter(
+            "creditapp_job_holds_ended", "Jobs that ended with their hold given back unused, by outcome",
+            ["outcome"], registry=registry,
+        )
+
     def count(self, event: str, feature: str, credit_type: str, amount: int) -> None:
         if amount:
             self.credits.labels(event, feature, credit_type).inc(amount)
@@ -56,6 +76,19 @@ def init_app(app: Flask) -> None:
         registry = CollectorRegistry()
         PrometheusMetrics(app, registry=registry, **options)
     app.extensions["creditapp.metrics"] = CreditMetrics(registry)
+    app.extensions["creditapp.metrics_registry"] = registry
+
+
+def serve(app: Flask, host: str, port: int) -> None:
+    """A job worker's /metrics, on a port of its own (it serves no HTTP otherwise)."""
+    from prometheus_client import REGISTRY, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = app.extensions["creditapp.metrics_registry"]
+    if registry is None:  # PROMETHEUS_MULTIPROC_DIR: what every process wrote
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry or REGISTRY)
 
 
 def metrics() -> CreditMetrics:

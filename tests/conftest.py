@@ -20,11 +20,11 @@ from creditapp import users
 from .pg import DatabaseClock, install_test_clock, postgres_database
 
 BACKENDS = ["sqlite", "postgresql"]
-TABLES = ("revoked_sessions", "idempotency_keys", "ledger_entries", "credit_holds", "credit_accounts", "users")
+TABLES = ("jobs", "revoked_sessions", "idempotency_keys", "ledger_entries", "credit_holds", "credit_accounts", "users")
 
 
 def make_app(database_url: str, **overrides):
-    return create_app(TestingConfig, {"SQLALCHEMY_DATABASE_URI": database_url, **overrides})
+    return create_app(TestingConfig, {"SQLALCHEMY_DATABASE_URI": database_url, "JOBS_BROKER_URL": "stub://", **overrides})
 
 
 def migrate(database_url: str) -> None:

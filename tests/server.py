@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def server_env(database_url: str, **settings) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "AI_STUB_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "AI_STUB_", "JOBS_", "JOB_"))}
     env.update(CREDITAPP_ENV="testing", DATABASE_URL=database_url)
     env.update({key: str(value) for key, value in settings.items()})
     return env

@@ -8,7 +8,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from ..exceptions import GenerationFailed, InvalidCredentials, InvalidIdentity, NotAdmin, UsernameTaken
+from ..exceptions import (
+    GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, QueueUnavailable,
+    UnknownJob, UsernameTaken,
+)
 from ..ledger.errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
@@ -37,6 +40,10 @@ DOMAIN_ERRORS = {
     UnknownUser: (404, "unknown_user"),
     UnknownCharge: (404, "unknown_charge"),
     UnknownLot: (404, "unknown_lot"),
+    UnknownJob: (404, "unknown_job"),
+    JobRunning: (409, "job_running"),
+    JobFinished: (409, "job_finished"),
+    QueueUnavailable: (503, "queue_unavailable"),
     NotACharge: (409, "not_a_charge"),
     NotRefundable: (409, "not_refundable"),
     AlreadyRefunded: (409, "already_refunded"),

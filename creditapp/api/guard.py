@@ -4,7 +4,12 @@ It reserves the credits before the view runs (so two requests can never both spe
 credit); the view's `deduct_credits` charges that hold; when the request ends the charge
 is committed if the response succeeded, and everything is given back if it did not. With an
 `Idempotency-Key`, a retry replays the first answer and is not charged again.
+
+With `Prefer: respond-async` (RFC 7240) the same checks run and the same hold is taken, then the
+work becomes a job (202 and its Location): the hold lives until a worker finishes the job, which
+runs the same view body (creditapp.api.running).
 """
+import json
 import functools
 from collections.abc import Callable
 from copy import deepcopy
@@ -13,16 +18,22 @@ from dataclasses import dataclass
 from flask import Response, after_this_request, current_app, g, request
 
 from ..auth import caller_must_exist, current_user_id, rate_limit_key
+from ..exceptions import QueueUnavailable
 from ..extensions import limiter
+from ..features import feature_of_route
+from ..jobs import store as jobs
+from ..jobs.queue import job_queue
 from ..ledger import CreditType, InsufficientCredits, Hold, HoldExpired, credit_service
 from ..ledger.keys import StoredResponse
 from ..metrics import metrics
 from .errors import error_response
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
-from .idempotency import idempotency_key, replay, request_fingerprint
+from .idempotency import accepted_headers, idempotency_key, replay, request_fingerprint
 from .schemas import ErrorSchema, InsufficientCreditsSchema
 
 Amount = int | Callable[..., int]
+# Every paid view by name, so that a worker can run it as a job.
+WORK: dict[str, Callable] = {}
 
 
 @dataclass(frozen=True)
@@ -58,13 +69,17 @@ def require_credits(amount: Amount, credit_type) -> Callable:
     credit_type = CreditType(credit_type)
 
     def decorator(view: Callable) -> Callable:
+        work = f"{view.__module__}:{view.__qualname__}"
+        WORK[work] = view
+
         @functools.wraps(view)
         def guarded(*args, **kwargs):
             user_id = current_user_id()
             feature = request.endpoint or view.__name__
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
             key = idempotency_key()
-            fingerprint = request_fingerprint() if key is not None else None
+            asynchronous = prefers_async()
+            fingerprint = request_fingerprint(asynchronous) if key is not None else None
             required = amount(*args, **kwargs) if callable(amount) else amount
             try:
                 with caller_must_exist():
@@ -79,8 +94,10 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 g.credit_log["outcome"] = "replayed"
                 return replay(hold)
             metrics().count("reserved", feature, credit_type.value, required)
-            metrics().open_holds.inc()
             g.credit_log.update(reserved=required, hold_id=hold.hold_id)
+            if asynchronous:
+                return _submit(hold, work, args, kwargs)
+            metrics().open_holds.inc()
             g.credit_info = CreditInfo(
                 user_id=user_id, credit_type=credit_type, required=required,
                 available=hold.available_before, hold_id=hold.hold_id,
@@ -108,6 +125,48 @@ def require_credits(amount: Amount, credit_type) -> Callable:
         return _documented(paid_limit(guarded), credit_type)
 
     return decorator
+
+
+def prefers_async() -> bool:
+    """Whether the request asks for `Prefer: respond-async` (RFC 7240), among any others."""
+    for header in request.headers.getlist("Prefer"):
+        for preference in header.split(","):
+            if preference.split(";")[0].split("=")[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+def _submit(hold: Hold, work: str, args: tuple, kwargs: dict) -> Response:
+    """Turn the held request into a queued job: 202 with its Location. The 202 is stored for the
+    Idempotency-Key with the job, so a retry answers the same job."""
+    job_id = jobs.new_id()
+    feature = feature_of_route(request.method, request.url_rule.rule) or request.endpoint
+    body = json.dumps({"job_id": job_id, "status": "queued", "feature": feature,
+                       "held": {"credit_type": hold.credit_type.value, "amount": hold.amount}})
+    try:
+        jobs.submit(hold, job_id=job_id, feature=feature, work=work,
+                    params={"args": list(args), "kwargs": kwargs}, request_id=g.get("request_id"),
+                    answer=(202, body))
+    except Exception:
+        try:
+            credit_service.close(hold, succeeded=False)
+        except Exception:
+            current_app.logger.exception("hold %s stays until it expires", hold.hold_id)
+        raise
+    try:
+        job_queue().send(job_id)
+    except QueueUnavailable:
+        current_app.logger.exception("job %s could not be queued", job_id)
+        jobs.abandon(job_id, hold)
+        g.credit_log.update(charged=0, outcome="queue_unavailable")
+        raise
+    g.credit_log.update(outcome="queued", job_id=job_id)
+    return job_accepted(body)
+
+
+def job_accepted(body: str) -> Response:
+    response = Response(body, status=202, mimetype="application/json")
+    return accepted_headers(response)
 
 
 def _documented(view: Callable, credit_type: CreditType) -> Callable:

@@ -30,11 +30,23 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 
-def request_fingerprint() -> str:
-    return fingerprint(request.method, request.path, request.get_data())
+def request_fingerprint(asynchronous: bool = False) -> str:
+    """A job and a synchronous answer are different requests: one key cannot stand for both."""
+    path = request.path + (" respond-async" if asynchronous else "")
+    return fingerprint(request.method, path, request.get_data())
 
 
 def replay(stored: StoredResponse) -> Response:
     response = Response(stored.body, status=stored.status, mimetype="application/json")
     response.headers["Idempotent-Replayed"] = "true"
+    if stored.status == 202:
+        accepted_headers(response)
+    return response
+
+
+def accepted_headers(response: Response) -> Response:
+    """A queued job's 202: where to poll it, and when."""
+    response.headers["Location"] = f"/api/jobs/{json.loads(response.get_data())['job_id']}"
+    response.headers["Preference-Applied"] = "respond-async"
+    response.headers["Retry-After"] = "1"
     return response

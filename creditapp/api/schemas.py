@@ -333,3 +333,49 @@ class HealthSchema(Schema):
 
 class ReadySchema(HealthSchema):
     migration = fields.String(dump_only=True)
+
+
+class JobErrorSchema(Schema):
+    error = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class JobSchema(Schema):
+    """A job (`Prefer: respond-async`). Once `succeeded` it carries what the synchronous answer
+    would have: `result`, `charged`, `balance` (and `usage` for completions); once failed,
+    cancelled or expired, `error`."""
+
+    job_id = fields.String(dump_only=True)
+    status = fields.String(dump_only=True, metadata={
+        "enum": ["queued", "running", "succeeded", "failed", "cancelled", "expired"]})
+    feature = fields.String(dump_only=True)
+    held = fields.Nested(ChargedSchema, dump_only=True, metadata={"description": "held at submit"})
+    attempts = fields.Integer(dump_only=True)
+    created_at = fields.AwareDateTime(dump_only=True)
+    started_at = fields.AwareDateTime(dump_only=True, allow_none=True)
+    finished_at = fields.AwareDateTime(dump_only=True, allow_none=True)
+    result = fields.Dict(dump_only=True)
+    charged = fields.Nested(ChargedSchema, dump_only=True)
+    balance = fields.Nested(BalanceSchema, dump_only=True)
+    usage = fields.Nested(UsageSchema, dump_only=True)
+    error = fields.Nested(JobErrorSchema, dump_only=True)
+
+
+class JobAcceptedSchema(Schema):
+    job_id = fields.String(dump_only=True)
+    status = fields.String(dump_only=True)
+    feature = fields.String(dump_only=True)
+    held = fields.Nested(ChargedSchema, dump_only=True)
+
+
+class JobPageSchema(Schema):
+    items = fields.List(fields.Nested(JobSchema), dump_only=True)
+    next_cursor = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "pass as `cursor` for the next (older) page; null on the last page"})
+
+
+class JobQuerySchema(Schema):
+    status = fields.String(load_default=None, validate=validate.OneOf(
+        ["queued", "running", "succeeded", "failed", "cancelled", "expired"]))
+    limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Regexp(r"[0-9]{1,20}\.[0-9a-f]{32}\Z"))

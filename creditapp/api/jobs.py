@@ -1,0 +1,98 @@
+"""The caller's jobs: poll one, list them, cancel a queued one. Jobs are submitted on the paid
+routes themselves, with `Prefer: respond-async` (see guard.py)."""
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+from flask import Response
+
+from ..auth import caller_must_exist, current_user_id, require_login
+from ..exceptions import UnknownJob
+from ..jobs import store
+from ..jobs.tables import FINISHED
+from .bodies import Blueprint
+from .schemas import ErrorSchema, JobPageSchema, JobQuerySchema, JobSchema
+
+blp = Blueprint("jobs", __name__, url_prefix="/api/jobs", description="Paid work that outlives its request.")
+blp.before_request(require_login())
+job_schema = JobSchema()
+_JOB_ID = re.compile(r"[0-9a-f]{32}\Z")
+POLL_AFTER_SECONDS = 1
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def described(job) -> dict:
+    body = {
+        "job_id": job.id, "status": job.status, "feature": job.feature,
+        "held": {"credit_type": job.credit_type, "amount": job.amount}, "attempts": job.attempts,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+    }
+    if job.status == "succeeded":
+        body.update(json.loads(job.answer))
+    elif job.error is not None and job.status in FINISHED:
+        body["error"] = json.loads(job.error)
+    return body
+
+
+def _answer(job) -> Response:
+    response = Response(json.dumps(job_schema.dump(described(job))), mimetype="application/json")
+    if job.status not in FINISHED:
+        response.headers["Retry-After"] = str(POLL_AFTER_SECONDS)
+    return response
+
+
+def _own(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise UnknownJob(f"no job {job_id}")
+    return job_id
+
+
+@blp.get("/<job_id>")
+@blp.response(200, JobSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
+@blp.alt_response(404, schema=ErrorSchema, description="unknown_job: no job of the caller's has this id")
+@blp.doc(security=[{"bearerAuth": []}])
+def get_job(job_id):
+    """One of the caller's jobs; `Retry-After` says when to poll again while it is not finished."""
+    with caller_must_exist():
+        return _answer(store.get(_own(job_id), current_user_id()))
+
+
+@blp.delete("/<job_id>")
+@blp.response(200, JobSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
+@blp.alt_response(404, schema=ErrorSchema, description="unknown_job: no job of the caller's has this id")
+@blp.alt_response(409, schema=ErrorSchema, description="job_running or job_finished: too late to cancel")
+@blp.doc(security=[{"bearerAuth": []}])
+def cancel_job(job_id):
+    """Cancel a queued job: its hold is given back and nothing is charged."""
+    with caller_must_exist():
+        return _answer(store.cancel(_own(job_id), current_user_id()))
+
+
+@blp.get("")
+@blp.arguments(JobQuerySchema, location="query", as_kwargs=True)
+@blp.response(200, JobPageSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid token")
+@blp.doc(security=[{"bearerAuth": []}])
+def list_jobs(status, limit, cursor):
+    """The caller's jobs, newest first, a page at a time."""
+    before = None
+    if cursor:
+        micros, job_id = cursor.split(".")
+        try:
+            before = (EPOCH + timedelta(microseconds=int(micros)), job_id)
+        except OverflowError:  # later than any job
+            before = (datetime.max.replace(tzinfo=timezone.utc), job_id)
+    with caller_must_exist():
+        rows = store.page(current_user_id(), status=status, limit=limit + 1, before=before)
+    items = [described(job) for job in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = f"{_micros(last.created_at)}.{last.id}"
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
