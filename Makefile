@@ -1,9 +1,11 @@
-# The two commands of the README: `make serve` and `make test`.
+# The two commands of the README: `make serve` (gunicorn, as in production) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# gunicorn.conf.py would start 2 x cores workers; a few are enough for one SQLite file on a laptop.
+WORKERS ?= 2
 
 .PHONY: serve test install
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: requirements.txt
 
 serve: install
 	$(BIN)/flask --app wsgi db upgrade
-	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
+	$(BIN)/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) wsgi:app
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
