@@ -7,7 +7,7 @@ PORT ?= 5000
 # gunicorn.conf.py would start 2 x cores workers; a few are enough for one SQLite file on a laptop.
 WORKERS ?= 2
 
-.PHONY: serve test install
+.PHONY: serve test install browsers
 
 install: $(VENV)/.installed
 
@@ -24,3 +24,13 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium and its driver for tests/test_browser.py, from Debian's packages (as root).
+# Without them those tests are skipped; .ci/run installs them and requires them.
+browsers:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	fi
