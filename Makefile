@@ -1,11 +1,13 @@
-# The two commands of the README: `make serve` and `make test`.
+# The two commands of the README: `make serve` (gunicorn, as in production) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# gunicorn.conf.py would start 2 x cores workers; a few are enough for one SQLite file on a laptop.
+WORKERS ?= 2
 
-.PHONY: serve test install
+.PHONY: serve test install browsers
 
 install: $(VENV)/.installed
 
@@ -18,7 +20,17 @@ $(VENV)/.installed: requirements.txt
 
 serve: install
 	$(BIN)/flask --app wsgi db upgrade
-	$(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
+	$(BIN)/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) wsgi:app
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium and its driver for tests/test_browser.py, from Debian's packages (as root).
+# Without them those tests are skipped; .ci/run installs them and requires them.
+browsers:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	fi

@@ -154,7 +154,9 @@ class Config:
     OPENAPI_URL_PREFIX = "/api"
     OPENAPI_JSON_PATH = "openapi.json"
     OPENAPI_SWAGGER_UI_PATH = "/docs"
-    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+    # Swagger UI's files come from the app itself (creditapp/api/docs.py), not from a CDN, so the
+    # page works offline and sends no visitor to a third party.
+    OPENAPI_SWAGGER_UI_URL = "/api/docs/static/"
     API_SPEC_OPTIONS = {
         "components": {
             "securitySchemes": {

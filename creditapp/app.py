@@ -7,7 +7,7 @@ from flask import Flask
 from config import Config, check_config, config_from_env
 
 from . import ai, auth, database, logs, metrics, revocation
-from .api import bench, bodies, register_blueprints, running
+from .api import bench, bodies, docs, register_blueprints, running
 from .api.errors import register_error_handlers, register_jwt_handlers
 from .api.schemas import ErrorSchema
 from .cli import register_commands
@@ -35,6 +35,7 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
 
     register_extensions(app)
     register_blueprints(api)
+    docs.init_app(app)
     if app.config["BENCHMARK_ROUTES"]:
         # Plain Flask blueprint: kept out of the API document.
         app.register_blueprint(bench.blp)

@@ -1,0 +1,40 @@
+"""`make serve`, the README's first command: gunicorn with gunicorn.conf.py, as in production."""
+import os
+import shutil
+import subprocess
+
+import pytest
+import requests
+
+# The harness's own start and stop: the server is stopped by PID, its whole process group.
+from .server import ROOT, _stop, _wait_until_up, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_make_serve_migrates_and_serves_with_gunicorn(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    if subprocess.run(["make", "-q", "install"], cwd=ROOT).returncode != 0:
+        pytest.skip(".venv is missing or older than requirements.txt: run `make install` first")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDITAPP_", "GUNICORN_", "MAKE"))}
+    # Its own database: the developer's instance/creditapp.db stays as it is.
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'serve.db'}"
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            ["make", "serve", "HOST=127.0.0.1", f"PORT={port}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        _wait_until_up(url, process, timeout=90)
+        ready = requests.get(f"{url}/readyz", timeout=5)
+        assert ready.status_code == 200, ready.text  # `db upgrade` ran first
+        assert ready.headers["Server"].startswith("gunicorn")
+    finally:
+        _stop(process)
+    log = log_path.read_text()
+    assert "gunicorn.conf.py" in log and "Booting worker" in log, log
+    assert "development server" not in log, log
