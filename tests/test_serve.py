@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import requests
@@ -33,8 +34,28 @@ def test_make_serve_migrates_and_serves_with_gunicorn(tmp_path):
         ready = requests.get(f"{url}/readyz", timeout=5)
         assert ready.status_code == 200, ready.text  # `db upgrade` ran first
         assert ready.headers["Server"].startswith("gunicorn")
+        _an_async_generation_runs_to_its_charge(url)
     finally:
         _stop(process)
     log = log_path.read_text()
     assert "gunicorn.conf.py" in log and "Booting worker" in log, log
     assert "development server" not in log, log
+
+
+def _an_async_generation_runs_to_its_charge(url: str) -> None:
+    """The README's job walkthrough: with no broker configured, the server runs the job itself."""
+    account = {"username": "newcomer", "password": "newcomer-password"}
+    assert requests.post(f"{url}/api/auth/register", json=account, timeout=10).status_code == 201
+    token = requests.post(f"{url}/api/auth/login", json=account, timeout=10).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    submitted = requests.post(f"{url}/api/generate", json={"prompt": "a lighthouse in the fog"},
+                              headers={**auth, "Prefer": "respond-async"}, timeout=10)
+    assert submitted.status_code == 202, submitted.text
+    deadline, job = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and job.get("status") not in ("succeeded", "failed", "expired"):
+        job = requests.get(url + submitted.headers["Location"], headers=auth, timeout=10).json()
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    assert job["charged"] == {"credit_type": "generation_credits", "amount": 1}
+    balance = requests.get(f"{url}/api/credits/balance", headers=auth, timeout=10).json()
+    assert balance["generation_credits"] == job["balance"]["generation_credits"] == 2
