@@ -42,27 +42,17 @@ def _list(name: str, default: str) -> list[str]:
     return [item.strip() for item in (os.environ.get(name) or default).split(",") if item.strip()]
 
 
-DEFAULT_CREDIT_COSTS = {
-    "basic_generation": 1,
-    "professional_photo": 1,
-    "change_hairstyle": 1,
-    "upscale": 2,
-    # AI tokens charged per token used by /api/ai/complete.
-    "ai_complete": 1,
-}
-
-
 def _credit_costs() -> dict:
-    costs = dict(DEFAULT_CREDIT_COSTS)
+    """Prices that override the features' declared ones (creditapp/features.py)."""
     raw = os.environ.get("CREDIT_COSTS")
-    if raw:
-        try:
-            override = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise RuntimeError(f"CREDIT_COSTS must be a JSON object: {exc}") from None
-        if not isinstance(override, dict):
-            raise RuntimeError("CREDIT_COSTS must be a JSON object")
-        costs.update(override)
+    if not raw:
+        return {}
+    try:
+        costs = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"CREDIT_COSTS must be a JSON object: {exc}") from None
+    if not isinstance(costs, dict):
+        raise RuntimeError("CREDIT_COSTS must be a JSON object")
     return costs
 
 

@@ -1,8 +1,10 @@
 """The application factory: configuration, database, extensions, blueprints, errors, commands."""
 import os
+from collections.abc import Iterable
 
 from alembic.script import ScriptDirectory
 from flask import Flask
+from flask_smorest import Blueprint
 
 from config import Config, check_config, config_from_env
 
@@ -20,13 +22,17 @@ from .ledger import credit_service
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
 
-def create_app(config_class: type[Config] | None = None, overrides: dict | None = None) -> Flask:
+def create_app(config_class: type[Config] | None = None, overrides: dict | None = None,
+               blueprints: Iterable[Blueprint] = ()) -> Flask:
+    """The app; `blueprints` are an app's own (paid features declared with `paid_feature`), added
+    to the API and its document next to the built-in ones."""
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_object(config_class or config_from_env())
     app.config.update(overrides or {})
     check_config(app.config)
     configure_database(app)
-    check_costs(app.config["CREDIT_COSTS"])
+    # The whole price table, declared prices with CREDIT_COSTS over them.
+    app.config["CREDIT_COSTS"] = check_costs(app.config["CREDIT_COSTS"])
     check_signup_grants(app.config)
     credit_service.configure(
         hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"],
@@ -35,6 +41,8 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
 
     register_extensions(app)
     register_blueprints(api)
+    for blueprint in blueprints:
+        api.register_blueprint(blueprint)
     docs.init_app(app)
     if app.config["BENCHMARK_ROUTES"]:
         # Plain Flask blueprint: kept out of the API document.
@@ -76,6 +84,7 @@ def register_extensions(app: Flask) -> None:
         cors.init_app(
             app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
             supports_credentials="cookies" in app.config["JWT_TOKEN_LOCATION"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-CSRF-TOKEN", "X-Request-ID"],
-            expose_headers=["Retry-After", "X-Request-ID", "Idempotent-Replayed"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "X-CSRF-TOKEN",
+                           "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "Idempotent-Replayed", "Location", "Preference-Applied"],
         )

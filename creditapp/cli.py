@@ -170,7 +170,7 @@ def _validated(schema, data: dict) -> dict:
 
 
 def _format(balance: Balance) -> str:
-    return f"generation_credits={balance.generation_credits} ai_tokens={balance.ai_tokens}"
+    return " ".join(f"{credit_type.value}={getattr(balance, credit_type.value)}" for credit_type in CreditType)
 
 
 @jobs_cli.command("worker")

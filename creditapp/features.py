@@ -1,5 +1,5 @@
-"""The paid features and their prices. Prices come from config (CREDIT_COSTS)."""
-from collections.abc import Callable
+"""The paid features and their prices. A feature is declared once, with its default price
+(`creditapp.api.paid.paid_feature` declares it with its route); CREDIT_COSTS overrides prices."""
 from dataclasses import dataclass
 
 from flask import current_app
@@ -9,39 +9,52 @@ from .ledger.types import CreditType
 # Bounded so that the largest estimate (8000-character prompt + 4096 tokens, times the price)
 # stays far below the amount limit: a price can never turn a request into a 500.
 MAX_PRICE = 10**6
+UNITS = ("request", "token")
 
 
 @dataclass(frozen=True)
 class Feature:
     name: str
     credit_type: CreditType
-    endpoint: str
-    unit: str  # what one `cost` buys: one request, or one token used
+    price: int  # the default; CREDIT_COSTS[name] overrides it
+    unit: str  # what one price buys: one request, or one token used
+    endpoint: str  # "POST /api/generate"
 
 
-FEATURES = {
-    feature.name: feature
-    for feature in (
-        Feature("basic_generation", CreditType.GENERATION_CREDITS, "POST /api/generate", "request"),
-        Feature("professional_photo", CreditType.GENERATION_CREDITS,
-                "POST /api/generate/professional-photo", "request"),
-        Feature("change_hairstyle", CreditType.GENERATION_CREDITS, "POST /api/generate/hairstyle",
-                "request"),
-        Feature("upscale", CreditType.GENERATION_CREDITS, "POST /api/generate/upscale", "request"),
-        Feature("ai_complete", CreditType.AI_TOKENS, "POST /api/ai/complete", "token"),
-    )
-}
+FEATURES: dict[str, Feature] = {}
+_BY_ENDPOINT: dict[str, str] = {}
 
 
-def check_costs(costs: dict) -> None:
-    """Refuse to start with a price table that is missing a feature or has a bad price."""
-    missing = sorted(set(FEATURES) - set(costs))
-    unknown = sorted(set(costs) - set(FEATURES))
-    if missing or unknown:
-        raise RuntimeError(f"CREDIT_COSTS: missing {missing}, unknown {unknown}")
-    for name, cost in costs.items():
-        if isinstance(cost, bool) or not isinstance(cost, int) or not 0 < cost <= MAX_PRICE:
-            raise RuntimeError(f"CREDIT_COSTS[{name!r}] must be an integer from 1 to {MAX_PRICE}, got {cost!r}")
+def declare(feature: Feature) -> Feature:
+    """Add a feature to the price list; its name and its route are its own."""
+    if feature.name in FEATURES and FEATURES[feature.name] != feature:
+        raise ValueError(f"feature {feature.name!r} is declared twice")
+    if feature.unit not in UNITS:
+        raise ValueError(f"feature {feature.name!r}: unit must be one of {UNITS}, got {feature.unit!r}")
+    _check_price(f"feature {feature.name!r}", feature.price)
+    FEATURES[feature.name] = feature
+    _BY_ENDPOINT[feature.endpoint] = feature.name
+    return feature
+
+
+def default_costs() -> dict[str, int]:
+    return {name: feature.price for name, feature in FEATURES.items()}
+
+
+def check_costs(overrides: dict) -> dict[str, int]:
+    """The price table: the declared prices with CREDIT_COSTS over them. Refuses to start with a
+    price for an unknown feature or a bad price."""
+    unknown = sorted(set(overrides) - set(FEATURES))
+    if unknown:
+        raise RuntimeError(f"CREDIT_COSTS: unknown features {unknown} (known: {sorted(FEATURES)})")
+    for name, cost in overrides.items():
+        _check_price(f"CREDIT_COSTS[{name!r}]", cost)
+    return {**default_costs(), **overrides}
+
+
+def _check_price(what: str, cost) -> None:
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 0 < cost <= MAX_PRICE:
+        raise RuntimeError(f"{what} must be an integer from 1 to {MAX_PRICE}, got {cost!r}")
 
 
 def check_signup_grants(config) -> None:
@@ -54,12 +67,10 @@ def check_signup_grants(config) -> None:
 
 
 def cost_of(name: str) -> int:
-    return current_app.config["CREDIT_COSTS"][name]
-
-
-def price(name: str) -> Callable[..., int]:
-    """A `require_credits` amount that reads the feature's price when the request comes in."""
-    return lambda *args, **kwargs: cost_of(name)
+    """The feature's price now: CREDIT_COSTS, else its declared price (a feature declared after
+    the app was made is not in the app's table)."""
+    costs = current_app.config["CREDIT_COSTS"]
+    return costs[name] if name in costs else FEATURES[name].price
 
 
 def price_list() -> list[dict]:
@@ -73,6 +84,3 @@ def price_list() -> list[dict]:
 def feature_of_route(method: str, rule: str) -> str | None:
     """The declared feature a route sells, by its "METHOD /rule"."""
     return _BY_ENDPOINT.get(f"{method} {rule}")
-
-
-_BY_ENDPOINT = {feature.endpoint: feature.name for feature in FEATURES.values()}

@@ -42,7 +42,8 @@ class CreditMetrics:
         )
 
         self.jobs = Counter(
-            "creditapp_jobs", "Jobs that ended, by feature and outcome (succeeded, failed, expired, cancelled)",
+            "creditapp_jobs", "Jobs that ended, by feature and outcome (succeeded, failed, expired, cancelled), "
+            "counted by the process that ended them",
             ["feature", "outcome"], registry=registry,
         )
         self.job_wait = Histogram(
@@ -57,7 +58,8 @@ class CreditMetrics:
             "creditapp_job_holds_extended", "Heartbeats that extended a running job's hold", registry=registry,
         )
         self.job_holds_ended = Counter(
-            "creditapp_job_holds_ended", "Jobs that ended with their hold given back unused, by outcome",
+            "creditapp_job_holds_ended", "Jobs that ended with their hold given back unused, by outcome "
+            "(failed, expired, cancelled)",
             ["outcome"], registry=registry,
         )
 

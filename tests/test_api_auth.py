@@ -297,7 +297,7 @@ def test_refresh_for_a_user_that_does_not_exist_is_401(client):
 
 
 def test_logouts_of_one_session_at_the_same_moment_never_answer_500(app, make_user):
-    from .server import fire_together
+    from creditapp.testing.servers import fire_together
 
     user = make_user()
     tokens = app.test_client().post("/api/auth/login", json={"username": user.username, "password": user.password}).json

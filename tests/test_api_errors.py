@@ -9,8 +9,8 @@ from sqlalchemy import text
 from creditapp.ledger.transactions import atomic
 from creditapp.extensions import db
 
-from .conftest import make_app
-from .pg import postgres_database
+from creditapp.testing import make_app
+from creditapp.testing.databases import postgres_database
 
 
 def assert_error(response, status: int, code: str) -> dict:

@@ -23,8 +23,8 @@ import pytest
 import requests
 # selenium is imported where it is used, so that this module loads (and skips) without it.
 
-from .conftest import make_app
-from .server import gunicorn, server_env
+from creditapp.testing import make_app
+from creditapp.testing.servers import gunicorn, server_env
 
 CHROMIUM = os.environ.get("CHROMIUM_BINARY") or "/usr/bin/chromium"
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or "/usr/bin/chromedriver"

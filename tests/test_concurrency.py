@@ -8,7 +8,7 @@ import requests
 
 from creditapp.credits import CreditType, InsufficientCredits, credit_service
 
-from .server import fire_together, flask_cli, gunicorn, server_env
+from creditapp.testing.servers import fire_together, flask_cli, gunicorn, server_env
 
 GEN = CreditType.GENERATION_CREDITS
 

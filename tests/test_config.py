@@ -7,13 +7,14 @@ from contextlib import contextmanager
 import pytest
 
 import config
-from config import DEFAULT_CREDIT_COSTS, MIN_SECRET_LENGTH, ProductionConfig, config_from_env
+from config import MIN_SECRET_LENGTH, ProductionConfig, config_from_env
+from creditapp.features import default_costs
 from creditapp import create_app
 from creditapp.ai import StubAIProvider, set_provider
 from creditapp.extensions import db
 
-from .conftest import make_app
-from .server import ROOT
+from creditapp.testing import make_app
+from creditapp.testing.servers import ROOT
 
 
 @contextmanager
@@ -75,12 +76,11 @@ def test_config_from_env_refuses_an_unknown_environment(monkeypatch, name):
 
 
 def costs_with(**changes) -> dict:
-    costs = {**DEFAULT_CREDIT_COSTS, **changes}
+    costs = {**default_costs(), **changes}
     return {name: cost for name, cost in costs.items() if cost is not None}
 
 
 @pytest.mark.parametrize("costs", [
-    pytest.param(costs_with(upscale=None), id="missing-feature"),
     pytest.param(costs_with(teleport=1), id="unknown-feature"),
     pytest.param(costs_with(upscale=0), id="zero"),
     pytest.param(costs_with(upscale=-2), id="negative"),
@@ -102,7 +102,13 @@ def test_a_negative_signup_grant_stops_the_app_from_starting(database_url, setti
 
 def test_credit_costs_environment_variable_overrides_single_prices(monkeypatch):
     monkeypatch.setenv("CREDIT_COSTS", '{"upscale": 3}')
-    assert config._credit_costs() == costs_with(upscale=3)
+    assert config._credit_costs() == {"upscale": 3}
+
+
+def test_a_price_left_out_of_credit_costs_is_the_declared_one(database_url):
+    app = make_app(database_url, CREDIT_COSTS={"upscale": 5})
+    assert app.config["CREDIT_COSTS"] == {**default_costs(), "upscale": 5}
+    assert app.config["CREDIT_COSTS"]["basic_generation"] == 1
 
 
 @pytest.mark.parametrize("raw", ["{upscale: 3}", "[3]", '"upscale"'])

@@ -13,8 +13,8 @@ import requests
 from creditapp.credits import credit_service
 from creditapp.ledger.clock import utcnow
 
-from .pg import terminate_connections
-from .server import fire_together, flask_cli, gunicorn, server_env
+from creditapp.testing.databases import terminate_connections
+from creditapp.testing.servers import fire_together, flask_cli, gunicorn, server_env
 
 pytestmark = pytest.mark.slow
 

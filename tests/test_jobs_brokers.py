@@ -2,13 +2,9 @@
 a provider that fails 30% of its calls and one worker SIGKILLed in the middle: every job ends, a
 job with a result is charged exactly once, a job without one is charged nothing."""
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,27 +15,11 @@ from creditapp.ledger import credit_service
 from creditapp.ledger.statements import HOLDS
 from creditapp.ledger.transactions import atomic
 
+from creditapp.testing.servers import fire_together, gunicorn, job_workers, server_env, stop
+
 from .brokers import broker_queue
-from .server import ROOT, fire_together, gunicorn, server_env
 
 JOBS_PER_USER = 5
-
-
-def start_worker(env: dict, log: Path, threads: int = 6) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "jobs", "worker", "--threads", str(threads)],
-        cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-
-def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def job_rows() -> list:
@@ -80,8 +60,7 @@ def test_200_jobs_on_a_real_broker_survive_failures_and_a_killed_worker(
             JOB_HEARTBEAT_SECONDS=0.5, JOB_LEASE_SECONDS=2, JOB_RETRY_BACKOFF_SECONDS=0.1, JOB_MAX_ATTEMPTS=3,
             JOBS_REDIS_HEARTBEAT_TIMEOUT_SECONDS=3, JOBS_REDIS_MAINTENANCE_CHANCE=1_000_000,
         )
-        workers = [start_worker(env, tmp_path / f"worker{i}.log") for i in range(2)]
-        try:
+        with job_workers(env, 2, tmp_path) as workers:
             with gunicorn(env, workers=2, threads=4, log_path=tmp_path / "gunicorn.log") as server:
                 def submit(i):
                     user = users[i // JOBS_PER_USER]
@@ -101,9 +80,6 @@ def test_200_jobs_on_a_real_broker_survive_failures_and_a_killed_worker(
             running_at_kill = sum(row.status == "running" for row in job_rows())
             stop(workers[0], signal.SIGKILL)
             rows = wait_until(all_finished, 120, "every job finished")
-        finally:
-            for worker in workers:
-                stop(worker)
     logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
     succeeded = [row for row in rows if row.status == "succeeded"]
     counts = {status: sum(row.status == status for row in rows) for status in ("succeeded", "failed", "expired")}

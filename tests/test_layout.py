@@ -3,7 +3,7 @@ import ast
 import subprocess
 import sys
 
-from .server import ROOT
+from creditapp.testing.servers import ROOT
 
 PACKAGE = ROOT / "creditapp"
 WEB = ("flask", "flask_sqlalchemy", "flask_smorest", "flask_jwt_extended", "flask_limiter", "werkzeug",

@@ -9,7 +9,7 @@ from creditapp import users
 from creditapp.credits import credit_service
 from creditapp.ledger import Balance
 
-from .conftest import make_app
+from creditapp.testing import make_app
 
 # Flask-Limiter's settings belong to its one instance, so the users here are made inside the
 # limited app (the make_user fixture would build a second, unlimited app).

@@ -240,7 +240,7 @@ def test_the_cli_grants_a_lot_with_a_priority_and_an_expiry(app, make_user, manu
 
 
 def test_signup_credits_can_expire(database_url, manual_clock):
-    from .conftest import make_app
+    from creditapp.testing import make_app
 
     app = make_app(database_url, SIGNUP_GRANT_EXPIRES_DAYS=30)
     with app.app_context():

@@ -8,8 +8,8 @@ from sqlalchemy import text
 
 from creditapp.extensions import db
 
-from .conftest import make_app
-from .pg import postgres_database
+from creditapp.testing import make_app
+from creditapp.testing.databases import postgres_database
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "..", "migrations")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import requests
 
-from .conftest import make_app
-from .server import fire_together, gunicorn, server_env
+from creditapp.testing import make_app
+from creditapp.testing.servers import fire_together, gunicorn, server_env
 
 
 def metric(text: str, name: str, **labels) -> float:

@@ -10,7 +10,7 @@ from creditapp.ledger import (
 from creditapp.ledger.tables import LedgerEntry
 from creditapp.ledger.transactions import atomic
 
-from .server import fire_together
+from creditapp.testing.servers import fire_together
 from .test_lots import credits, grant, lots_of
 
 GEN = CreditType.GENERATION_CREDITS

@@ -15,9 +15,9 @@ from creditapp.extensions import db
 from creditapp.ledger import procedures
 from creditapp.ledger.tables import CreditHold
 
-from .pg import terminate_connections
+from creditapp.testing.databases import terminate_connections
 from .test_hold_expiry import AccountLock
-from .conftest import make_app
+from creditapp.testing import make_app
 from .test_tokens import bearer, login
 
 GENERATE = "/api/generate"

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 # The harness's own start and stop: the server is stopped by PID, its whole process group.
-from .server import ROOT, _stop, _wait_until_up, free_port
+from creditapp.testing.servers import ROOT, free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +30,13 @@ def test_make_serve_migrates_and_serves_with_gunicorn(tmp_path):
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        _wait_until_up(url, process, timeout=90)
+        wait_until_up(f"{url}/healthz", process, timeout=90)
         ready = requests.get(f"{url}/readyz", timeout=5)
         assert ready.status_code == 200, ready.text  # `db upgrade` ran first
         assert ready.headers["Server"].startswith("gunicorn")
         _an_async_generation_runs_to_its_charge(url)
     finally:
-        _stop(process)
+        stop(process)
     log = log_path.read_text()
     assert "gunicorn.conf.py" in log and "Booting worker" in log, log
     assert "development server" not in log, log

@@ -5,7 +5,7 @@ import redis
 import config
 from creditapp.credits import credit_service
 
-from .conftest import make_app
+from creditapp.testing import make_app
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 

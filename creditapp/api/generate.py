@@ -1,101 +1,56 @@
-"""The paid AI features. Each view: reserve (the decorator), call the AI, settle."""
-from flask import g
-
+"""The paid AI features: each one declaration and a view that calls the AI and answers."""
 from ..ai import ai_service, count_tokens
-from ..auth import require_login
-from ..features import cost_of, price
-from ..ledger import CreditType, credit_service
+from ..features import cost_of
+from ..ledger import CreditType
 from .bodies import Blueprint
-from .guard import require_credits
+from .paid import charge_and_answer, paid_feature
 from .schemas import (
-    CompleteSchema, CompletionResponseSchema, ErrorSchema, GenerateSchema, GenerationResponseSchema,
-    HairstyleSchema, ImageSchema, UpscaleSchema,
+    CompleteSchema, CompletionResponseSchema, GenerateSchema, GenerationResponseSchema, HairstyleSchema,
+    ImageSchema, UpscaleSchema,
 )
 
 blp = Blueprint("generate", __name__, url_prefix="/api", description="Paid AI features.")
-blp.before_request(require_login())
+IMAGE = {"credit_type": CreditType.GENERATION_CREDITS, "response": GenerationResponseSchema}
 
 
-def paid(view):
-    """Answers of paid routes beyond the ones require_credits documents itself."""
-    view = blp.alt_response(429, schema=ErrorSchema, description="Too many requests from this user")(view)
-    return blp.alt_response(502, schema=ErrorSchema, description="The AI provider failed; nothing was charged")(view)
-
-
-def _charge_and_answer(result: dict, amount: int, **extra) -> dict:
-    info = g.credit_info
-    balance = credit_service.deduct_credits(info.user_id, amount, info.credit_type)
-    return {
-        "result": result,
-        "charged": {"credit_type": info.credit_type.value, "amount": amount},
-        "balance": balance.as_dict(),
-        **extra,
-    }
-
-
-def _image_feature(feature: str, params: dict) -> dict:
-    result = ai_service.generate_image(params, feature=feature)
-    return _charge_and_answer(result, g.credit_info.required)
-
-
-@blp.post("/generate")
-@blp.arguments(GenerateSchema)
-@blp.response(200, GenerationResponseSchema)
-@paid
-@require_credits(price("basic_generation"), CreditType.GENERATION_CREDITS)
+@paid_feature(blp, "/generate", name="basic_generation", price=1, request=GenerateSchema, **IMAGE)
 def generate_image(params):
     """Generate an image from a prompt."""
-    return _image_feature("basic_generation", params)
+    return charge_and_answer(ai_service.generate_image(params, feature="basic_generation"))
 
 
-@blp.post("/generate/professional-photo")
-@blp.arguments(ImageSchema)
-@blp.response(200, GenerationResponseSchema)
-@paid
-@require_credits(price("professional_photo"), CreditType.GENERATION_CREDITS)
+@paid_feature(blp, "/generate/professional-photo", name="professional_photo", price=1, request=ImageSchema, **IMAGE)
 def professional_photo(params):
     """Turn a photo into a professional portrait."""
-    return _image_feature("professional_photo", params)
+    return charge_and_answer(ai_service.generate_image(params, feature="professional_photo"))
 
 
-@blp.post("/generate/hairstyle")
-@blp.arguments(HairstyleSchema)
-@blp.response(200, GenerationResponseSchema)
-@paid
-@require_credits(price("change_hairstyle"), CreditType.GENERATION_CREDITS)
+@paid_feature(blp, "/generate/hairstyle", name="change_hairstyle", price=1, request=HairstyleSchema, **IMAGE)
 def change_hairstyle(params):
     """Show the person in a photo with another hairstyle."""
-    return _image_feature("change_hairstyle", params)
+    return charge_and_answer(ai_service.generate_image(params, feature="change_hairstyle"))
 
 
-@blp.post("/generate/upscale")
-@blp.arguments(UpscaleSchema)
-@blp.response(200, GenerationResponseSchema)
-@paid
-@require_credits(price("upscale"), CreditType.GENERATION_CREDITS)
+@paid_feature(blp, "/generate/upscale", name="upscale", price=2, request=UpscaleSchema, **IMAGE)
 def upscale(params):
     """Upscale an image 2 or 4 times."""
-    return _image_feature("upscale", params)
+    return charge_and_answer(ai_service.generate_image(params, feature="upscale"))
 
 
-def _token_estimate(params: dict) -> int:
-    """Reserve for the worst case: the whole prompt and every completion token asked for."""
-    return (count_tokens(params["prompt"]) + params["max_tokens"]) * cost_of("ai_complete")
+def _worst_case(params: dict, price: int) -> int:
+    """Hold for the whole prompt and every completion token asked for."""
+    return (count_tokens(params["prompt"]) + params["max_tokens"]) * price
 
 
-@blp.post("/ai/complete")
-@blp.arguments(CompleteSchema)
-@blp.response(200, CompletionResponseSchema)
-@paid
-@require_credits(_token_estimate, CreditType.AI_TOKENS)
+@paid_feature(blp, "/ai/complete", name="ai_complete", credit_type=CreditType.AI_TOKENS, price=1, unit="token",
+              hold=_worst_case, request=CompleteSchema, response=CompletionResponseSchema)
 def complete(params):
-    """Complete a prompt; reserves the worst case, charges the tokens actually used."""
+    """Complete a prompt; holds the worst case, charges the tokens actually used."""
     completion = ai_service.complete(params["prompt"], params["max_tokens"])
     usage = {
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "total_tokens": completion.total_tokens,
     }
-    return _charge_and_answer(
-        {"text": completion.text}, completion.total_tokens * cost_of("ai_complete"), usage=usage
-    )
+    return charge_and_answer({"text": completion.text}, completion.total_tokens * cost_of("ai_complete"),
+                             usage=usage)

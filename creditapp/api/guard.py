@@ -12,7 +12,6 @@ runs the same view body (creditapp.api.running).
 import json
 import functools
 from collections.abc import Callable
-from copy import deepcopy
 from dataclasses import dataclass
 
 from flask import Response, after_this_request, current_app, g, request
@@ -27,9 +26,9 @@ from ..ledger import CreditType, InsufficientCredits, Hold, HoldExpired, credit_
 from ..ledger.keys import StoredResponse
 from ..metrics import metrics
 from .errors import error_response
-from .idempotency import HEADER as IDEMPOTENCY_HEADER
-from .idempotency import accepted_headers, idempotency_key, replay, request_fingerprint
-from .schemas import ErrorSchema, InsufficientCreditsSchema
+from .idempotency import accepted_headers, idempotent_request, replay
+from .openapi import IDEMPOTENCY_KEY, INVALID, KEY_IN_USE, PREFER_ASYNC, RATE_LIMITED, UNAUTHORIZED, documented
+from .schemas import ErrorSchema, InsufficientCreditsSchema, JobAcceptedSchema
 
 Amount = int | Callable[..., int]
 # Every paid view by name, so that a worker can run it as a job.
@@ -77,9 +76,9 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             user_id = current_user_id()
             feature = request.endpoint or view.__name__
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
-            key = idempotency_key()
             asynchronous = prefers_async()
-            fingerprint = request_fingerprint(asynchronous) if key is not None else None
+            idempotent = idempotent_request(asynchronous)
+            key, fingerprint = idempotent.key, idempotent.fingerprint
             required = amount(*args, **kwargs) if callable(amount) else amount
             try:
                 with caller_must_exist():
@@ -93,10 +92,10 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             if isinstance(hold, StoredResponse):
                 g.credit_log["outcome"] = "replayed"
                 return replay(hold)
-            metrics().count("reserved", feature, credit_type.value, required)
             g.credit_log.update(reserved=required, hold_id=hold.hold_id)
             if asynchronous:
                 return _submit(hold, work, args, kwargs)
+            metrics().count("reserved", feature, credit_type.value, required)
             metrics().open_holds.inc()
             g.credit_info = CreditInfo(
                 user_id=user_id, credit_type=credit_type, required=required,
@@ -153,13 +152,16 @@ def _submit(hold: Hold, work: str, args: tuple, kwargs: dict) -> Response:
         except Exception:
             current_app.logger.exception("hold %s stays until it expires", hold.hold_id)
         raise
+    metrics().count("reserved", feature, hold.credit_type.value, hold.amount)
     try:
         job_queue().send(job_id)
     except QueueUnavailable:
         current_app.logger.exception("job %s could not be queued", job_id)
-        jobs.abandon(job_id, hold)
-        g.credit_log.update(charged=0, outcome="queue_unavailable")
-        raise
+        if jobs.abandon(job_id, hold):
+            metrics().count("released", feature, hold.credit_type.value, hold.amount)
+            g.credit_log.update(charged=0, outcome="queue_unavailable")
+            raise
+        # A worker has it already: the broker got the message after all.
     g.credit_log.update(outcome="queued", job_id=job_id)
     return job_accepted(body)
 
@@ -170,28 +172,16 @@ def job_accepted(body: str) -> Response:
 
 
 def _documented(view: Callable, credit_type: CreditType) -> Callable:
-    """Add what the guard can answer to the view's OpenAPI entry, so that a new paid blueprint is
-    documented without extra work. flask-smorest reads a view's doc from `_apidoc`, which its
-    own decorators copy outwards (tests/test_api_errors.py checks the document)."""
-    doc = view._apidoc = deepcopy(getattr(view, "_apidoc", {}))
-    responses = doc.setdefault("response", {}).setdefault("responses", {})
-    for status, schema, description in (
-        (401, ErrorSchema, "Missing, expired, revoked or invalid token"),
+    """What the guard can answer goes into the view's OpenAPI entry, so that a new paid route is
+    documented without extra work."""
+    return documented(view, parameters=[IDEMPOTENCY_KEY, PREFER_ASYNC], responses=[
+        (202, JobAcceptedSchema, "With `Prefer: respond-async`: the job, queued; poll its Location"),
+        UNAUTHORIZED,
         (403, InsufficientCreditsSchema, f"Not enough {credit_type.value}; nothing was charged"),
-        (409, ErrorSchema, "idempotency_key_in_use: a request with this key is still running"),
-        (422, ErrorSchema, "Invalid input or idempotency_key_reused; nothing was charged"),
-    ):
-        responses.setdefault(status, []).append(
-            {"schema": schema(), "description": description, "content_type": None}
-        )
-    manual = doc.setdefault("manual_doc", {})
-    manual.setdefault("security", [{"bearerAuth": []}])
-    manual.setdefault("parameters", []).append({
-        "in": "header", "name": IDEMPOTENCY_HEADER, "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
-        "description": "Retries with the same key replay the first answer and are not charged again.",
-    })
-    return view
+        KEY_IN_USE, INVALID, RATE_LIMITED,
+        (502, ErrorSchema, "generation_failed: the AI provider failed; nothing was charged"),
+        (503, ErrorSchema, "reservation_expired, database_unavailable or queue_unavailable; nothing was charged"),
+    ])
 
 
 def _close(hold: Hold, response: Response | None, answered: bool):

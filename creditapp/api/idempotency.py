@@ -1,12 +1,22 @@
-"""The request side of idempotency: the Idempotency-Key header, the request's fingerprint and
-replaying a stored answer. The keys themselves live in the ledger (creditapp.ledger.keys)."""
+"""The request side of idempotency, for every route that takes an Idempotency-Key (the paid
+routes, the admin grant and refund): the header, the request's fingerprint, replaying a stored
+answer. The keys themselves live in the ledger (creditapp.ledger.keys): a paid request's key is
+bound to its hold; an admin request stores its answer in the transaction that did the work.
+"""
 import hashlib
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 
-from flask import Response, request
+from flask import Response, current_app, request
 from marshmallow import ValidationError
 
+from ..ledger import AlreadyRefunded, IdempotencyKeyInUse, ReferenceConflict, RefundExceedsCharge, credit_service
+from ..ledger import keys
+from ..ledger.clock import utcnow
 from ..ledger.keys import StoredResponse
 
 HEADER = "Idempotency-Key"
@@ -50,3 +60,44 @@ def accepted_headers(response: Response) -> Response:
     response.headers["Location"] = f"/api/jobs/{json.loads(response.get_data())['job_id']}"
     response.headers["Preference-Applied"] = "respond-async"
     return response
+
+
+@dataclass
+class IdempotentRequest:
+    """This request's Idempotency-Key (None without one) and fingerprint."""
+
+    key: str | None
+    fingerprint: str | None
+    replayed: Response | None = None  # set by replay_if_it_won
+
+    def stored(self, caller_id: int) -> Response | None:
+        """The answer stored for the key, to replay; None when the request should run."""
+        if self.key is None:
+            return None
+        answer = credit_service.replay_or_free(caller_id, self.key, self.fingerprint)
+        return replay(answer) if answer is not None else None
+
+    def store(self, session, caller_id: int, status: int, body: dict) -> None:
+        """Store the answer for the key inside the transaction that did the work."""
+        if self.key is not None:
+            kept_until = utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
+            key_id = keys.claim(session, caller_id, self.key, self.fingerprint, kept_until)
+            keys.complete(session, key_id, status, json.dumps(body), kept_until)
+
+    @contextmanager
+    def replay_if_it_won(self, caller_id: int) -> Iterator["IdempotentRequest"]:
+        """Two requests with one key at once both find it free; the second then fails on the key
+        (or on what the first already did). When the first has stored its answer by then, the
+        second replays it (in `replayed`)."""
+        try:
+            yield self
+        except (IdempotencyKeyInUse, AlreadyRefunded, RefundExceedsCharge, ReferenceConflict):
+            self.replayed = self.stored(caller_id)
+            if self.replayed is None:
+                raise
+
+
+def idempotent_request(asynchronous: bool = False) -> IdempotentRequest:
+    """Read this request's Idempotency-Key (a malformed one is a 422 before anything happens)."""
+    key = idempotency_key()
+    return IdempotentRequest(key, request_fingerprint(asynchronous) if key is not None else None)

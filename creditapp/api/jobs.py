@@ -11,6 +11,7 @@ from ..exceptions import UnknownJob
 from ..jobs import store
 from ..jobs.tables import FINISHED
 from .bodies import Blueprint
+from .running import job_ended
 from .schemas import ErrorSchema, JobPageSchema, JobQuerySchema, JobSchema
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/jobs", description="Paid work that outlives its request.")
@@ -54,8 +55,11 @@ def _own(job_id: str) -> str:
 @blp.doc(security=[{"bearerAuth": []}])
 def get_job(job_id):
     """One of the caller's jobs; `Retry-After` says when to poll again while it is not finished."""
+    ended = []
     with caller_must_exist():
-        return _answer(store.get(_own(job_id), current_user_id()))
+        job = store.get(_own(job_id), current_user_id(), ended)
+    _count(ended)
+    return _answer(job)
 
 
 @blp.delete("/<job_id>")
@@ -66,8 +70,13 @@ def get_job(job_id):
 @blp.doc(security=[{"bearerAuth": []}])
 def cancel_job(job_id):
     """Cancel a queued job: its hold is given back and nothing is charged."""
-    with caller_must_exist():
-        return _answer(store.cancel(_own(job_id), current_user_id()))
+    ended = []
+    try:
+        with caller_must_exist():
+            job = store.cancel(_own(job_id), current_user_id(), ended)
+    finally:
+        _count(ended)
+    return _answer(job)
 
 
 @blp.get("")
@@ -84,14 +93,22 @@ def list_jobs(status, limit, cursor):
             before = (EPOCH + timedelta(microseconds=int(micros)), job_id)
         except OverflowError:  # later than any job
             before = (datetime.max.replace(tzinfo=timezone.utc), job_id)
+    ended = []
     with caller_must_exist():
+        store.end_overdue(current_user_id(), ended)  # the list says what a GET of each would
         rows = store.page(current_user_id(), status=status, limit=limit + 1, before=before)
+    _count(ended)
     items = [described(job) for job in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
         next_cursor = f"{_micros(last.created_at)}.{last.id}"
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _count(ended: list) -> None:
+    for job in ended:
+        job_ended(job, job.status)
 
 
 def _micros(moment: datetime) -> int:

@@ -32,8 +32,8 @@ def run(job_id: str) -> float | None:
     if claim.outcome == "busy":
         return claim.retry_in + config["JOB_HEARTBEAT_SECONDS"]
     if claim.outcome != "claimed":
-        if claim.outcome in ("expired", "failed"):
-            _ended(job_id, claim.outcome, None)
+        if claim.outcome in ("expired", "failed"):  # ended by this delivery, not before
+            job_ended(claim.job, claim.outcome)
         return None
     job, hold, lease = claim.job, claim.hold, claim.lease
     if job.attempts == 1:
@@ -61,7 +61,8 @@ def run(job_id: str) -> float | None:
     if outcome == "queued":
         _log(job, "job_retry", attempt=job.attempts, retry_in=retry_in, error=error["error"])
         return retry_in
-    _ended(job.id, outcome, job, charged=hold.pending if outcome == "succeeded" else 0)
+    if outcome != "lost":
+        job_ended(job, outcome, charged=hold.pending if outcome == "succeeded" else 0)
     return None
 
 
@@ -85,14 +86,15 @@ def _hold_seconds(config) -> float:
     return 2 * config["JOB_LEASE_SECONDS"]
 
 
-def _ended(job_id: str, outcome: str, job, charged: int = 0) -> None:
-    feature = job.feature if job is not None else "unknown"
-    metrics().jobs.labels(feature, outcome).inc()
-    if outcome in ("expired", "failed") and charged == 0:
+def job_ended(job, outcome: str, charged: int = 0) -> None:
+    """Count and log a job's end (once, by whoever ended it: a worker, a cancel, a read)."""
+    metrics().jobs.labels(job.feature, outcome).inc()
+    metrics().count("charged", job.feature, job.credit_type, charged)
+    metrics().count("released", job.feature, job.credit_type, max(0, job.amount - charged))
+    if outcome != "succeeded":
         metrics().job_holds_ended.labels(outcome).inc()
-    job_log.info("job_finished", extra={"job_id": job_id, "outcome": outcome, "charged": charged,
-                                        "request_id": job.request_id if job is not None else None,
-                                        "feature": feature})
+    job_log.info("job_finished", extra={"job_id": job.id, "outcome": outcome, "charged": charged,
+                                        "request_id": job.request_id, "feature": job.feature})
 
 
 def _log(job, event: str, **fields) -> None:

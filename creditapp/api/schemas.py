@@ -103,9 +103,9 @@ class LoggedOutSchema(Schema):
     status = fields.String(dump_only=True)
 
 
-class BalanceSchema(Schema):
-    generation_credits = fields.Integer(dump_only=True)
-    ai_tokens = fields.Integer(dump_only=True)
+# One spendable amount per credit type.
+BalanceSchema = Schema.from_dict(
+    {credit_type.value: fields.Integer(dump_only=True) for credit_type in CreditType}, name="BalanceSchema")
 
 
 class ExpiringSchema(Schema):

@@ -6,8 +6,8 @@ workers on any number of processes and hosts. A message carries only a job id: t
 decides what a delivery does (see store.py), so a late, repeated or stray message is harmless.
 
 With no JOBS_BROKER_URL the queue is embedded: Dramatiq's in-memory broker and a worker of a few
-threads inside the server process, started by its first job; the same job code runs. Jobs of a
-server that stopped are sent again when the next one starts its worker. `stub://` is the same
+threads inside the server process, started at its first request; the same job code runs. Jobs
+of a server that stopped are sent again when the next one starts its worker. `stub://` is the same
 broker with no worker at all: tests run what is queued with `drain()`.
 """
 import atexit
@@ -53,6 +53,15 @@ class JobQueue:
         self._threads = config["JOBS_EMBEDDED_THREADS"]
         self._worker: dramatiq.Worker | None = None
         self._lock = threading.Lock()
+        if self.mode == "embedded":
+            # A server process starts its worker (and sends the jobs an earlier server left
+            # unfinished) at its first request, not at import: CLI commands and the tests make
+            # apps too, and a forking server must start threads after the fork.
+            app.before_request(self._start_at_first_request)
+
+    def _start_at_first_request(self) -> None:
+        if self._worker is None:
+            self.start_embedded()
 
     def send(self, job_id: str) -> None:
         try:

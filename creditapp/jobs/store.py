@@ -33,7 +33,7 @@ class Claim:
     final status (nothing to do)."""
 
     outcome: str
-    job: object = None
+    job: object = None  # the job as this delivery left it
     lease: str | None = None
     hold: Hold | None = None
     retry_in: float | None = None
@@ -61,15 +61,20 @@ def submit(hold: Hold, *, job_id: str, feature: str, work: str, params: dict, re
 
 
 @retry_conflicts
-def abandon(job_id: str, hold: Hold) -> None:
-    """A job the broker would not take: it ends failed, its hold is given back and its key freed
-    (the client was told 503, so its retry must run again)."""
+def abandon(job_id: str, hold: Hold) -> bool:
+    """A job the broker seemed to refuse: unless a worker has taken it already (a publish can
+    fail after the broker got the message), it ends failed, its hold is given back and its key
+    freed, so that the client's retry (after its 503) runs again. True if it was abandoned."""
     with credit_service.holding(hold) as held:
+        job = _lock(held.session, job_id)
+        if job.status != "queued" or job.attempts:
+            return False
         if held.end_if_due():
             held.settle(0)
         held.session.execute(delete(KEYS).where(KEYS.c.hold_id == hold.hold_id))
         _finish(held.session, job_id, "failed", held.now, error={
             "error": "queue_unavailable", "message": "The job could not be queued; nothing was charged."})
+        return True
 
 
 def hold_of(job) -> Hold:
@@ -79,31 +84,32 @@ def hold_of(job) -> Hold:
 
 @retry_conflicts
 def claim(job_id: str, *, lease_seconds: float, hold_seconds: float, max_attempts: int) -> Claim:
-    """Start an attempt of the job, or say why not. A job whose hold has run out ends here
-    (`expired` if no attempt ever started, else `failed`), without calling the AI."""
+    """Start an attempt of the job, or say why not: "done" when it had ended before. A job whose
+    hold has run out ends here (`expired` if no attempt ever started, else `failed`), without
+    calling the AI."""
     job = find(job_id)
     if job is None:
         return Claim("unknown")
     if job.status in FINISHED:
-        return Claim(job.status)
+        return Claim("done", job)
     hold = hold_of(job)
     with credit_service.holding(hold) as held:
         job = _lock(held.session, job_id)
         now = held.now
         if job.status in FINISHED:
-            return Claim(job.status)
+            return Claim("done", job)
         if job.status == "running" and job.lease_expires_at > now and held.open and held.expires_at > now:
             return Claim("busy", retry_in=(job.lease_expires_at - now).total_seconds())
         if not held.end_if_due():
             status = "expired" if job.attempts == 0 else "failed"
             _finish(held.session, job_id, status, now, error=EXPIRED_ERROR)
-            return Claim(status)
+            return Claim(status, job)
         if job.attempts >= max_attempts:
             # Its last attempt's worker died: nothing more is tried, nothing is charged.
             held.settle(0)
             _finish(held.session, job_id, "failed", now, error={
                 "error": "worker_lost", "message": "The job's last attempt did not finish; nothing was charged."})
-            return Claim("failed")
+            return Claim("failed", job)
         lease = uuid.uuid4().hex
         held.extend(hold_seconds)
         held.session.execute(update(JOBS).where(JOBS.c.id == job_id).values(
@@ -162,9 +168,11 @@ def fail(job_id: str, lease: str, hold: Hold, error: dict, *, retry_in: float | 
 
 
 @retry_conflicts
-def cancel(job_id: str, user_id: int):
+def cancel(job_id: str, user_id: int, ended: list | None = None):
     """Cancel a queued job of the user's and give its hold back; JobRunning or JobFinished
-    otherwise. A cancel and a worker's claim queue on the account lock: exactly one wins."""
+    otherwise. A cancel and a worker's claim queue on the account lock: exactly one wins. The job
+    it ended (cancelled, or expired when its hold had run out) is added to `ended`."""
+    ended = [] if ended is None else ended
     job = find(job_id, user_id)
     if job is None:
         raise UnknownJob(f"no job {job_id}")
@@ -176,31 +184,48 @@ def cancel(job_id: str, user_id: int):
             held.settle(0)
             _finish(held.session, job_id, "cancelled", held.now,
                     error={"error": "cancelled", "message": "Cancelled by the user; nothing was charged."})
-            return _lock(held.session, job_id)
+            ended.append(_lock(held.session, job_id))
+            return ended[-1]
         # Its hold ran out before the cancel came: it ends as it would have anyway.
         _finish(held.session, job_id, "expired" if job.attempts == 0 else "failed", held.now, error=EXPIRED_ERROR)
+        ended.append(_lock(held.session, job_id))
     raise JobFinished(f"job {job_id} has finished")
 
 
-def get(job_id: str, user_id: int | None = None):
+def get(job_id: str, user_id: int | None = None, ended: list | None = None):
     """The job as it is now: one whose hold has run out ends when it is read, not when a worker
-    or a sweep next looks at it."""
+    or a sweep next looks at it (and is added to `ended`)."""
     job = find(job_id, user_id)
     if job is None:
         raise UnknownJob(f"no job {job_id}")
     if job.status in UNFINISHED and _hold_overdue(job):
-        return end_if_overdue(job)
+        return end_if_overdue(job, ended)
     return job
 
 
+def end_overdue(user_id: int, ended: list | None = None) -> None:
+    """End the user's unfinished jobs whose hold has run out (before they are listed)."""
+    with atomic(write=False) as session:
+        overdue = session.execute(
+            select(JOBS).join(HOLDS, HOLDS.c.id == JOBS.c.hold_id)
+            .where(JOBS.c.user_id == user_id, JOBS.c.status.in_(UNFINISHED),
+                   (HOLDS.c.status != "open") | (HOLDS.c.expires_at <= utcnow()))
+        ).all()
+    for job in overdue:
+        end_if_overdue(job, ended)
+
+
 @retry_conflicts
-def end_if_overdue(job):
+def end_if_overdue(job, ended: list | None = None):
     with credit_service.holding(hold_of(job)) as held:
         job = _lock(held.session, job.id)
         if job.status in UNFINISHED and not held.end_if_due():
             _finish(held.session, job.id, "expired" if job.attempts == 0 else "failed", held.now,
                     error=EXPIRED_ERROR)
-        return _lock(held.session, job.id)
+            job = _lock(held.session, job.id)
+            if ended is not None:
+                ended.append(job)
+        return job
 
 
 def find(job_id: str, user_id: int | None = None):

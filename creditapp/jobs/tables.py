@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..ledger.tables import Base, UTCDateTime
+from ..ledger.tables import CREDIT_TYPE_CHECK, Base, UTCDateTime
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
 FINISHED = ("succeeded", "failed", "cancelled", "expired")
@@ -17,7 +17,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'expired')",
                         name="status_known"),
-        CheckConstraint("credit_type IN ('generation_credits', 'ai_tokens')", name="credit_type_known"),
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         # A caller's jobs, newest first.
         Index("ix_jobs_user_id_created_at", "user_id", "created_at", "id"),
@@ -41,7 +41,7 @@ class Job(Base):
     # The attempt that runs it now: only that attempt may beat, finish or retry the job.
     lease: Mapped[str | None] = mapped_column(String(32), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)  # as X-Request-ID allows
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -131,7 +131,7 @@ class CreditService:
         if procedures.available():
             row, lapsing = procedures.balance(user_id=user_id, session_id=session_id, expiring=expiring)
             _refuse(row.outcome, user_id)
-            return Balance(generation_credits=row.generation_credits, ai_tokens=row.ai_tokens), lapsing
+            return Balance(**{t.value: getattr(row, t.value) for t in CreditType}), lapsing
         _no_session_check(session_id)
         with atomic(write=False) as session:
             now = utcnow()
@@ -281,7 +281,7 @@ class CreditService:
             return Hold(
                 hold_id=row.hold_id, user_id=user_id, credit_type=credit_type, amount=amount,
                 available_before=row.available + amount, available_after=row.available,
-                balance=Balance(generation_credits=row.generation_credits, ai_tokens=row.ai_tokens),
+                balance=Balance(**{t.value: getattr(row, t.value) for t in CreditType}),
                 expires_at=row.expires_at, key=key,
             )
         if row.outcome == "replay":

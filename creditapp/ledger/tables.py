@@ -13,6 +13,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from .types import CreditType
+
 # Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -51,10 +53,11 @@ class UTCDateTime(TypeDecorator):
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
-CREDIT_TYPES = ("generation_credits", "ai_tokens")
+CREDIT_TYPES = tuple(credit_type.value for credit_type in CreditType)
 MAX_USER_ID = 2**31 - 1  # users.id is a 32-bit INTEGER
 MAX_AMOUNT = 10**12  # per grant or charge: far below BigInteger's limit, so sums cannot overflow
-_credit_type_check = "credit_type IN ('generation_credits', 'ai_tokens')"
+# The migrations spell the list out: a new credit type needs one that changes these CHECKs.
+CREDIT_TYPE_CHECK = f"credit_type IN ({', '.join(repr(name) for name in CREDIT_TYPES)})"
 
 
 class CreditAccount(Base):
@@ -64,7 +67,7 @@ class CreditAccount(Base):
     __table_args__ = (
         CheckConstraint("available >= 0", name="available_not_negative"),
         CheckConstraint("held >= 0", name="held_not_negative"),
-        CheckConstraint(_credit_type_check, name="credit_type_known"),
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
     )
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
@@ -82,7 +85,7 @@ class CreditHold(Base):
         CheckConstraint(
             "status IN ('open', 'settled', 'released', 'expired')", name="status_known"
         ),
-        CheckConstraint(_credit_type_check, name="credit_type_known"),
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
         # Open holds are what new holds (their sweep) and the expiry sweep look for.
         Index(
             "ix_credit_holds_open",
@@ -141,7 +144,7 @@ class LedgerEntry(Base):
         CheckConstraint("amount <> 0 OR held_change <> 0", name="changes_something"),
         CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
         CheckConstraint("held_after >= 0", name="held_after_not_negative"),
-        CheckConstraint(_credit_type_check, name="credit_type_known"),
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
         CheckConstraint(
             "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge', 'refund', 'void')",
             name="kind_known",
@@ -197,7 +200,7 @@ class CreditLot(Base):
 
     __tablename__ = "credit_lots"
     __table_args__ = (
-        CheckConstraint(_credit_type_check, name="credit_type_known"),
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
         CheckConstraint("held >= 0 AND held <= remaining", name="held_in_range"),

@@ -1,24 +1,23 @@
-"""A throw-away PostgreSQL database for one test run.
+"""Throw-away databases for tests and benchmarks: a PostgreSQL database of a run's own, the
+test clock the ledger's PostgreSQL functions read, and cutting connections. One module, used by
+creditapp's tests, its benchmarks and the pytest kit.
 
-TEST_DATABASE_URL names the server (any database on it); without it the local server at
-127.0.0.1:5432 is tried. Where none answers, PostgreSQL tests are skipped with the reason.
+TEST_DATABASE_URL names the PostgreSQL server (any database on it); without it the local server
+at 127.0.0.1:5432 is tried.
 """
 import os
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def _unavailable(reason: str):
-    # CI sets CREDITAPP_REQUIRE_POSTGRES: there a missing server is a failure, not a skip.
-    if os.environ.get("CREDITAPP_REQUIRE_POSTGRES"):
-        pytest.fail(f"PostgreSQL is required here but {reason}", pytrace=False)
-    pytest.skip(reason)
+class DatabaseUnavailable(Exception):
+    """No PostgreSQL server answers here (or it refuses to make a database); the message says why."""
 
 
 def server_url() -> str:
@@ -26,26 +25,47 @@ def server_url() -> str:
 
 
 @contextmanager
-def postgres_database():
+def throwaway_postgres(server: str | None = None, prefix: str = "creditapp_test") -> Iterator[str]:
+    """A new database on the server, dropped (connections and all) on exit; yields its URL."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        _unavailable("PostgreSQL tests need psycopg (pip install -r requirements.txt)")
-    admin_url = make_url(server_url())
+        raise DatabaseUnavailable("PostgreSQL needs psycopg (pip install -r requirements.txt)") from None
+    admin_url = make_url(server or server_url())
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    name = f"creditapp_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no server, no rights: either way there is no PostgreSQL to test
+    except Exception as exc:  # no server, no rights: either way there is no PostgreSQL here
         admin.dispose()
-        _unavailable(f"no PostgreSQL at {admin_url.render_as_string(hide_password=True)}: {exc}".splitlines()[0])
+        where = admin_url.render_as_string(hide_password=True)
+        raise DatabaseUnavailable(f"no PostgreSQL at {where}: {exc}".splitlines()[0]) from None
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """`throwaway_postgres` for pytest: where no server answers, the test is skipped with the
+    reason, or fails where CREDITAPP_REQUIRE_POSTGRES is set (CI)."""
+    import pytest
+
+    try:
+        manager = throwaway_postgres()
+        url = manager.__enter__()
+    except DatabaseUnavailable as exc:
+        if os.environ.get("CREDITAPP_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here but {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield url
+    finally:
+        manager.__exit__(None, None, None)
 
 
 # The ledger's PostgreSQL functions read the time from creditapp_now(), after their locks. In the
