@@ -6,6 +6,7 @@
 --   BENCH_BODY     JSON body, or empty for none
 --   BENCH_TOKENS   a file with one access token a line (none: no Authorization header)
 --   BENCH_THREADS  wrk's thread count, to start each thread at another user
+--   BENCH_HEADERS  more headers, one "Name: value" a line (e.g. Prefer: respond-async), or empty
 --
 -- Every request is formatted once in init(); request() only hands out the next one, so the
 -- load generator spends its CPU on sending, not on building strings.
@@ -17,6 +18,11 @@ if body == "" then body = nil end
 local tokens_file = os.getenv("BENCH_TOKENS")
 if tokens_file == "" then tokens_file = nil end
 local thread_count = tonumber(os.getenv("BENCH_THREADS") or "1")
+local extra_headers = {}
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
+    local name, value = line:match("^%s*([^:]+):%s*(.-)%s*$")
+    if name then extra_headers[name] = value end
+end
 
 -- setup() runs in the main Lua state, once per thread: number the threads.
 local next_thread_id = 0
@@ -32,6 +38,7 @@ local function format(token)
     local headers = { Host = wrk.headers["Host"] }
     if body then headers["Content-Type"] = "application/json" end
     if token then headers["Authorization"] = "Bearer " .. token end
+    for name, value in pairs(extra_headers) do headers[name] = value end
     return wrk.format(method, path, headers, body)
 end
 

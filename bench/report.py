@@ -41,7 +41,12 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
         m = run.get(key)
         return m.result.p50_ms if m else None
 
+    def ok_per_s(key):
+        m = run.get(key)
+        return m.result.ok_per_s if m else None
+
     s6, floor_s6 = run.get("s6"), run.get("s0-s6")
+    jobs = run.jobs or {}
     return [
         Ratio("s3/s0 generate vs the raw floor, requests/s", _div(rps("s3"), rps("s0")), ">= 0.8"),
         Ratio("s4/s0 one user vs the raw floor", _div(rps("s4"), rps("s0")), ""),
@@ -65,6 +70,14 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
               _div(p50("s7-balance-lots"), p50("s7-balance-big")), "<= 1.25"),
         Ratio("s7 transactions p50, big ledger / small ledger",
               _div(p50("s7-history-big"), p50("s7-history-small")), ""),
+        # A submit takes the same hold as the synchronous route but calls no AI: it must not cost more.
+        Ratio("s8-api/s3 async submits vs sync generate, ok/s", _div(ok_per_s("s8-api"), ok_per_s("s3")),
+              ">= 1"),
+        Ratio("s8/s3 the same, workers running, ok/s", _div(ok_per_s("s8"), ok_per_s("s3")), ""),
+        Ratio("s8 completions/s / (workers x threads / latency)",
+              _div(jobs.get("completions_per_s"), jobs.get("expected_per_s")), ">= 0.9"),
+        Ratio("s8 queue wait p50", jobs.get("queue_wait_p50_s"), "", " s"),
+        Ratio("s8 queue wait p99", jobs.get("queue_wait_p99_s"), "", " s"),
     ]
 
 
@@ -88,12 +101,16 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
         verdict = {True: "ok", False: "MISS", None: "-"}[ratio.passed()]
         if smoke and ratio.target:
             verdict = "- (smoke: not judged)"
-        print(f"{ratio.name:<50} {value:>10}  {ratio.target + ratio.unit:<9} {verdict}")
+        target = ratio.target + ratio.unit if ratio.target else ""
+        print(f"{ratio.name:<50} {value:>10}  {target:<9} {verdict}")
 
     rows = run.ledger_rows
     if rows:
         seeded = f", seeded in {rows['seed_seconds']:.1f} s" if "seed_seconds" in rows else ""
         print(f"\ns7 ledger rows: small {rows.get('small', 0):,}, big {rows.get('big', 0):,}{seeded}")
+
+    if run.jobs:
+        print(_jobs_line(run.jobs))
 
     if run.peak_rss_kib:
         peaks = ", ".join(_mib(v) for v in run.peak_rss_kib.values())
@@ -118,13 +135,13 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
                   f"then {steady / 1024:+.1f} MiB ({steady / 1024 / minutes:+.1f} MiB a minute)")
 
     print(f"\n{'CPU seconds during each run':<30} {'wall':>6} {'wrk':>6} {'gunicorn':>9} "
-          f"{'postgres':>9} {'other':>6} {'machine busy':>13}")
+          f"{'postgres':>9} {'jobs':>6} {'other':>6} {'machine busy':>13}")
     for m in run.measurements:
         c = m.cpu
         print(f"{m.key:<30} {c['wall_s']:>6.1f} {c['wrk_s']:>6.2f} {c['gunicorn_s']:>9.2f} "
-              f"{c['postgres_s']:>9.2f} {c['other_s']:>6.2f} {c['machine_busy']:>12.0%}")
+              f"{c['postgres_s']:>9.2f} {c.get('jobs_s', 0):>6.2f} {c['other_s']:>6.2f} {c['machine_busy']:>12.0%}")
     wrk_s = sum(m.cpu["wrk_s"] for m in run.measurements)
-    served_s = sum(m.cpu["gunicorn_s"] + m.cpu["postgres_s"] for m in run.measurements)
+    served_s = sum(m.cpu["gunicorn_s"] + m.cpu["postgres_s"] + m.cpu.get("jobs_s", 0) for m in run.measurements)
     other_s = sum(m.cpu["other_s"] for m in run.measurements)
     wall_s = sum(m.cpu["wall_s"] for m in run.measurements)
     print(f"load generator: wrk used {wrk_s:.1f} CPU s against {served_s:.1f} s for the servers "
@@ -148,6 +165,21 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
         print(f"verify {v['database']}: {'clean' if v['clean'] else 'FAILED'}: {v['output']}")
 
 
+def _jobs_line(jobs: dict) -> str:
+    def seconds(value):
+        return f"{value:.2f} s" if value is not None else "n/a"
+
+    rate = jobs["completions_per_s"]
+    line = (f"s8 jobs: {jobs['jobs']} submitted, {jobs['statuses']}; {jobs['workers']} workers x "
+            f"{jobs['threads']} threads, AI {jobs['latency_s']:g} s: "
+            f"{f'{rate:.1f}' if rate is not None else 'n/a'} completions/s over {jobs['drain_span_s']:.1f} s "
+            f"(expected {jobs['expected_per_s']:.0f}/s); queue wait p50 {seconds(jobs['queue_wait_p50_s'])}, "
+            f"p99 {seconds(jobs['queue_wait_p99_s'])}, max {seconds(jobs['queue_wait_max_s'])}")
+    if jobs.get("unfinished_after_drain"):
+        line += f"; {jobs['unfinished_after_drain']} still unfinished when the drain gave up"
+    return line
+
+
 def write_json(path: Path, meta: dict, runs: list[DatabaseRun], skipped: dict) -> None:
     data = {
         **meta,
@@ -161,6 +193,7 @@ def write_json(path: Path, meta: dict, runs: list[DatabaseRun], skipped: dict) -
                 "memory": {"s3_peak_rss_kib": run.peak_rss_kib, "soak": run.soak},
                 "profile": run.profile,
                 "round_trips": run.round_trips,
+                "jobs": run.jobs,
                 "verify": run.verify,
             }
             for run in runs

@@ -44,10 +44,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also record one worker with py-spy during an extra scenario-3 run "
                              "(20 s; needs .venv/bin/pip install py-spy)")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenarios to run, e.g. s0,s3,rt (s0…s7, rt for round trips, memory); default all")
+                        help="comma-separated scenarios to run, e.g. s0,s3,rt (s0…s8, rt for round trips, memory); default all")
+    parser.add_argument("--jobs-workers", type=int, default=2, metavar="N",
+                        help="scenario 8: `flask jobs worker` processes (default 2)")
+    parser.add_argument("--jobs-threads", type=int, default=50, metavar="N",
+                        help="scenario 8: threads of each worker process (default 50)")
     args = parser.parse_args(argv)
     if args.duration < 1:
         parser.error("--duration must be at least 1")
+    if args.jobs_workers < 1 or args.jobs_threads < 1:
+        parser.error("--jobs-workers and --jobs-threads must be at least 1")
     return args
 
 
@@ -71,6 +77,9 @@ def settings_from(args, workdir: Path, stamp: str) -> Settings:
         workdir=workdir,
         jwt_secret=secrets.token_hex(32),
         limiter_storage=limiter_storage(),
+        jobs_workers=args.jobs_workers,
+        jobs_threads=args.jobs_threads,
+        jobs_drain=60 if smoke else 540,
     )
 
 

@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import procstats, profiling, wrk
+from . import jobs, procstats, profiling, wrk
 from .dbsetup import BenchDatabase, open_database
 from .servers import Server, gunicorn, server_env
 from .tokens import write_tokens
@@ -14,6 +14,7 @@ FLOOR = "bench.floor:create_app()"
 LOTS_PER_USER = 50  # scenario 7's last part
 GENERATE_BODY = '{"prompt": "a lighthouse at dawn, oil on canvas"}'
 COMPLETE_BODY = '{"prompt": "Write a haiku about ledgers.", "max_tokens": 16}'
+JOBS_LATENCY_MS = 1000  # scenario 8: the AI as slow as scenario 6's, run by workers instead
 
 
 @dataclass
@@ -34,6 +35,11 @@ class Settings:
     jwt_secret: str
     only: frozenset[str] = frozenset()  # scenario keys to run (s1 … s7); empty: all
     limiter_storage: str = "memory://"  # RATELIMIT_STORAGE_URI of the servers
+    jobs_workers: int = 2  # scenario 8: `flask jobs worker` processes
+    jobs_threads: int = 50  # ... and --threads of each
+    # How long scenario 8 waits for the workers to empty the queue. Below CREDIT_HOLD_TTL_SECONDS
+    # (600 s by default): a job still queued after that expires instead of running.
+    jobs_drain: int = 540
 
     def wants(self, key: str) -> bool:
         return not self.only or key in self.only
@@ -64,6 +70,7 @@ class DatabaseRun:
     verify: list[dict] = field(default_factory=list)
     profile: dict | None = None
     round_trips: dict = field(default_factory=dict)
+    jobs: dict | None = None  # scenario 8, from the jobs table (bench/jobs.py figures())
 
     def get(self, key: str) -> Measurement | None:
         return next((m for m in self.measurements if m.key == key), None)
@@ -77,10 +84,14 @@ class Runner:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def server(self, name: str, latency_ms: int = 0, app: str = "wsgi:app", workers: int | None = None):
-        env = server_env(self.db.url, self.s.jwt_secret, workers=workers or self.s.workers,
-                         latency_ms=latency_ms, limiter_storage=self.s.limiter_storage)
-        return gunicorn(env, self.s.workdir / f"gunicorn-{self.db.kind}-{name}.log", app=app)
+    def env(self, latency_ms: int = 0, workers: int | None = None, **extra: str) -> dict:
+        return dict(server_env(self.db.url, self.s.jwt_secret, workers=workers or self.s.workers,
+                               latency_ms=latency_ms, limiter_storage=self.s.limiter_storage), **extra)
+
+    def server(self, name: str, latency_ms: int = 0, app: str = "wsgi:app", workers: int | None = None,
+               **extra_env: str):
+        return gunicorn(self.env(latency_ms, workers, **extra_env),
+                        self.s.workdir / f"gunicorn-{self.db.kind}-{name}.log", app=app)
 
     def _backends(self) -> list[int]:
         name = getattr(self.db, "name", None)
@@ -92,10 +103,11 @@ class Runner:
                     connections=connections or self.s.connections, threads=self.s.threads)
 
     def measure(self, server: Server, key: str, title: str, load: Load, *,
-                connections: int | None = None, duration: int | None = None) -> Measurement:
+                connections: int | None = None, duration: int | None = None,
+                job_workers: list[int] = ()) -> Measurement:
         connections = connections or self.s.connections
         backends = self._backends()
-        before = procstats.snapshot(server.all_pids() + backends)
+        before = procstats.snapshot(server.all_pids() + backends + list(job_workers))
         started = time.monotonic()
         result = wrk.run(server.url, load, duration=duration or self.s.duration,
                          connections=connections, threads=self.s.threads)
@@ -106,10 +118,11 @@ class Runner:
             "wrk_s": result.wrk_cpu_s,
             "gunicorn_s": procstats.cpu_used(before, server.all_pids()),
             "postgres_s": procstats.cpu_used(before, sorted(set(backends + self._backends()))),
+            "jobs_s": procstats.cpu_used(before, list(job_workers)),
             "machine_busy": busy,
         }
         # Anything else on the machine (another job, this script): it skews the numbers.
-        cpu["other_s"] = max(0.0, busy_s - cpu["wrk_s"] - cpu["gunicorn_s"] - cpu["postgres_s"])
+        cpu["other_s"] = max(0.0, busy_s - cpu["wrk_s"] - cpu["gunicorn_s"] - cpu["postgres_s"] - cpu["jobs_s"])
         measurement = Measurement(key, title, result, connections, cpu)
         self.run.measurements.append(measurement)
         print(f"  {key:<14} {title:<44} {result.rps:9.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
@@ -147,6 +160,7 @@ class Runner:
         if self.s.wants("s6"):
             self.simple("s0-s6", "floor, AI takes 1000 ms", generate, latency_ms=1000,
                         connections=self.s.s6_connections, duration=self.s.s6_duration, app=FLOOR)
+        self.scenario_8(generate)
         if self.s.wants("rt"):
             self.round_trips(generate, Load("GET", "/api/credits/balance", None, tokens))
         if self.s.soak and self.s.wants("memory"):
@@ -169,6 +183,38 @@ class Runner:
                     duration=seconds,
                     output=Path(f"{self.s.profile_prefix}-s3-{self.db.kind}.txt"),
                 )
+
+    def scenario_8(self, generate: Load) -> None:
+        """Jobs: submits with `Prefer: respond-async` as fast as the API takes them while worker
+        processes run the jobs, then the jobs table's figures once the workers have drained it."""
+        if not self.s.wants("s8"):
+            return
+        try:
+            with jobs.redis_queue() as queue:
+                self._scenario_8(generate.with_headers(Prefer="respond-async"), queue)
+        except jobs.NoBroker as exc:
+            print(f"  s8: skipped ({exc})", flush=True)
+
+    def _scenario_8(self, submit: Load, queue: dict) -> None:
+        workers, threads = self.s.jobs_workers, self.s.jobs_threads
+        with self.server("s8", JOBS_LATENCY_MS, **queue) as server:
+            with jobs.workers(self.env(JOBS_LATENCY_MS, **queue), workers, threads, self.s.workdir,
+                              f"jobs-{self.db.kind}") as pids:
+                self.warm_up(server, submit)
+                self.measure(server, "s8", "POST /api/generate, Prefer: respond-async", submit, job_workers=pids)
+                left = jobs.wait_drained(self.db.engine, self.s.jobs_drain)
+            # Read after the workers stopped: those still running when the drain gave up have ended.
+            figures = jobs.figures(self.db.engine, workers=workers, threads=threads,
+                                   latency_s=JOBS_LATENCY_MS / 1000)
+            self.run.jobs = {**figures, "unfinished_after_drain": left}
+            rate = figures["completions_per_s"] or 0.0
+            print(f"  {'s8 jobs':<14} {figures['jobs']} jobs {figures['statuses']}; {rate:.1f} completions/s "
+                  f"(expected {figures['expected_per_s']:.0f}); queue wait p50 {figures['queue_wait_p50_s'] or 0:.2f} s "
+                  f"p99 {figures['queue_wait_p99_s'] or 0:.2f} s" + (f"; {left} not drained" if left else ""),
+                  flush=True)
+            # The workers share the machine's cores with the API: submits alone are the API's own
+            # cost, the one to set against s3's. Their jobs stay queued; the database is dropped.
+            self.measure(server, "s8-api", "the same, no workers running", submit)
 
     def round_trips(self, generate: Load, balance: Load) -> None:
         """Round trips per request, counted by PostgreSQL: one worker, one thread, after a

@@ -78,7 +78,7 @@ class Server:
         return [self.pid, *self.worker_pids()]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except Exception:
@@ -96,7 +96,7 @@ def gunicorn(env: dict, log_path: Path, app: str = "wsgi:app"):
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
     server = Server(f"http://127.0.0.1:{port}", process.pid, workers)
     try:

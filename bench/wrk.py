@@ -4,7 +4,7 @@ import os
 import subprocess
 import tempfile
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "load.lua"
@@ -19,11 +19,15 @@ class Load:
     path: str
     body: str | None = None
     tokens_file: Path | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request, e.g. Prefer
+
+    def with_headers(self, **headers: str) -> "Load":
+        return replace(self, headers=self.headers + tuple(headers.items()))
 
     def send_one(self, url: str, index: int) -> int:
         """One request as wrk would send it, with the index-th token; fails on an error answer."""
         tokens = self.tokens_file.read_text().split() if self.tokens_file else []
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **dict(self.headers)}
         if tokens:
             headers["Authorization"] = f"Bearer {tokens[index % len(tokens)]}"
         data = self.body.encode() if self.body is not None else None
@@ -75,6 +79,7 @@ def run(url: str, load: Load, *, duration: int, connections: int, threads: int,
         BENCH_BODY=load.body or "",
         BENCH_TOKENS=str(load.tokens_file or ""),
         BENCH_THREADS=str(threads),
+        BENCH_HEADERS="\n".join(f"{name}: {value}" for name, value in load.headers),
     )
     command = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(duration))}s",
