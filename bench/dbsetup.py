@@ -7,9 +7,7 @@ measured) but keeps the ledger's rule: every balance is the sum of its ledger ro
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,12 +17,13 @@ from sqlalchemy.engine import make_url
 from creditapp.ledger.tables import CreditAccount, CreditLot, LedgerEntry, UTCDateTime
 from creditapp.models import User
 
+from creditapp.testing import servers
+from creditapp.testing.databases import DatabaseUnavailable, create_postgres, drop_postgres, server_url
+
 from . import floor
-from .servers import ROOT
 
 USERS, ACCOUNTS, LEDGER = User.__table__, CreditAccount.__table__, LedgerEntry.__table__
 LOTS = CreditLot.__table__
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CREDIT_TYPES = ("generation_credits", "ai_tokens")
 HUGE = 10**12  # nobody runs out during a run
 
@@ -191,17 +190,13 @@ class PostgresDatabase(BenchDatabase):
     title = "PostgreSQL"
 
     def __init__(self, server_url: str):
-        self.admin = create_engine(server_url, isolation_level="AUTOCOMMIT",
-                                   connect_args={"connect_timeout": 3})
-        self.name = f"creditapp_bench_{uuid.uuid4().hex[:12]}"
-        shown = make_url(server_url).render_as_string(hide_password=True)
         try:
-            with self.admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        except Exception as exc:  # no server, no rights: either way nothing to benchmark
-            self.admin.dispose()
-            raise Unavailable(f"no PostgreSQL at {shown}: {str(exc).splitlines()[0]}") from None
-        url = make_url(server_url).set(database=self.name).render_as_string(hide_password=False)
+            url = create_postgres(server_url, prefix="creditapp_bench")
+        except DatabaseUnavailable as exc:  # nothing to benchmark here
+            raise Unavailable(str(exc)) from None
+        self.server_url, self.name = server_url, make_url(url).database
+        # The statement log is switched on and off for this database from the server's.
+        self.admin = create_engine(server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
         super().__init__(url)
 
     def _sequence_cte(self) -> str:
@@ -226,8 +221,7 @@ class PostgresDatabase(BenchDatabase):
     def drop(self) -> None:
         super().drop()
         try:
-            with self.admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            drop_postgres(self.url, self.server_url)
         finally:
             self.admin.dispose()
 
@@ -275,14 +269,7 @@ class StatementLog:
 
 def open_database(kind: str) -> BenchDatabase:
     """A new, empty, migrated database of `kind`; raises Unavailable when there is none."""
-    if kind == "sqlite":
-        database = SQLiteDatabase()
-    else:
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            raise Unavailable("psycopg is not installed (pip install -r requirements.txt)") from None
-        database = PostgresDatabase(os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES)
+    database = SQLiteDatabase() if kind == "sqlite" else PostgresDatabase(server_url())
     try:
         database.migrate()
     except BaseException:
@@ -294,7 +281,4 @@ def open_database(kind: str) -> BenchDatabase:
 def flask_cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AI_STUB_")}
     env.update(CREDITAPP_ENV="development", DATABASE_URL=database_url)
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    return servers.flask_cli(env, *args, timeout=600)

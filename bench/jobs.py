@@ -5,12 +5,8 @@ The figures come from the jobs table, not from polling the API: created_at, star
 finished_at are written by the transactions that queue, claim and finish each job, so they are
 what the workers did, and reading them costs the measured servers nothing.
 """
-import os
 import statistics
-import subprocess
-import sys
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +14,10 @@ from sqlalchemy import func, select
 
 from creditapp.jobs.tables import JOBS, UNFINISHED
 
-from .servers import BENCH_REDIS, ROOT, die_with_parent, stop
+from creditapp.testing.brokers import BrokerUnavailable, fresh_queue
+from creditapp.testing.servers import job_workers
+
+from .servers import BENCH_REDIS
 
 
 class NoBroker(Exception):
@@ -29,56 +28,19 @@ class NoBroker(Exception):
 def redis_queue(url: str = BENCH_REDIS):
     """Yields the settings of a queue (and Redis namespace) used by nothing else; its keys are
     deleted afterwards, so neither a run nor a crashed one leaves messages behind for the next."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        raise NoBroker(f"no Redis at {url}: {exc}") from None
-    name = f"creditapp-bench-jobs-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        yield {"JOBS_BROKER_URL": url, "JOBS_QUEUE": name, "JOBS_NAMESPACE": name}
-    finally:
-        keys = list(client.scan_iter(f"{name}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        with fresh_queue("redis", url, prefix="creditapp-bench-jobs") as settings:
+            yield settings
+    except BrokerUnavailable as exc:
+        raise NoBroker(str(exc)) from None
 
 
 @contextmanager
 def workers(env: dict, count: int, threads: int, log_dir: Path, name: str, timeout: float = 60):
     """Yields the pids of `count` `flask jobs worker --threads N` processes, once each has said it
     has started; stops each by its process group on exit (SIGTERM: running jobs end first)."""
-    logs = [log_dir / f"{name}-worker{i}.log" for i in range(count)]
-    processes = []
-    try:
-        for log in logs:
-            with open(log, "wb") as out:
-                processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "flask", "--app", "wsgi", "jobs", "worker", "--threads", str(threads)],
-                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=die_with_parent,
-                ))
-        _wait_started(processes, logs, timeout)
-        yield [p.pid for p in processes]
-    finally:
-        for process in processes:
-            stop(process)
-
-
-def _wait_started(processes, logs: list[Path], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for process, log in zip(processes, logs):
-            if process.poll() is not None:
-                raise RuntimeError(f"a jobs worker exited with {process.returncode}; see {log}")
-        # The CLI prints this line once its Dramatiq worker has started taking messages.
-        if all(b"worker: " in log.read_bytes() for log in logs):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"the jobs workers did not start within {timeout} s; see {logs[0]}")
+    with job_workers(env, count, log_dir, threads, name=name, timeout=timeout) as processes:
+        yield [process.pid for process in processes]
 
 
 def unfinished(engine) -> int:

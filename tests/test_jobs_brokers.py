@@ -15,9 +15,8 @@ from creditapp.ledger import credit_service
 from creditapp.ledger.statements import HOLDS
 from creditapp.ledger.transactions import atomic
 
+from creditapp.testing.brokers import broker_queue
 from creditapp.testing.servers import fire_together, gunicorn, job_workers, server_env, stop
-
-from .brokers import broker_queue
 
 JOBS_PER_USER = 5
 
@@ -80,7 +79,7 @@ def test_200_jobs_on_a_real_broker_survive_failures_and_a_killed_worker(
             running_at_kill = sum(row.status == "running" for row in job_rows())
             stop(workers[0], signal.SIGKILL)
             rows = wait_until(all_finished, 120, "every job finished")
-    logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+    logs = "".join((tmp_path / f"jobs-worker{i}.log").read_text() for i in range(2))
     succeeded = [row for row in rows if row.status == "succeeded"]
     counts = {status: sum(row.status == status for row in rows) for status in ("succeeded", "failed", "expired")}
     delivered = results.read_text().splitlines() if results.exists() else []

@@ -1,7 +1,6 @@
 """Jobs at their edges, from an adversarial review: long request ids, a publish that fails after
 the broker took the message, the API document, the list and a GET agreeing, metrics, CORS, and
 the embedded queue after a restart. Each test states a rule."""
-import json
 import threading
 import time
 

@@ -38,7 +38,7 @@ from ..exceptions import GenerationFailed
 from ..extensions import db
 from ..ledger import Balance, credit_service
 from ..ledger.clock import ManualClock, clock
-from .databases import DatabaseClock, install_test_clock, postgres_database, server_url
+from .databases import DatabaseClock, install_test_clock, postgres_database
 from .servers import ROOT, fire_together, gunicorn, server_env
 
 MIGRATIONS = ROOT / "migrations"

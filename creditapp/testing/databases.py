@@ -24,9 +24,8 @@ def server_url() -> str:
     return os.environ.get("TEST_DATABASE_URL") or DEFAULT_SERVER
 
 
-@contextmanager
-def throwaway_postgres(server: str | None = None, prefix: str = "creditapp_test") -> Iterator[str]:
-    """A new database on the server, dropped (connections and all) on exit; yields its URL."""
+def create_postgres(server: str | None = None, prefix: str = "creditapp_test") -> str:
+    """A new, empty database on the PostgreSQL server; its URL. Raises DatabaseUnavailable."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -38,34 +37,53 @@ def throwaway_postgres(server: str | None = None, prefix: str = "creditapp_test"
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # no server, no rights: either way there is no PostgreSQL here
-        admin.dispose()
         where = admin_url.render_as_string(hide_password=True)
         raise DatabaseUnavailable(f"no PostgreSQL at {where}: {exc}".splitlines()[0]) from None
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+    return admin_url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres(url: str, server: str | None = None) -> None:
+    """Drop the database at `url`, whoever is still connected to it."""
+    database = make_url(url)
+    admin = create_engine(make_url(server or server_url()), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database.database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def throwaway_postgres(server: str | None = None, prefix: str = "creditapp_test") -> Iterator[str]:
+    """`create_postgres`, dropped on exit."""
+    url = create_postgres(server, prefix)
+    try:
+        yield url
+    finally:
+        drop_postgres(url, server)
 
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """`throwaway_postgres` for pytest: where no server answers, the test is skipped with the
     reason, or fails where CREDITAPP_REQUIRE_POSTGRES is set (CI)."""
+    try:
+        with throwaway_postgres() as url:
+            yield url
+    except DatabaseUnavailable as exc:
+        missing("CREDITAPP_REQUIRE_POSTGRES", "PostgreSQL", str(exc))
+
+
+def missing(required_by: str, what: str, reason: str) -> None:
+    """A service a test needs does not answer: skip it with the reason, or fail it where the
+    variable `required_by` is set (CI, where every service must be there)."""
     import pytest
 
-    try:
-        manager = throwaway_postgres()
-        url = manager.__enter__()
-    except DatabaseUnavailable as exc:
-        if os.environ.get("CREDITAPP_REQUIRE_POSTGRES"):
-            pytest.fail(f"PostgreSQL is required here but {exc}", pytrace=False)
-        pytest.skip(str(exc))
-    try:
-        yield url
-    finally:
-        manager.__exit__(None, None, None)
+    if os.environ.get(required_by):
+        pytest.fail(f"{what} is required here but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 # The ledger's PostgreSQL functions read the time from creditapp_now(), after their locks. In the

@@ -94,14 +94,16 @@ class Server:
 @contextmanager
 def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | None = None, *,
              app: str = "wsgi:app", cwd: Path = ROOT, config_file: Path | None = None,
-             ready_path: str = "/healthz", timeout: float = 30) -> Iterator[Server]:
-    """Yields a Server running `app`; stops it (the arbiter and its workers) on exit.
+             ready: Callable[[Server, subprocess.Popen], None] | None = None, log_mode: str = "w",
+             timeout: float = 30) -> Iterator[Server]:
+    """Yields a Server running `app` once `ready(server, process)` returns (by default: /healthz
+    answers 200); stops it (the arbiter and its workers) on exit.
 
     Without `config_file`, one client per thread (so that simultaneous requests really spread
     over the workers); with it (gunicorn.conf.py, as the benchmarks run), its settings, with
     `workers` and the bind given here."""
     port = free_port()
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    log = open(log_path, log_mode) if log_path else subprocess.DEVNULL
     command = [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     if config_file is None:
         command += ["--threads", str(threads), "--graceful-timeout", "5", "--worker-connections", str(threads),
@@ -109,10 +111,13 @@ def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | Non
     else:
         command += ["-c", str(config_file)]
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True, preexec_fn=_die_with_parent)
+                               start_new_session=True, preexec_fn=die_with_parent)
     server = Server(f"http://127.0.0.1:{port}", process.pid, log_path, workers)
     try:
-        wait_until_up(server.url + ready_path, process, timeout)
+        if ready is None:
+            wait_until_up(server.url + "/healthz", process, timeout)
+        else:
+            ready(server, process)
         yield server
     finally:
         stop(process)
@@ -122,21 +127,39 @@ def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | Non
 
 @contextmanager
 def job_workers(env: dict, count: int, log_dir: Path, threads: int = 6, *, cwd: Path = ROOT,
-                app: str = "wsgi") -> Iterator[list[subprocess.Popen]]:
-    """`count` processes of `flask jobs worker`; stopped (SIGTERM, then SIGKILL) on exit."""
-    processes = [start_process([sys.executable, "-m", "flask", "--app", app, "jobs", "worker", "--threads",
-                                str(threads)], env, log_dir / f"worker{i}.log", cwd=cwd) for i in range(count)]
+                app: str = "wsgi", name: str = "jobs", timeout: float = 60) -> Iterator[list[subprocess.Popen]]:
+    """`count` processes of `flask jobs worker --threads N`, yielded once each has said it takes
+    messages; stopped on exit (SIGTERM: running jobs end first; then SIGKILL)."""
+    logs = [log_dir / f"{name}-worker{i}.log" for i in range(count)]
+    command = [sys.executable, "-m", "flask", "--app", app, "jobs", "worker", "--threads", str(threads)]
+    processes = []
     try:
+        for log in logs:
+            processes.append(start_process(command, env, log, cwd=cwd))
+        _wait_started(processes, logs, timeout)
         yield processes
     finally:
         for process in processes:
             stop(process)
 
 
+def _wait_started(processes: list[subprocess.Popen], logs: list[Path], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process, log in zip(processes, logs):
+            if process.poll() is not None:
+                raise RuntimeError(f"a jobs worker exited with {process.returncode}; see {log}")
+        # The CLI prints this line once its Dramatiq worker has started taking messages.
+        if all(b"worker: " in log.read_bytes() for log in logs):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the jobs workers did not start within {timeout}s; see {logs}")
+
+
 def start_process(command: list[str], env: dict, log_path: Path, *, cwd: Path = ROOT) -> subprocess.Popen:
-    with open(log_path, "w") as log:
+    with open(log_path, "wb") as log:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
 
 
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
@@ -154,22 +177,27 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> N
     raise RuntimeError(f"the server did not answer {url} within {timeout}s")
 
 
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Stop a process started here and its whole group: `sig`, then SIGKILL after 10 s."""
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Stop a process started here and its whole group: `sig`, then SIGKILL if it does not go
+    in time, and SIGKILL to whatever of its group outlived it (a worker of a dead arbiter)."""
     if process.poll() is None:
         try:
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=10)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
-
-
-def _die_with_parent() -> None:
+        except ProcessLookupError:
+            process.wait(timeout=10)
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the `with` blocks still stop everything
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the kernel sends SIGTERM when the starting process dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:  # not Linux: the `with` blocks still stop everything
         pass
