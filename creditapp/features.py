@@ -23,17 +23,23 @@ class Feature:
 
 FEATURES: dict[str, Feature] = {}
 _BY_ENDPOINT: dict[str, str] = {}
+_VIEWS: dict[str, str] = {}  # feature name -> the view that sells it
 
 
-def declare(feature: Feature) -> Feature:
-    """Add a feature to the price list; its name and its route are its own."""
-    if feature.name in FEATURES and FEATURES[feature.name] != feature:
-        raise ValueError(f"feature {feature.name!r} is declared twice")
+def declare(feature: Feature, view: str) -> Feature:
+    """Add a feature, sold by `view` ("module:name"), to the price list; its name and its route
+    are its own. The same view declaring it again (a module imported anew) changes nothing."""
+    if feature.name in FEATURES and (FEATURES[feature.name], _VIEWS[feature.name]) != (feature, view):
+        raise ValueError(f"feature {feature.name!r} is declared twice (by {_VIEWS[feature.name]} and {view})")
+    taken = _BY_ENDPOINT.get(feature.endpoint)
+    if taken is not None and taken != feature.name:
+        raise ValueError(f"{feature.endpoint} already sells feature {taken!r}; {feature.name!r} needs a route of its own")
     if feature.unit not in UNITS:
         raise ValueError(f"feature {feature.name!r}: unit must be one of {UNITS}, got {feature.unit!r}")
     _check_price(f"feature {feature.name!r}", feature.price)
     FEATURES[feature.name] = feature
     _BY_ENDPOINT[feature.endpoint] = feature.name
+    _VIEWS[feature.name] = view
     return feature
 
 

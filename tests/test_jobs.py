@@ -413,3 +413,19 @@ def test_the_api_document_has_the_jobs(client):
     paths = client.get("/api/openapi.json").json["paths"]
     assert {"get", "delete"} <= set(paths["/api/jobs/{job_id}"])
     assert "get" in paths["/api/jobs"]
+
+
+def test_the_jobs_commands_report_requeue_and_refuse_a_worker_without_a_broker(app, client, make_user, stub):
+    user = make_user(credits=3)
+    for _ in range(2):
+        submit(client, user)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["jobs", "status"]).output.strip() == "queued 2, running 0"
+    job_queue().drain()
+    assert runner.invoke(args=["jobs", "status"]).output.strip() == "queued 0, running 0"
+    submit(client, user)
+    job_queue().broker.flush_all()  # the broker lost its messages
+    assert "sent 1 unfinished job(s) again" in runner.invoke(args=["jobs", "requeue"]).output
+    assert job_queue().drain() == 1 and credits(user) == 0
+    refused = runner.invoke(args=["jobs", "worker"])
+    assert refused.exit_code != 0 and "JOBS_BROKER_URL is not set" in refused.output

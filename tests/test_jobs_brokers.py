@@ -87,7 +87,8 @@ def test_200_jobs_on_a_real_broker_survive_failures_and_a_killed_worker(
           f"{sum(row.attempts for row in rows)} attempts, {len(delivered)} AI results")
     assert running_at_kill > 0
     assert len(rows) == accepted and counts["succeeded"] + counts["failed"] + counts["expired"] == accepted
-    assert counts["succeeded"] > 0 and counts["failed"] > 0, counts  # 0.3³ of jobs fail all three tries
+    # The provider failed (0.3 of calls): jobs were tried again; about 0.3³ of them failed all three times.
+    assert counts["succeeded"] > 0 and sum(row.attempts for row in rows) > len(rows), counts
     # A result for every succeeded job, each a real AI result, each charged once.
     urls = [json.loads(row.answer)["result"]["image_url"] for row in succeeded]
     assert len(set(urls)) == len(succeeded) and set(urls) <= set(delivered)

@@ -64,6 +64,19 @@ def count(request) -> tuple[object, list[str]]:
     return response, statements.sent
 
 
+def test_a_job_submit_is_three_statements_too(app, client, make_user, stub, database_url):
+    only_postgresql(database_url)
+    user = make_user(credits=3)
+    headers = {**user.headers, "Prefer": "respond-async", "Idempotency-Key": "job-1"}
+    client.post(GENERATE, json={"prompt": "warm-up"}, headers={**user.headers, "Prefer": "respond-async"})
+    response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=headers))
+    assert response.status_code == 202
+    assert len(sent) == 3 and "revoked_sessions" in sent[0] and "creditapp_hold" in sent[1]
+    assert sent[2].lstrip().startswith("WITH answered AS") and "INSERT INTO jobs" in sent[2]
+    replayed = client.post(GENERATE, json={"prompt": "a"}, headers=headers)
+    assert replayed.json["job_id"] == response.json["job_id"]
+
+
 def test_a_paid_request_is_three_statements_and_a_balance_read_one(app, client, make_user, stub, database_url):
     only_postgresql(database_url)
     assert db.engine.pool._pre_ping is False  # a ping would be one more round trip per checkout

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Response, after_this_request, current_app, g, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from ..auth import caller_must_exist, current_user_id, rate_limit_key
 from ..exceptions import QueueUnavailable
@@ -24,6 +25,7 @@ from ..jobs import store as jobs
 from ..jobs.queue import job_queue
 from ..ledger import CreditType, InsufficientCredits, Hold, HoldExpired, credit_service
 from ..ledger.keys import StoredResponse
+from ..ledger.tables import MAX_AMOUNT
 from ..metrics import metrics
 from .errors import error_response
 from .idempotency import accepted_headers, idempotent_request, replay
@@ -54,7 +56,7 @@ def _paid_rate_limit() -> str:
 # shared, the key is the user. A browser's preflight (OPTIONS) carries no token and is not a use.
 paid_limit = limiter.shared_limit(
     _paid_rate_limit, scope="paid", key_func=rate_limit_key,
-    exempt_when=lambda: request.method == "OPTIONS",
+    exempt_when=lambda: request.method in ("OPTIONS", "HEAD"),
 )
 
 
@@ -73,6 +75,10 @@ def require_credits(amount: Amount, credit_type) -> Callable:
 
         @functools.wraps(view)
         def guarded(*args, **kwargs):
+            if request.method == "HEAD":
+                # Flask answers HEAD on every GET route; a paid view must not run (and charge) for
+                # an answer whose body is thrown away.
+                raise MethodNotAllowed(valid_methods=["GET"])
             user_id = current_user_id()
             feature = request.endpoint or view.__name__
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
@@ -80,6 +86,10 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             idempotent = idempotent_request(asynchronous)
             key, fingerprint = idempotent.key, idempotent.fingerprint
             required = amount(*args, **kwargs) if callable(amount) else amount
+            if required > MAX_AMOUNT:  # more than any balance can hold: a price times a huge input
+                g.credit_log["outcome"] = "insufficient_credits"
+                available = getattr(credit_service.get_credit_balance(user_id), credit_type.value)
+                raise InsufficientCredits(required, available, credit_type.value)
             try:
                 with caller_must_exist():
                     hold = credit_service.hold_or_replay(

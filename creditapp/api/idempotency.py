@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from flask import Response, current_app, request
 from marshmallow import ValidationError
@@ -41,8 +42,12 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 
 def request_fingerprint(asynchronous: bool = False) -> str:
-    """A job and a synchronous answer are different requests: one key cannot stand for both."""
-    path = request.path + (" respond-async" if asynchronous else "")
+    """Method, path, query (in a canonical order) and JSON body; a job and a synchronous answer are
+    different requests too: one key cannot stand for both."""
+    path = request.path
+    if request.args:
+        path += "?" + urlencode(sorted(request.args.items(multi=True)))
+    path += " respond-async" if asynchronous else ""
     return fingerprint(request.method, path, request.get_data())
 
 

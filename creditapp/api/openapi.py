@@ -33,10 +33,11 @@ def documented(view: Callable, *, responses=(), parameters=(), security=BEARER) 
         answers.setdefault(status, []).append(
             {"schema": schema() if isinstance(schema, type) else schema, "description": description,
              "content_type": None})
-    manual = doc.setdefault("manual_doc", {})
     if security is not None:
-        manual.setdefault("security", security)
-    manual.setdefault("parameters", []).extend(parameters)
+        doc.setdefault("manual_doc", {}).setdefault("security", security)
+    # With the parameters flask-smorest makes of the view's `arguments` (a query schema's
+    # fields): a manual_doc list would replace those.
+    doc.setdefault("arguments", {}).setdefault("parameters", []).extend(deepcopy(list(parameters)))
     return view
 
 

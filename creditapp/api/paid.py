@@ -28,24 +28,29 @@ HoldFor = Callable[[dict, int], int]
 
 
 def paid_feature(blp: Blueprint, path: str, *, name: str, credit_type, price: int, request, response,
-                 unit: str = "request", hold: HoldFor | None = None, method: str = "POST") -> Callable:
+                 unit: str = "request", hold: HoldFor | None = None, method: str = "POST",
+                 location: str | None = None) -> Callable:
     """Declare the paid feature `name` served at `path` on `blp` (see the module's docstring).
 
     `price` is the default price per `unit` ("request", or "token" for a feature that charges
     what it used); CREDIT_COSTS[name] overrides it. The hold is the price, or `hold(params,
     price)` for a feature whose charge is known only after the AI call (hold the worst case,
-    then charge what was used with `charge_and_answer(result, amount)`)."""
+    then charge what was used with `charge_and_answer(result, amount)`). `request` is read from
+    the JSON body, or from the query string for GET and DELETE (`location` says otherwise)."""
     credit_type = CreditType(credit_type)
-    declare(Feature(name, credit_type, price, unit, f"{method} {blp.url_prefix or ''}{path}"))
+    method = method.upper()
+    location = location or ("query" if method in ("GET", "DELETE") else "json")
+    feature = Feature(name, credit_type, price, unit, f"{method} {blp.url_prefix or ''}{path}")
 
     def amount(params=None, *args, **kwargs) -> int:
         price_now = cost_of(name)
         return hold(params, price_now) if hold is not None else price_now
 
     def decorator(view: Callable) -> Callable:
+        declare(feature, f"{view.__module__}:{view.__qualname__}")
         guarded = require_credits(amount, credit_type)(view)
         guarded = blp.response(200, response)(guarded)
-        guarded = blp.arguments(request)(guarded)
+        guarded = blp.arguments(request, location=location)(guarded)
         return blp.route(path, methods=[method])(_authenticated_first(guarded))
 
     return decorator

@@ -14,6 +14,7 @@ import time
 from flask import Flask, current_app, g
 
 from ..exceptions import GenerationFailed
+from ..jobs import params as job_params
 from ..jobs import store
 from ..ledger import InsufficientCredits, credit_service
 from ..ledger.clock import utcnow
@@ -67,7 +68,7 @@ def run(job_id: str) -> float | None:
 
 
 def _perform(job, hold) -> dict:
-    params = json.loads(job.params)
+    params = job_params.loads(job.params)
     g.credit_info = CreditInfo(user_id=job.user_id, credit_type=hold.credit_type, required=job.amount,
                                available=job.amount, hold_id=job.hold_id)
     with credit_service.activate(hold):

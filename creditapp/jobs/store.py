@@ -16,12 +16,28 @@ from sqlalchemy import delete, func, insert, select, update
 from ..exceptions import JobFinished, JobRunning, UnknownJob
 from ..ledger import CreditType, Hold, credit_service
 from ..ledger import keys as idempotency
+from ..ledger import procedures
 from ..ledger.clock import utcnow
 from ..ledger.keys import KEYS
 from ..ledger.statements import HOLDS
 from ..ledger.transactions import atomic, retry_conflicts
+from . import params as job_params
 from .tables import FINISHED, JOBS, UNFINISHED
 
+# A repetition after a lost connection finds the job there (ON CONFLICT) and changes nothing.
+SUBMIT = """
+WITH answered AS (
+    UPDATE idempotency_keys SET status = 'completed', response_status = %(status)s,
+           response_body = %(body)s, expires_at = %(kept)s
+    WHERE %(status)s::integer IS NOT NULL AND hold_id = %(hold_id)s AND status = 'in_flight'
+)
+INSERT INTO jobs (id, user_id, feature, work, params, credit_type, amount, hold_id, status, attempts,
+                  request_id, created_at)
+VALUES (%(id)s, %(user_id)s, %(feature)s, %(work)s, %(params)s, %(credit_type)s, %(amount)s, %(hold_id)s,
+        'queued', 0, %(request_id)s, %(now)s)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
 EXPIRED_ERROR = {"error": "reservation_expired",
                  "message": "The job's hold expired before it could finish; nothing was charged."}
 
@@ -47,11 +63,21 @@ def new_id() -> str:
 def submit(hold: Hold, *, job_id: str, feature: str, work: str, params: dict, request_id: str | None,
            answer: tuple[int, str] | None) -> None:
     """Record a queued job for `hold` (just taken), and store `answer` for the hold's key in the same
-    transaction, so a retry with the key answers this job."""
+    transaction, so a retry with the key answers this job. On PostgreSQL one statement in
+    autocommit: one round trip instead of four."""
+    now = utcnow()
+    if procedures.available():
+        status, body = answer if answer is not None and hold.key is not None else (None, None)
+        procedures.call(SUBMIT, {
+            "id": job_id, "user_id": hold.user_id, "feature": feature, "work": work, "params": job_params.dumps(params),
+            "credit_type": hold.credit_type.value, "amount": hold.amount, "hold_id": hold.hold_id,
+            "request_id": request_id, "now": now, "status": status, "body": body,
+            "kept": now + timedelta(seconds=credit_service.idempotency_ttl_seconds),
+        })
+        return
     with atomic() as session:
-        now = utcnow()
         session.execute(insert(JOBS).values(
-            id=job_id, user_id=hold.user_id, feature=feature, work=work, params=json.dumps(params),
+            id=job_id, user_id=hold.user_id, feature=feature, work=work, params=job_params.dumps(params),
             credit_type=hold.credit_type.value, amount=hold.amount, hold_id=hold.hold_id, status="queued",
             attempts=0, request_id=request_id, created_at=now,
         ))

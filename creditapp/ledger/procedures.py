@@ -25,8 +25,8 @@ def available() -> bool:
     return database.engine().dialect.name == "postgresql"
 
 
-def call(statement: str, params: tuple):
-    """The one row of one function call, in autocommit; once more if the connection was lost.
+def call(statement: str, params: tuple | dict):
+    """The one row of one statement (a function call), in autocommit; once more if the connection was lost.
 
     It uses the pooled psycopg connection directly: SQLAlchemy's Connection and execution
     context around two statements were a fifth of a paid request's CPU. Errors come out as

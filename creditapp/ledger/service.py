@@ -298,20 +298,25 @@ class CreditService:
     def deduct_credits(
         self, user_id: int, amount: int, credit_type, reason: str | None = None
     ) -> Balance:
-        """Charge `amount`, or raise InsufficientCredits and change nothing.
+        """Charge `amount`, or raise InsufficientCredits and change nothing. 0 charges nothing
+        (work that used nothing, such as a cached answer) and returns the balance.
 
         Inside `activate(hold)` for the same balance, the charge is taken from that
         hold and committed when it closes successfully; the balance returned already
         counts what the close will give back. Elsewhere the charge is taken at once.
         """
-        amount, credit_type = _amount(amount), _credit_type(credit_type)
+        nothing = type(amount) is int and amount == 0
+        amount, credit_type = (0 if nothing else _amount(amount)), _credit_type(credit_type)
         for hold in _active_holds.get():
             if (hold.user_id, hold.credit_type) == (user_id, credit_type) and not hold.closed:
-                self._add_charge(hold, amount, reason)
+                if not nothing:
+                    self._add_charge(hold, amount, reason)
                 # As of the hold, plus what the close will give back: no extra query.
                 unspent = hold.amount - hold.pending
                 balance = hold.balance
                 return replace(balance, **{credit_type.value: getattr(balance, credit_type.value) + unspent})
+        if nothing:
+            return self.get_credit_balance(user_id)
         return self._charge_now(user_id, credit_type, amount, reason)
 
     def settle(self, hold: Hold, amount: int, reason: str | None = None) -> Balance:
