@@ -199,6 +199,7 @@ def jobs_worker(threads: int, metrics_port: int, metrics_host: str) -> None:
     stopping.wait()
     click.echo("worker: stopping", err=True)
     worker.stop(timeout=10_000)
+    queue.forget_worker()
 
 
 @jobs_cli.command("requeue")

@@ -60,6 +60,10 @@ def test_a_job_is_accepted_held_then_run_and_charged_once(app, client, make_user
                              "held": {"credit_type": "generation_credits", "amount": 1}}
     assert response.headers["Location"] == f"/api/jobs/{job_id}"
     assert response.headers["Preference-Applied"] == "respond-async"
+    # When to poll, whatever the paid rate limit's own Retry-After (its window's reset) said.
+    assert response.headers["Retry-After"] == "1" and "X-RateLimit-Limit" in response.headers
+    # Written as every other answer is: compact, keys sorted.
+    assert response.get_data(as_text=True).startswith('{"feature":"basic_generation","held":{"amount":1,')
     queued = job_of(client, user, response)
     assert queued.status_code == 200
     assert (queued.json["status"], queued.json["attempts"], queued.headers["Retry-After"]) == ("queued", 0, "1")
@@ -68,6 +72,7 @@ def test_a_job_is_accepted_held_then_run_and_charged_once(app, client, make_user
     assert job_queue().drain() == 1
     done = job_of(client, user, response)
     assert done.json["status"] == "succeeded" and "Retry-After" not in done.headers
+    assert done.get_data(as_text=True).startswith('{"attempts":1,"balance":{')
     assert done.json["charged"] == {"credit_type": "generation_credits", "amount": 1}
     assert done.json["balance"] == {"generation_credits": 2, "ai_tokens": 0}
     assert done.json["result"]["image_url"].startswith("https://images.stub.invalid/")

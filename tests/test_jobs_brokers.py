@@ -79,6 +79,11 @@ def test_200_jobs_on_a_real_broker_survive_failures_and_a_killed_worker(
             running_at_kill = sum(row.status == "running" for row in job_rows())
             stop(workers[0], signal.SIGKILL)
             rows = wait_until(all_finished, 120, "every job finished")
+        if broker == "redis":  # the worker stopped with SIGTERM took its heartbeat entry with it
+            import redis
+            client = redis.Redis.from_url(queue["JOBS_BROKER_URL"])
+            assert client.zcard(f"{queue['JOBS_NAMESPACE']}:__heartbeats__") <= 1  # the killed one's may stay
+            client.close()
     logs = "".join((tmp_path / f"jobs-worker{i}.log").read_text() for i in range(2))
     succeeded = [row for row in rows if row.status == "succeeded"]
     counts = {status: sum(row.status == status for row in rows) for status in ("succeeded", "failed", "expired")}

@@ -9,7 +9,6 @@ With `Prefer: respond-async` (RFC 7240) the same checks run and the same hold is
 work becomes a job (202 and its Location): the hold lives until a worker finishes the job, which
 runs the same view body (creditapp.api.running).
 """
-import json
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,8 +149,9 @@ def _submit(hold: Hold, work: str, args: tuple, kwargs: dict) -> Response:
     Idempotency-Key with the job, so a retry answers the same job."""
     job_id = jobs.new_id()
     feature = feature_of_route(request.method, request.url_rule.rule) or request.endpoint
-    body = json.dumps({"job_id": job_id, "status": "queued", "feature": feature,
-                       "held": {"credit_type": hold.credit_type.value, "amount": hold.amount}})
+    body = current_app.json.dumps({"job_id": job_id, "status": "queued", "feature": feature,
+                                   "held": {"credit_type": hold.credit_type.value, "amount": hold.amount}},
+                                  separators=(",", ":"))
     try:
         jobs.submit(hold, job_id=job_id, feature=feature, work=work,
                     params={"args": list(args), "kwargs": kwargs}, request_id=g.get("request_id"),

@@ -60,8 +60,8 @@ def replay(stored: StoredResponse) -> Response:
 
 
 def accepted_headers(response: Response) -> Response:
-    """A queued job's 202: where to poll it. (Polling GET /api/jobs/<id> says when to come back:
-    here the paid rate limit's own Retry-After, its window's reset, would overwrite any.)"""
+    """A queued job's 202: where to poll it (and when: creditapp.jobs.queue sets Retry-After once
+    the rate limiter has set its own)."""
     response.headers["Location"] = f"/api/jobs/{json.loads(response.get_data())['job_id']}"
     response.headers["Preference-Applied"] = "respond-async"
     return response

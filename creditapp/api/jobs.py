@@ -4,11 +4,12 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 
-from flask import Response
+from flask import Response, current_app
 
 from ..auth import caller_must_exist, current_user_id, require_login
 from ..exceptions import UnknownJob
 from ..jobs import store
+from ..jobs.queue import POLL_AFTER_SECONDS
 from ..jobs.tables import FINISHED
 from .bodies import Blueprint
 from .running import job_ended
@@ -18,7 +19,6 @@ blp = Blueprint("jobs", __name__, url_prefix="/api/jobs", description="Paid work
 blp.before_request(require_login())
 job_schema = JobSchema()
 _JOB_ID = re.compile(r"[0-9a-f]{32}\Z")
-POLL_AFTER_SECONDS = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -36,7 +36,9 @@ def described(job) -> dict:
 
 
 def _answer(job) -> Response:
-    response = Response(json.dumps(job_schema.dump(described(job))), mimetype="application/json")
+    # As jsonify writes every other answer: compact, keys sorted.
+    body = current_app.json.dumps(job_schema.dump(described(job)), separators=(",", ":"))
+    response = Response(body, mimetype="application/json")
     if job.status not in FINISHED:
         response.headers["Retry-After"] = str(POLL_AFTER_SECONDS)
     return response

@@ -25,6 +25,7 @@ from ..exceptions import QueueUnavailable
 from . import store
 
 ACTOR = "creditapp_job"
+POLL_AFTER_SECONDS = 1
 _EXTENSION_KEY = "creditapp.jobs"
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,12 @@ class JobQueue:
     def worker(self, threads: int) -> dramatiq.Worker:
         return dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=200)
 
+    def forget_worker(self) -> None:
+        """A worker that stopped cleanly takes its Redis heartbeat entry with it (Dramatiq leaves
+        it, and would look for a dead worker's messages there)."""
+        if hasattr(self.broker, "broker_id") and hasattr(self.broker, "client"):
+            self.broker.client.zrem(f"{self.broker.namespace}:__heartbeats__", self.broker.broker_id)
+
     def drain(self, limit: int = 10_000) -> int:
         """stub:// (tests): run every message waiting, delayed ones at once, in this thread."""
         ran = 0
@@ -132,7 +139,17 @@ def make_broker(url: str, config) -> dramatiq.Broker:
 
 
 def init_app(app: Flask, perform: Perform) -> None:
+    """Before the rate limiter's init_app: this after_request then runs after the limiter's,
+    which sets Retry-After to its window's reset on every limited answer."""
     app.extensions[_EXTENSION_KEY] = JobQueue(app, perform)
+    app.after_request(_poll_hint)
+
+
+def _poll_hint(response):
+    """A job's 202 says when to poll its Location."""
+    if response.status_code == 202 and response.headers.get("Preference-Applied") == "respond-async":
+        response.headers["Retry-After"] = str(POLL_AFTER_SECONDS)
+    return response
 
 
 def job_queue() -> JobQueue:
