@@ -134,14 +134,11 @@ def test_the_guard_answers_before_anything_is_held_or_queued(client, make_user, 
     assert store.page(user.id, status=None, limit=10, before=None) == []
 
 
-def test_the_paid_rate_limit_counts_submits(database_url, make_user):
-    app = make_app(database_url, PAID_RATE_LIMIT="2 per minute")
-    with app.app_context():
-        set_provider(app, StubAIProvider())
-        client = app.test_client()
-        user = make_user(credits=5)
-        assert [submit(client, user).status_code for _ in range(3)] == [202, 202, 429]
-        assert credits(user) == 3
+@pytest.mark.parametrize("creditapp_settings", [{"PAID_RATE_LIMIT": "2 per minute"}])
+def test_the_paid_rate_limit_counts_submits(client, make_user, stub):
+    user = make_user(credits=5)
+    assert [submit(client, user).status_code for _ in range(3)] == [202, 202, 429]
+    assert credits(user) == 3
 
 
 def test_a_retry_with_the_same_key_answers_the_same_job(client, make_user, stub):
@@ -344,16 +341,14 @@ def test_the_list_is_newest_first_filtered_and_paged(client, make_user, stub, ma
         assert_error(client.get("/api/jobs", query_string=query, headers=user.headers), 422, "validation_error")
 
 
-def test_a_broker_that_refuses_the_job_is_a_503_and_changes_nothing(database_url, make_user):
-    app = make_app(database_url, JOBS_BROKER_URL="redis://127.0.0.1:1/0")
-    with app.app_context():
-        set_provider(app, StubAIProvider())
-        client = app.test_client()
-        user = make_user(credits=2)
-        for _ in range(2):  # the key was freed: the retry runs again, and is refused again
-            assert_error(submit(client, user, **{"Idempotency-Key": "k"}), 503, "queue_unavailable")
-        assert credits(user) == 2
-        assert credit_service.verify() == []
+@pytest.mark.parametrize("creditapp_settings", [{"JOBS_BROKER_URL": "redis://127.0.0.1:1/0"}])
+def test_a_broker_that_refuses_the_job_is_a_503_and_changes_nothing(client, make_user, stub):
+    user = make_user(credits=2)
+    for _ in range(2):  # the key was freed: the retry runs again, and is refused again
+        assert_error(submit(client, user, **{"Idempotency-Key": "k"}), 503, "queue_unavailable")
+    assert credits(user) == 2
+    assert stub.calls == 0
+    assert credit_service.verify() == []
 
 
 def test_cancelling_races_a_worker_taking_the_job_and_exactly_one_wins(app, database_url, make_user, client, stub):

@@ -10,6 +10,7 @@ from marshmallow import Schema, fields, validate
 from creditapp import features
 from creditapp.ai import ai_service
 from creditapp.api.bodies import Blueprint
+from creditapp.api.errors import error_response
 from creditapp.api.schemas import GenerationResponseSchema
 from creditapp.credits import CreditType, charge_and_answer, paid_feature
 from creditapp.jobs.queue import job_queue
@@ -62,6 +63,13 @@ def creditapp_blueprints():
     def cached(params):
         return charge_and_answer({"feature": "cached", "image_url": "https://cache.invalid/1.png"},
                                  0 if params["cached"] else None)
+
+    @paid_feature(blp, "/picky", name="picky", price=1, request=TopicSchema, **common)
+    def picky(params):
+        answer = charge_and_answer(ai_service.generate_image(params, feature="picky"))
+        if params["topic"] == "nope":  # an error answer, after the AI call and a deduct
+            return error_response(422, "unsuitable", "Not this topic.")
+        return answer
 
     @paid_feature(blp, "/peek", name="peek", price=1, method="GET", request=TopicSchema, **common)
     def peek(params):
@@ -139,3 +147,17 @@ def test_one_feature_sold_by_two_views_is_refused(app):
                       price=1, request=CachedSchema, response=GenerationResponseSchema)
         def cached(params):
             return charge_and_answer({})
+
+
+def test_an_error_answer_is_never_charged_sync_or_as_a_job(client, make_user, fake_ai):
+    user = make_user(credits=5)
+    refused = client.post(f"{PREFIX}/picky", json={"topic": "nope"}, headers=user.headers)
+    assert (refused.status_code, refused.json["error"]) == (422, "unsuitable")
+    submitted = client.post(f"{PREFIX}/picky", json={"topic": "nope"},
+                            headers={**user.headers, "Prefer": "respond-async"})
+    assert submitted.status_code == 202
+    job_queue().drain()
+    job = client.get(submitted.headers["Location"], headers=user.headers).json
+    assert (job["status"], job["error"]["error"], job["attempts"]) == ("failed", "unsuitable", 1)
+    assert (credits(user), fake_ai.calls) == (5, 2)  # not tried again, not charged
+    ledger_is_clean()

@@ -3,15 +3,16 @@
 The guard registers every paid view here when it decorates it, and a worker runs the same view
 body for a job as the synchronous request would have: with `g.credit_info` set and the job's
 hold active, so the view's `deduct_credits` charges that hold. What the view returns is the
-job's answer, committed with the charge (store.succeed); a provider failure is tried again up to
-JOB_MAX_ATTEMPTS times, then the hold is given back. A heartbeat thread keeps the hold and the
+job's answer, committed with the charge (store.succeed); an error answer (status 400 or more)
+ends the job charged nothing, as it would have left the request uncharged; a provider failure
+is tried again up to JOB_MAX_ATTEMPTS times, then the hold is given back. A heartbeat thread keeps the hold and the
 attempt's lease alive while the AI works.
 """
 import json
 import threading
 import time
 
-from flask import Flask, current_app, g
+from flask import Flask, Response, current_app, g
 
 from ..exceptions import GenerationFailed
 from ..jobs import params as job_params
@@ -22,6 +23,14 @@ from ..logs import job_log
 from ..metrics import metrics
 from .guard import WORK, CreditInfo
 
+
+class ErrorAnswer(Exception):
+    """The view answered an error: the job fails with it, charged nothing, and is not tried again."""
+
+    def __init__(self, status: int, body):
+        super().__init__(f"the view answered {status}")
+        self.error = body if isinstance(body, dict) and {"error", "message"} <= body.keys() else {
+            "error": "work_refused", "message": f"The work answered {status}; nothing was charged."}
 
 
 def run(job_id: str) -> float | None:
@@ -45,6 +54,8 @@ def run(job_id: str) -> float | None:
     with Heartbeat(current_app._get_current_object(), job.id, lease, hold):
         try:
             answer = _perform(job, hold)
+        except ErrorAnswer as refused:
+            error = refused.error
         except InsufficientCredits:
             error = {"error": "usage_exceeded_hold",
                      "message": "The work used more than was held and the balance could not cover it."}
@@ -73,8 +84,13 @@ def _perform(job, hold) -> dict:
                                available=job.amount, hold_id=job.hold_id)
     with credit_service.activate(hold):
         answer = WORK[job.work](*params["args"], **params["kwargs"])
-    if isinstance(answer, tuple):
-        answer = answer[0]
+    status = 200
+    if isinstance(answer, Response):
+        status, answer = answer.status_code, answer.get_json(silent=True)
+    elif isinstance(answer, tuple):
+        answer, status = answer[0], next((item for item in answer[1:] if isinstance(item, int)), 200)
+    if status >= 400:
+        raise ErrorAnswer(status, answer)
     if not isinstance(answer, dict):
         raise TypeError(f"a paid view run as a job must return a dict, got {type(answer).__name__}")
     # The answer is stored as JSON: what the view's response schema would dump.

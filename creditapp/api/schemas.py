@@ -4,6 +4,7 @@ from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from ..jobs.tables import STATUSES as JOB_STATUSES
 from ..ledger.clock import clock
 from ..ledger.tables import CREDIT_TYPES, MAX_AMOUNT
 from ..ledger.types import CreditType
@@ -340,16 +341,20 @@ class JobErrorSchema(Schema):
     message = fields.String(dump_only=True)
 
 
-class JobSchema(Schema):
+class JobAcceptedSchema(Schema):
+    job_id = fields.String(dump_only=True)
+    status = fields.String(dump_only=True)
+    feature = fields.String(dump_only=True)
+    held = fields.Nested(ChargedSchema, dump_only=True, metadata={"description": "held at submit"})
+
+
+class JobSchema(JobAcceptedSchema):
     """A job (`Prefer: respond-async`). Once `succeeded` it carries what the synchronous answer
     would have: `result`, `charged`, `balance` (and `usage` for completions); once failed,
     cancelled or expired, `error`."""
 
-    job_id = fields.String(dump_only=True)
     status = fields.String(dump_only=True, metadata={
-        "enum": ["queued", "running", "succeeded", "failed", "cancelled", "expired"]})
-    feature = fields.String(dump_only=True)
-    held = fields.Nested(ChargedSchema, dump_only=True, metadata={"description": "held at submit"})
+        "enum": list(JOB_STATUSES)})
     attempts = fields.Integer(dump_only=True)
     created_at = fields.AwareDateTime(dump_only=True)
     started_at = fields.AwareDateTime(dump_only=True, allow_none=True)
@@ -361,13 +366,6 @@ class JobSchema(Schema):
     error = fields.Nested(JobErrorSchema, dump_only=True)
 
 
-class JobAcceptedSchema(Schema):
-    job_id = fields.String(dump_only=True)
-    status = fields.String(dump_only=True)
-    feature = fields.String(dump_only=True)
-    held = fields.Nested(ChargedSchema, dump_only=True)
-
-
 class JobPageSchema(Schema):
     items = fields.List(fields.Nested(JobSchema), dump_only=True)
     next_cursor = fields.String(dump_only=True, allow_none=True, metadata={
@@ -376,6 +374,6 @@ class JobPageSchema(Schema):
 
 class JobQuerySchema(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(
-        ["queued", "running", "succeeded", "failed", "cancelled", "expired"]))
+        list(JOB_STATUSES)))
     limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Regexp(r"[0-9]{1,20}\.[0-9a-f]{32}\Z"))
