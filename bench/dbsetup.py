@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import bindparam, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from creditapp.ledger.tables import CreditAccount, CreditLot, LedgerEntry, UTCDateTime
+from creditapp.ledger.tables import CreditAccount, CreditLot, LedgerEntry, UTCDateTime, Wallet
 from creditapp.models import User
 
 from creditapp.testing import servers
@@ -23,7 +23,7 @@ from creditapp.testing.databases import DatabaseUnavailable, create_postgres, dr
 from . import floor
 
 USERS, ACCOUNTS, LEDGER = User.__table__, CreditAccount.__table__, LedgerEntry.__table__
-LOTS = CreditLot.__table__
+LOTS, WALLETS = CreditLot.__table__, Wallet.__table__
 CREDIT_TYPES = ("generation_credits", "ai_tokens")
 HUGE = 10**12  # nobody runs out during a run
 
@@ -63,21 +63,24 @@ class BenchDatabase:
                 [{"username": f"bench_{i:05d}", "password_hash": "!", "is_admin": False,
                   "created_at": now} for i in range(count)],
             ).scalars().all()
+            # A user's wallet has the user's id (creditapp.ledger.tables.Wallet).
+            conn.execute(insert(WALLETS), [
+                {"id": uid, "kind": "user", "user_id": uid, "team_id": None, "created_at": now} for uid in user_ids])
             conn.execute(insert(ACCOUNTS), [
-                {"user_id": uid, "credit_type": ct, "available": HUGE if ct in credit_types else 0,
-                 "held": 0}
+                {"wallet_id": uid, "credit_type": ct, "available": HUGE if ct in credit_types else 0,
+                 "held": 0, "debt": 0, "alert_below": False}
                 for uid in user_ids for ct in CREDIT_TYPES
             ])
             lot_ids = conn.execute(
                 insert(LOTS).returning(LOTS.c.id, sort_by_parameter_order=True),
-                [{"user_id": uid, "credit_type": ct, "amount": HUGE, "remaining": HUGE, "held": 0,
+                [{"wallet_id": uid, "credit_type": ct, "amount": HUGE, "remaining": HUGE, "held": 0,
                   "priority": 50, "expires_at": None, "source": "admin", "reason": "bench seed",
                   "created_at": now}
                  for uid in user_ids for ct in credit_types],
             ).scalars().all()
             conn.execute(insert(LEDGER), [
-                {"user_id": uid, "credit_type": ct, "kind": "grant", "amount": HUGE,
-                 "held_change": 0, "balance_after": HUGE, "held_after": 0, "hold_id": None,
+                {"wallet_id": uid, "credit_type": ct, "kind": "grant", "amount": HUGE,
+                 "held_change": 0, "debt_change": 0, "balance_after": HUGE, "held_after": 0, "hold_id": None,
                  "lot_id": lot_id, "reason": "bench seed", "reference": None, "created_at": now}
                 for (uid, ct), lot_id in zip(((u, c) for u in user_ids for c in credit_types), lot_ids)
             ])
@@ -98,14 +101,14 @@ class BenchDatabase:
         traffic would write them, with each balance raised by as much in the same transaction."""
         statement = text(
             f"{self._sequence_cte()} "
-            "INSERT INTO ledger_entries (user_id, credit_type, kind, amount, held_change, "
+            "INSERT INTO ledger_entries (wallet_id, credit_type, kind, amount, held_change, debt_change, "
             "    balance_after, held_after, lot_id, reason, created_at) "
-            "SELECT a.user_id, a.credit_type, 'grant', 1, 0, a.available + seq.k, a.held, lot.id, "
+            "SELECT a.wallet_id, a.credit_type, 'grant', 1, 0, 0, a.available + seq.k, a.held, lot.id, "
             "    'bench scale seed', :now "
             "FROM seq CROSS JOIN credit_accounts AS a "
-            "JOIN credit_lots AS lot ON lot.user_id = a.user_id AND lot.credit_type = a.credit_type "
+            "JOIN credit_lots AS lot ON lot.wallet_id = a.wallet_id AND lot.credit_type = a.credit_type "
             "WHERE a.credit_type = 'generation_credits' "
-            "ORDER BY seq.k, a.user_id"
+            "ORDER BY seq.k, a.wallet_id"
         ).bindparams(bindparam("now", type_=UTCDateTime()))
         with self.engine.begin() as conn:
             self._lock_accounts(conn)
@@ -128,21 +131,22 @@ class BenchDatabase:
         with self.engine.begin() as conn:
             self._lock_accounts(conn)
             rows = [
-                {"user_id": user_id, "credit_type": "generation_credits", "amount": amount, "remaining": amount,
+                {"wallet_id": user_id, "credit_type": "generation_credits", "amount": amount, "remaining": amount,
                  "held": 0, "priority": 50, "expires_at": now + timedelta(days=365 + k), "source": "admin",
                  "reason": f"bench lot {k}", "created_at": now}
                 for k in range(1, per_user + 1)
                 for (user_id,) in conn.execute(text(
-                    "SELECT user_id FROM credit_accounts WHERE credit_type = 'generation_credits' ORDER BY user_id"))
+                    "SELECT wallet_id FROM credit_accounts WHERE credit_type = 'generation_credits' ORDER BY wallet_id"))
             ]
             lot_ids = conn.execute(insert(LOTS).returning(LOTS.c.id, sort_by_parameter_order=True), rows).scalars().all()
             available = {r[0]: r[1] for r in conn.execute(text(
-                "SELECT user_id, available FROM credit_accounts WHERE credit_type = 'generation_credits'"))}
+                "SELECT wallet_id, available FROM credit_accounts WHERE credit_type = 'generation_credits'"))}
             entries = []
             for row, lot_id in zip(rows, lot_ids):
-                available[row["user_id"]] += amount
-                entries.append({"user_id": row["user_id"], "credit_type": "generation_credits", "kind": "grant",
-                                "amount": amount, "held_change": 0, "balance_after": available[row["user_id"]],
+                available[row["wallet_id"]] += amount
+                entries.append({"wallet_id": row["wallet_id"], "credit_type": "generation_credits", "kind": "grant",
+                                "amount": amount, "held_change": 0, "debt_change": 0,
+                                "balance_after": available[row["wallet_id"]],
                                 "held_after": 0, "hold_id": None, "lot_id": lot_id, "reason": row["reason"],
                                 "reference": None, "created_at": now})
             conn.execute(insert(LEDGER), entries)

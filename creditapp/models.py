@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from .access import tables as access_tables  # noqa: F401  (teams, members, keys: in the one metadata)
 from .extensions import db
 from .ledger.clock import utcnow
 from .ledger.tables import UTCDateTime

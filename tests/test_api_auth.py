@@ -56,6 +56,7 @@ def test_register_creates_an_account_that_can_log_in_and_has_the_signup_grant(ap
         "generation_credits": app.config["CREDITS_SIGNUP_GRANT"],
         "ai_tokens": app.config["AI_TOKENS_SIGNUP_GRANT"],
         "expiring": [],  # signup credits never expire unless SIGNUP_GRANT_EXPIRES_DAYS says so
+        "debt": {"generation_credits": 0, "ai_tokens": 0},
     }
 
 

@@ -7,7 +7,8 @@ from creditapp.credits import credit_service
 def test_balance(client, make_user):
     user = make_user(credits=4, tokens=9)
     assert client.get("/api/credits/balance", headers=user.headers).json == {
-        "generation_credits": 4, "ai_tokens": 9, "expiring": []}
+        "generation_credits": 4, "ai_tokens": 9, "expiring": [],
+        "debt": {"generation_credits": 0, "ai_tokens": 0}}
 
 
 def test_signup_grant_comes_from_config(app, client):
@@ -16,7 +17,8 @@ def test_signup_grant_comes_from_config(app, client):
     token = client.post("/api/auth/login", json={"username": "carol", "password": "long-password"}).json["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/credits/balance", headers=headers).json == {
-        "generation_credits": 7, "ai_tokens": 0, "expiring": []}
+        "generation_credits": 7, "ai_tokens": 0, "expiring": [],
+        "debt": {"generation_credits": 0, "ai_tokens": 0}}
     items = client.get("/api/credits/transactions", headers=headers).json["items"]
     assert [(i["kind"], i["amount"], i["reason"]) for i in items] == [("grant", 7, "signup grant")]
 

@@ -144,4 +144,5 @@ def test_spending_until_empty(client, make_user, stub):
     assert statuses == [200, 200, 200, 403, 403]
     assert stub.calls == 3
     assert client.get("/api/credits/balance", headers=user.headers).json == {
-        "generation_credits": 0, "ai_tokens": 0, "expiring": []}
+        "generation_credits": 0, "ai_tokens": 0, "expiring": [],
+        "debt": {"generation_credits": 0, "ai_tokens": 0}}

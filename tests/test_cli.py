@@ -203,7 +203,7 @@ def test_verify_fails_and_names_the_user_when_a_balance_was_tampered_with(cli, m
     with atomic() as session:
         session.execute(
             text("UPDATE credit_accounts SET available = available + 100 "
-                 "WHERE user_id = :user_id AND credit_type = 'generation_credits'"),
+                 "WHERE wallet_id = :user_id AND credit_type = 'generation_credits'"),
             {"user_id": tampered.id},
         )
 

@@ -90,7 +90,7 @@ def _lots(user_id: int):
     from creditapp.ledger.transactions import atomic
 
     with atomic(write=False) as session:
-        return session.execute(select(LOTS).where(LOTS.c.user_id == user_id, LOTS.c.credit_type == GEN.value)
+        return session.execute(select(LOTS).where(LOTS.c.wallet_id == user_id, LOTS.c.credit_type == GEN.value)
                                .order_by(LOTS.c.id)).all()
 
 
@@ -152,7 +152,7 @@ def test_spends_racing_a_lots_expiry_never_spend_an_expired_credit(app, make_use
         drawn = session.execute(
             select(CreditHold.created_at, CreditHoldLot.lot_id)
             .join(CreditHoldLot, CreditHoldLot.hold_id == CreditHold.id)
-            .where(CreditHold.user_id == user.id)
+            .where(CreditHold.wallet_id == user.id)
         ).all()
     lots = {lot.id: lot for lot in _lots(user.id)}
     late = [row for row in drawn if row.lot_id == expiring and row.created_at >= lots[expiring].expires_at]

@@ -105,7 +105,7 @@ def balance(user):
 def hold_statuses(user):
     with atomic(write=False) as session:
         return session.execute(
-            select(CreditHold.status).where(CreditHold.user_id == user.id).order_by(CreditHold.id)
+            select(CreditHold.status).where(CreditHold.wallet_id == user.id).order_by(CreditHold.id)
         ).scalars().all()
 
 

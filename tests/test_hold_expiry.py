@@ -35,14 +35,14 @@ def credits(user) -> int:
 def kinds(user) -> list[str]:
     with atomic(write=False) as session:
         return list(session.execute(
-            select(LedgerEntry.kind).where(LedgerEntry.user_id == user.id).order_by(LedgerEntry.id)
+            select(LedgerEntry.kind).where(LedgerEntry.wallet_id == user.id).order_by(LedgerEntry.id)
         ).scalars())
 
 
 def settled_holds(user) -> int:
     with atomic(write=False) as session:
         return session.execute(select(func.count()).select_from(CreditHold).where(
-            CreditHold.user_id == user.id, CreditHold.status == "settled")).scalar_one()
+            CreditHold.wallet_id == user.id, CreditHold.status == "settled")).scalar_one()
 
 
 def charged_hold(user):
@@ -235,7 +235,7 @@ class AccountLock:
             self.engine = create_engine(self.url)
             self.connection = self.engine.connect()
             self.connection.execute(text(
-                "SELECT 1 FROM credit_accounts WHERE user_id = :u FOR UPDATE"), {"u": self.user_id})
+                "SELECT 1 FROM credit_accounts WHERE wallet_id = :u FOR UPDATE"), {"u": self.user_id})
         return self
 
     def wait_for_a_waiter(self, waiters: int = 1) -> None:
@@ -305,7 +305,7 @@ def test_verify_reports_one_key_charged_twice(app, client, make_user, stub, data
     with atomic() as session:  # what a double charge leaves behind
         session.execute(text("UPDATE credit_holds SET idempotency_key = 'pay-1' WHERE idempotency_key = 'pay-2'"))
     problems = credit_service.verify()
-    assert len(problems) == 1 and problems[0].user_id == user.id
+    assert len(problems) == 1 and problems[0].wallet_id == user.id
     assert "'pay-1'" in str(problems[0])
     result = CliRunner().invoke(app.cli, ["credits", "verify"], catch_exceptions=False)
     assert result.exit_code == 1

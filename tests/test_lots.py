@@ -19,7 +19,7 @@ def lots_of(user) -> dict[int, tuple[int, int]]:
     """lot id -> (remaining, held)"""
     with atomic(write=False) as session:
         rows = session.execute(select(LOTS.c.id, LOTS.c.remaining, LOTS.c.held)
-                               .where(LOTS.c.user_id == user.id, LOTS.c.credit_type == GEN.value))
+                               .where(LOTS.c.wallet_id == user.id, LOTS.c.credit_type == GEN.value))
         return {row.id: (row.remaining, row.held) for row in rows}
 
 
@@ -27,7 +27,7 @@ def rows_of(user) -> list[tuple[str, int | None, int, int]]:
     with atomic(write=False) as session:
         return [tuple(r) for r in session.execute(
             select(LedgerEntry.kind, LedgerEntry.lot_id, LedgerEntry.amount, LedgerEntry.held_change)
-            .where(LedgerEntry.user_id == user.id, LedgerEntry.credit_type == GEN.value)
+            .where(LedgerEntry.wallet_id == user.id, LedgerEntry.credit_type == GEN.value)
             .order_by(LedgerEntry.id))]
 
 
@@ -130,7 +130,7 @@ def test_a_failed_request_gives_every_credit_back_to_its_lot(make_user):
 def test_signup_credits_are_a_lot(make_user):
     user = make_user(credits=3)
     with atomic(write=False) as session:
-        lot = session.execute(select(LOTS).where(LOTS.c.user_id == user.id, LOTS.c.credit_type == GEN.value)).one()
+        lot = session.execute(select(LOTS).where(LOTS.c.wallet_id == user.id, LOTS.c.credit_type == GEN.value)).one()
     assert (lot.source, lot.amount, lot.remaining, lot.expires_at) == ("signup", 3, 3, None)
 
 

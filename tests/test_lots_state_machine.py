@@ -188,7 +188,7 @@ def lot_machine(make_user, clock, hold_ttl: int) -> type[RuleBasedStateMachine]:
         @invariant()
         def lots_are_the_model(self):
             with atomic(write=False) as session:
-                rows = {r.id: r for r in session.execute(LOTS.select().where(LOTS.c.user_id == self.user.id,
+                rows = {r.id: r for r in session.execute(LOTS.select().where(LOTS.c.wallet_id == self.user.id,
                                                                               LOTS.c.credit_type == GEN.value))}
             for lot in self.lots.values():
                 row = rows[lot.id]
@@ -208,7 +208,7 @@ def lot_machine(make_user, clock, hold_ttl: int) -> type[RuleBasedStateMachine]:
 
         @invariant()
         def ledger_agrees(self):
-            assert [d for d in credit_service.verify() if d.user_id == self.user.id] == []
+            assert [d for d in credit_service.verify() if d.wallet_id == self.user.id] == []
 
     return LotMachine
 

@@ -93,8 +93,8 @@ def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
         upgrade(directory=MIGRATIONS)
         assert credit_service.verify() == []
         with db.engine.connect() as conn:
-            lots = conn.execute(text("SELECT user_id, credit_type, amount, remaining, held, source, expires_at "
-                                     "FROM credit_lots ORDER BY user_id, credit_type")).all()
+            lots = conn.execute(text("SELECT wallet_id, credit_type, amount, remaining, held, source, expires_at "
+                                     "FROM credit_lots ORDER BY wallet_id, credit_type")).all()
             receipts = conn.execute(text("SELECT hold_id, amount FROM credit_hold_lots")).all()
         assert [tuple(lot) for lot in lots] == [
             (1, "generation_credits", 8, 8, 3, "migration", None), (2, "ai_tokens", 4, 4, 0, "migration", None)]
@@ -105,7 +105,7 @@ def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
         with pytest.raises(NotRefundable):
             credit_service.refund(1, reason="before lots")
         # The open hold settles from its receipt on the migrated lot.
-        hold = Hold(hold_id=2, user_id=1, credit_type=CreditType.GENERATION_CREDITS, amount=3,
+        hold = Hold(hold_id=2, wallet_id=1, credit_type=CreditType.GENERATION_CREDITS, amount=3,
                            available_before=8, available_after=5, pending=1)
         credit_service.close(hold, succeeded=True)
         assert credit_service.get_credit_balance(1).generation_credits == 7

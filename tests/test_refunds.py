@@ -19,7 +19,7 @@ GEN = CreditType.GENERATION_CREDITS
 def kinds(user) -> list[str]:
     with atomic(write=False) as session:
         return list(session.execute(select(LedgerEntry.kind).where(
-            LedgerEntry.user_id == user.id, LedgerEntry.credit_type == GEN.value).order_by(LedgerEntry.id)).scalars())
+            LedgerEntry.wallet_id == user.id, LedgerEntry.credit_type == GEN.value).order_by(LedgerEntry.id)).scalars())
 
 
 def charge(user, amount):

@@ -130,13 +130,13 @@ def test_a_hold_call_repeated_with_its_request_reference_holds_once(app, make_us
     """What a retry after a lost answer does: the same call again, with the same reference."""
     only_postgresql(database_url)
     user = make_user(credits=5)
-    call = (user.id, "generation_credits", 2, 60, None, None, None, "r" * 32, True)
+    call = (user.id, "generation_credits", 2, 60, None, user.id, None, None, "r" * 32, True, user.id, None, [], None)
     first = procedures.call(procedures.HOLD, call)
     again = procedures.call(procedures.HOLD, call)
     assert (first.outcome, again.outcome) == ("held", "held")
     assert again.hold_id == first.hold_id and again.expires_at == first.expires_at
     assert credit_service.get_credit_balance(user.id).generation_credits == 3
-    assert db.session.execute(select(CreditHold.id).where(CreditHold.user_id == user.id)).all() == [(first.hold_id,)]
+    assert db.session.execute(select(CreditHold.id).where(CreditHold.wallet_id == user.id)).all() == [(first.hold_id,)]
     assert credit_service.verify() == []
 
 
@@ -158,7 +158,7 @@ def test_requests_after_every_connection_was_cut_are_served(app, client, make_us
         response = check()
         assert response.status_code in (200, 201), response.json
     assert credit_service.get_credit_balance(user.id).generation_credits == 1
-    assert len(db.session.execute(select(CreditHold.id).where(CreditHold.user_id == user.id)).all()) == 2
+    assert len(db.session.execute(select(CreditHold.id).where(CreditHold.wallet_id == user.id)).all()) == 2
     assert credit_service.verify() == []
 
 
@@ -173,7 +173,7 @@ def test_a_hold_repeated_while_the_first_attempt_waits_for_the_lock_holds_once(a
     and commits; its repetition (same reference) queued behind it finds its hold after the lock."""
     only_postgresql(database_url)
     user = make_user(credits=5)
-    call = (user.id, "generation_credits", 2, 60, None, "k", "f", "s" * 32, True)
+    call = (user.id, "generation_credits", 2, 60, None, user.id, "k", "f", "s" * 32, True, user.id, None, [], None)
     results = []
     with AccountLock(database_url, user.id) as lock:
         attempts = [threading.Thread(target=lambda: results.append(_call_in_app(app, call))) for _ in range(2)]

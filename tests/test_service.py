@@ -18,7 +18,7 @@ def ledger(user_id):
     with atomic(write=False) as session:
         return session.execute(
             select(LedgerEntry.kind, LedgerEntry.credit_type, LedgerEntry.amount, LedgerEntry.held_change)
-            .where(LedgerEntry.user_id == user_id)
+            .where(LedgerEntry.wallet_id == user_id)
             .order_by(LedgerEntry.id)
         ).all()
 
@@ -27,7 +27,7 @@ def holds(user_id):
     with atomic(write=False) as session:
         return session.execute(
             select(CreditHold.status, CreditHold.amount, CreditHold.settled_amount)
-            .where(CreditHold.user_id == user_id).order_by(CreditHold.id)
+            .where(CreditHold.wallet_id == user_id).order_by(CreditHold.id)
         ).all()
 
 
@@ -203,7 +203,7 @@ def _age_holds(user_id, seconds):
     with atomic() as session:
         session.execute(
             CreditHold.__table__.update()
-            .where(CreditHold.user_id == user_id)
+            .where(CreditHold.wallet_id == user_id)
             .values(expires_at=utcnow() - timedelta(seconds=seconds))
         )
 
@@ -239,7 +239,7 @@ def test_every_ledger_row_records_the_state_it_left(make_user):
     with atomic(write=False) as session:
         rows = session.execute(
             select(LedgerEntry.kind, LedgerEntry.balance_after, LedgerEntry.held_after)
-            .where(LedgerEntry.user_id == user.id).order_by(LedgerEntry.id)
+            .where(LedgerEntry.wallet_id == user.id).order_by(LedgerEntry.id)
         ).all()
     assert rows == [("grant", 3, 0), ("hold", 1, 2), ("hold", 0, 3), ("expire", 2, 1)]
     assert credit_service.verify() == []
@@ -279,10 +279,10 @@ def test_work_that_outlived_its_hold_is_not_charged_beside_its_retry(make_user):
 def test_verify_finds_a_tampered_balance(make_user):
     user = make_user(credits=3)
     with atomic() as session:
-        session.execute(text("UPDATE credit_accounts SET available = 7 WHERE user_id = :u "
+        session.execute(text("UPDATE credit_accounts SET available = 7 WHERE wallet_id = :u "
                              "AND credit_type = 'generation_credits'"), {"u": user.id})
     problems = credit_service.verify()
-    assert [(p.user_id, p.field, p.recorded, p.expected) for p in problems] == [
+    assert [(p.wallet_id, p.field, p.recorded, p.expected) for p in problems] == [
         (user.id, "available", 7, 3), (user.id, "available (last ledger row)", 7, 3),
         (user.id, "available (sum of lots)", 7, 3)]
     assert "ledger says 3" in str(problems[0])
@@ -292,7 +292,7 @@ def test_verify_finds_a_tampered_hold(make_user):
     user = make_user(credits=3)
     credit_service.reserve(user.id, 1, GEN)
     with atomic() as session:
-        session.execute(text("UPDATE credit_holds SET status = 'released' WHERE user_id = :u"), {"u": user.id})
+        session.execute(text("UPDATE credit_holds SET status = 'released' WHERE wallet_id = :u"), {"u": user.id})
     assert sorted(p.field for p in credit_service.verify()) == [
         "held (open holds)", "lot 1 held (open holds' receipts)"]
 
@@ -310,7 +310,7 @@ def test_database_refuses_a_negative_balance(make_user):
     user = make_user(credits=1)
     with pytest.raises(IntegrityError):
         with atomic() as session:
-            session.execute(text("UPDATE credit_accounts SET available = -1 WHERE user_id = :u"), {"u": user.id})
+            session.execute(text("UPDATE credit_accounts SET available = -1 WHERE wallet_id = :u"), {"u": user.id})
 
 
 def test_transactions_page_newest_first(make_user):

@@ -110,7 +110,7 @@ class Stored:
 def _open_holds(user_ids) -> int:
     return db.session.execute(
         select(func.count()).select_from(CreditHold)
-        .where(CreditHold.status == "open", CreditHold.user_id.in_(list(user_ids)))
+        .where(CreditHold.status == "open", CreditHold.wallet_id.in_(list(user_ids)))
     ).scalar_one()
 
 
@@ -375,7 +375,7 @@ def ledger_machine(client, stub, make_user, costs: dict) -> type[RuleBasedStateM
         def ledger_agrees(self):
             # Only this example's users: an earlier example's damage must not make this one fail
             # at another step (hypothesis replays a failure and needs it to happen the same way).
-            assert [d for d in credit_service.verify() if d.user_id in self.model] == []
+            assert [d for d in credit_service.verify() if d.wallet_id in self.model] == []
             assert _open_holds(self.model) == 0, "a request left its credit hold open"
 
     return LedgerMachine

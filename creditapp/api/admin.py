@@ -84,7 +84,7 @@ def void_lot(body, lot_id):
     """Remove what nobody holds of a lot, e.g. when its payment was reversed (administrators only)."""
     _administrator()
     result = credit_service.void_lot(lot_id, reason=body["reason"])
-    return {"user_id": result["user_id"], **result["balance"].as_dict(), "voided": result["voided"],
+    return {"user_id": result["wallet_id"], **result["balance"].as_dict(), "voided": result["voided"],
             "lot": result["lot"]}
 
 
@@ -97,7 +97,7 @@ def _administrator() -> int:
 
 def _refund_answer(result: Refund) -> dict:
     return {
-        "user_id": result.user_id, **result.balance.as_dict(),
+        "user_id": result.wallet_id, **result.balance.as_dict(),
         "refund": {"hold_id": result.hold_id, "credit_type": result.credit_type.value, "amount": result.amount,
                    "charged": result.charged, "refunded_total": result.refunded_total,
                    "refundable": result.refundable, "lots": result.lots},
@@ -106,7 +106,7 @@ def _refund_answer(result: Refund) -> dict:
 
 def _answer(result: Grant) -> dict:
     return {
-        "user_id": result.user_id, **result.balance.as_dict(),
+        "user_id": result.wallet_id, **result.balance.as_dict(),
         "grant": {"id": result.id, "amount": result.amount, "credit_type": result.credit_type.value,
                   "reason": result.reason, "reference": result.reference},
         "lot": result.lot,

@@ -16,10 +16,11 @@ blp = Blueprint("credits", __name__, url_prefix="/api/credits", description="Bal
 @blp.doc(security=[{"bearerAuth": []}])
 @session_checked_by_ledger
 def balance():
-    """What the caller can spend now, per credit type, and the next credits to expire."""
+    """What the caller can spend now, per credit type, the next credits to expire, and what the
+    caller owes (refunds that took back credits already spent; later grants pay it first)."""
     with caller_must_exist():
-        spendable, expiring = credit_service.balance_overview(current_user_id(), session_id=session_to_check())
-    return {**spendable.as_dict(), "expiring": expiring}
+        found = credit_service.overview(current_user_id(), session_id=session_to_check())
+    return {**found.balance.as_dict(), "expiring": found.expiring, "debt": found.debt}
 
 
 @blp.get("/lots")

@@ -45,6 +45,11 @@ class CreditInfo:
     required: int
     available: int
     hold_id: int
+    wallet_id: int | None = None  # what the hold is taken from: the user's own wallet unless a team's
+
+    def __post_init__(self):
+        if self.wallet_id is None:
+            object.__setattr__(self, "wallet_id", self.user_id)
 
 
 def _paid_rate_limit() -> str:

@@ -62,7 +62,7 @@ def charge_and_answer(result: dict, amount: int | None = None, **extra) -> dict:
     answer when the request ends (or the job succeeds), and only then."""
     info = g.credit_info
     amount = info.required if amount is None else amount
-    balance = credit_service.deduct_credits(info.user_id, amount, info.credit_type)
+    balance = credit_service.deduct_credits(info.wallet_id, amount, info.credit_type)
     return {
         "result": result,
         "charged": {"credit_type": info.credit_type.value, "amount": amount},

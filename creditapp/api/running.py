@@ -81,7 +81,7 @@ def run(job_id: str) -> float | None:
 def _perform(job, hold) -> dict:
     params = job_params.loads(job.params)
     g.credit_info = CreditInfo(user_id=job.user_id, credit_type=hold.credit_type, required=job.amount,
-                               available=job.amount, hold_id=job.hold_id)
+                               available=job.amount, hold_id=job.hold_id, wallet_id=job.wallet_id)
     with credit_service.activate(hold):
         answer = WORK[job.work](*params["args"], **params["kwargs"])
     status = 200

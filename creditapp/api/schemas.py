@@ -118,6 +118,9 @@ class ExpiringSchema(Schema):
 class BalanceReadSchema(BalanceSchema):
     expiring = fields.List(fields.Nested(ExpiringSchema), dump_only=True, metadata={
         "description": "the next lots to expire, soonest first (at most 5)"})
+    debt = fields.Nested(BalanceSchema, dump_only=True, metadata={
+        "description": "credits owed per type (refunds that took back credits already spent); later grants pay "
+                       "it first"})
 
 
 class LotSchema(Schema):
@@ -128,11 +131,13 @@ class LotSchema(Schema):
     held = fields.Integer(dump_only=True, metadata={"description": "the part of remaining that open holds set aside"})
     priority = fields.Integer(dump_only=True, metadata={"description": "0-100, lower is spent first"})
     expires_at = fields.DateTime(dump_only=True, allow_none=True)
-    source = fields.String(dump_only=True, metadata={"description": "signup, admin, migration, purchase or plan"})
+    source = fields.String(dump_only=True, metadata={
+        "description": "signup, admin, migration, purchase, plan (a period's allowance) or rollover"})
     reason = fields.String(dump_only=True, allow_none=True)
     reference = fields.String(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
-    status = fields.String(dump_only=True, metadata={"description": "active, spent, expired or voided"})
+    status = fields.String(dump_only=True, metadata={
+        "description": "active, spent, expired, voided or frozen (its payment is disputed: not spendable)"})
 
 
 class LotPageSchema(Schema):

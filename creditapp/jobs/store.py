@@ -31,9 +31,9 @@ WITH answered AS (
            response_body = %(body)s, expires_at = %(kept)s
     WHERE %(status)s::integer IS NOT NULL AND hold_id = %(hold_id)s AND status = 'in_flight'
 )
-INSERT INTO jobs (id, user_id, feature, work, params, credit_type, amount, hold_id, status, attempts,
+INSERT INTO jobs (id, user_id, wallet_id, feature, work, params, credit_type, amount, hold_id, status, attempts,
                   request_id, created_at)
-VALUES (%(id)s, %(user_id)s, %(feature)s, %(work)s, %(params)s, %(credit_type)s, %(amount)s, %(hold_id)s,
+VALUES (%(id)s, %(user_id)s, %(wallet_id)s, %(feature)s, %(work)s, %(params)s, %(credit_type)s, %(amount)s, %(hold_id)s,
         'queued', 0, %(request_id)s, %(now)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
@@ -69,7 +69,7 @@ def submit(hold: Hold, *, job_id: str, feature: str, work: str, params: dict, re
     if procedures.available():
         status, body = answer if answer is not None and hold.key is not None else (None, None)
         procedures.call(SUBMIT, {
-            "id": job_id, "user_id": hold.user_id, "feature": feature, "work": work, "params": job_params.dumps(params),
+            "id": job_id, "user_id": hold.client_id, "wallet_id": hold.wallet_id, "feature": feature, "work": work, "params": job_params.dumps(params),
             "credit_type": hold.credit_type.value, "amount": hold.amount, "hold_id": hold.hold_id,
             "request_id": request_id, "now": now, "status": status, "body": body,
             "kept": now + timedelta(seconds=credit_service.idempotency_ttl_seconds),
@@ -77,7 +77,7 @@ def submit(hold: Hold, *, job_id: str, feature: str, work: str, params: dict, re
         return
     with atomic() as session:
         session.execute(insert(JOBS).values(
-            id=job_id, user_id=hold.user_id, feature=feature, work=work, params=job_params.dumps(params),
+            id=job_id, user_id=hold.client_id, wallet_id=hold.wallet_id, feature=feature, work=work, params=job_params.dumps(params),
             credit_type=hold.credit_type.value, amount=hold.amount, hold_id=hold.hold_id, status="queued",
             attempts=0, request_id=request_id, created_at=now,
         ))
@@ -104,8 +104,8 @@ def abandon(job_id: str, hold: Hold) -> bool:
 
 
 def hold_of(job) -> Hold:
-    return Hold(hold_id=job.hold_id, user_id=job.user_id, credit_type=CreditType(job.credit_type),
-                amount=job.amount, available_before=0, available_after=0)
+    return Hold(hold_id=job.hold_id, wallet_id=job.wallet_id, credit_type=CreditType(job.credit_type),
+                amount=job.amount, available_before=0, available_after=0, client_id=job.user_id)
 
 
 @retry_conflicts

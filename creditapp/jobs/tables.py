@@ -28,7 +28,8 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))  # whose job it is (who may read it)
+    wallet_id: Mapped[int] = mapped_column(BigInteger)  # what its hold is taken from
     feature: Mapped[str] = mapped_column(String(64))
     # Which registered work function runs it (creditapp.jobs.work), and with what arguments (JSON).
     work: Mapped[str] = mapped_column(String(255))

@@ -4,32 +4,44 @@ No Flask here: the web app, the CLI, a job worker or a script use it alike, afte
 where its database is (`database.bind(...)`, see transactions.py).
 
 Vocabulary (one word per idea, in code, API, README and tests):
-- **account**: one balance of one user, per credit type (`generation_credits`, `ai_tokens`):
-  `available` can be spent now, `held` is set aside by open holds.
+- **wallet**: what owns balances: a user's (its id is the user's id) or a team's.
+- **account**: one balance of one wallet, per credit type (`generation_credits`, `ai_tokens`):
+  `available` can be spent now, `held` is set aside by open holds, `debt` is what a take-back
+  could not find (later grants pay it first).
 - **hold**: credits set aside for one unit of work (a request) until it **settles** (its charge
   is consumed and the rest given back), is **released** (nothing charged) or **expires** (its end
   by time, decided at the write that depends on it, never by a sweep having run).
-- **grant**: credits added to an account; a grant's `reference` is unique per user.
+- **grant**: credits added to an account; a grant's `reference` is unique per wallet. A
+  **recurring grant** comes back every period (a plan's allowance), with **rollover**.
 - **ledger entry**: one row per change, append-only; `verify` proves the accounts, the open holds
   and the entries agree.
 - **lot**: the credits of one grant, spent in a fixed order (lowest priority, earliest expiry,
   oldest); a hold's **receipt** says which lots it drew from.
 - **charge**: a settled hold; a **refund** gives (part of) it back to its lots; a **void**
-  removes what nobody holds of a lot.
+  removes what nobody holds of a lot; a **take-back** removes credits a payment bought
+  (refunded, disputed and lost), recording **debt** for what was spent; a **frozen** lot (its
+  payment disputed) is not in the balance until it is unfrozen.
+- **cap**: a limit on what one spender (an API key, a team member) takes from a wallet per
+  period, counted by the hold in its own transaction.
+- **spender**: who takes a hold from which wallet, with which caps.
 - **key**: a client's Idempotency-Key, bound to the hold of the request that claimed it.
 """
 from .errors import (
-    AlreadyRefunded, ExpiryNotInTheFuture, HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused,
-    InsufficientCredits, LedgerError, LotAlreadyVoided, NotACharge, NotRefundable, ReferenceConflict,
-    RefundExceedsCharge, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
+    AlreadyRefunded, CapClosed, CapExceeded, CapExpired, CapRefused, ExpiryNotInTheFuture, FeatureNotAllowed,
+    HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, LotAlreadyVoided,
+    LotFrozen, NotACharge, NotRefundable, ReferenceConflict, RefundExceedsCharge, SessionRevoked, UnknownCharge,
+    UnknownLot, UnknownUser, UnknownWallet,
 )
+from .granting import team_wallet, user_wallet
 from .service import CreditService, Discrepancy, credit_service
 from .transactions import database
-from .types import Balance, CreditType, Grant, Refund, Hold
+from .types import Balance, CreditType, Grant, Hold, Refund, Spender, TakeBack
 
 __all__ = [
-    "AlreadyRefunded", "Balance", "ExpiryNotInTheFuture", "CreditService", "CreditType", "Discrepancy", "Grant", "IdempotencyKeyInUse",
-    "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided", "NotACharge", "NotRefundable",
-    "ReferenceConflict", "Refund", "RefundExceedsCharge", "SessionRevoked", "Hold", "HoldExpired", "UnknownCharge",
-    "UnknownLot", "UnknownUser", "credit_service", "database",
+    "AlreadyRefunded", "Balance", "CapClosed", "CapExceeded", "CapExpired", "CapRefused", "CreditService",
+    "CreditType", "Discrepancy", "ExpiryNotInTheFuture", "FeatureNotAllowed", "Grant", "Hold", "HoldExpired",
+    "IdempotencyKeyInUse", "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided",
+    "LotFrozen", "NotACharge", "NotRefundable", "ReferenceConflict", "Refund", "RefundExceedsCharge",
+    "SessionRevoked", "Spender", "TakeBack", "UnknownCharge", "UnknownLot", "UnknownUser", "UnknownWallet",
+    "credit_service", "database", "team_wallet", "user_wallet",
 ]

@@ -15,8 +15,12 @@ class InsufficientCredits(LedgerError):
         self.credit_type = credit_type
 
 
-class UnknownUser(LedgerError):
-    """No user has that id or name."""
+class UnknownWallet(LedgerError):
+    """No wallet has that id."""
+
+
+class UnknownUser(UnknownWallet):
+    """No user has that id or name (and so no wallet is theirs)."""
 
 
 class SessionRevoked(LedgerError):
@@ -73,3 +77,35 @@ class UnknownLot(LedgerError):
 
 class LotAlreadyVoided(LedgerError):
     """The lot was voided before."""
+
+
+class LotFrozen(LedgerError):
+    """The lot is frozen already (or, to unfreeze, is not)."""
+
+
+class CapRefused(LedgerError):
+    """A cap that applies to the hold refused it; nothing was changed. `cap_id` says which."""
+
+    def __init__(self, cap_id: int, message: str):
+        super().__init__(message)
+        self.cap_id = cap_id
+
+
+class CapClosed(CapRefused):
+    """The cap was closed (its key revoked, its member removed)."""
+
+
+class CapExpired(CapRefused):
+    """The cap is past its expiry (its key expired)."""
+
+
+class FeatureNotAllowed(CapRefused):
+    """The cap does not allow the feature the hold pays for."""
+
+
+class CapExceeded(CapRefused):
+    """The hold would take the cap's spend this period past its limit."""
+
+    def __init__(self, cap_id: int, limit: int, spent: int, required: int, credit_type: str):
+        super().__init__(cap_id, f"{required} {credit_type} required, {limit - spent} left of {limit} this period")
+        self.limit, self.spent, self.required, self.credit_type = limit, spent, required, credit_type

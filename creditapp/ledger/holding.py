@@ -30,8 +30,8 @@ class HeldHold:
         """Expire the hold if it is past its expiry by the clock read after the lock (its credits
         go back, its key if still in flight is freed). True if the hold is open after."""
         if self.open and self.expires_at <= self.now:
-            self._service._expire_hold(self.session, self.hold.user_id, self.hold.credit_type,
-                                       self.hold.hold_id, self.amount, self.now)
+            self._service._expire_hold(self.session, self.hold.wallet_id, self.hold.credit_type,
+                                       self.hold.hold_id, self.now)
             idempotency.free_for_hold(self.session, self.hold.hold_id)
             self.status = "expired"
         return self.open
@@ -59,8 +59,8 @@ class HeldHold:
                                       self._service._key_expiry(self.now))
 
     def balance(self) -> Balance:
-        """What the user can spend, as of this transaction."""
-        return self._service._spendable(self.session, self.hold.user_id, self.now)
+        """What the wallet can spend, as of this transaction."""
+        return self._service._spendable(self.session, self.hold.wallet_id, self.now)
 
     def _must_be_live(self) -> None:
         if not self.open or self.expires_at <= self.now:

@@ -1,6 +1,6 @@
 """Idempotency keys: a retried request gets the first one's answer, and is never charged twice.
 
-A key is scoped to its user and bound to the hold of the request that claimed it. It is claimed
+A key is scoped to its user (the client: the token's user, or an API key's owner) and bound to the hold of the request that claimed it. It is claimed
 (in flight) in the same transaction that takes the hold, and it ends in the same transaction that
 ends the hold: completed with the answer when the hold settles, freed when the hold is released
 or expires. So a key can never be handed to a retry while its first request could still be
@@ -36,7 +36,8 @@ def find(session, user_id: int, key: str):
         select(KEYS.c.id, KEYS.c.fingerprint, KEYS.c.status, KEYS.c.response_status,
                KEYS.c.response_body, KEYS.c.expires_at, KEYS.c.hold_id,
                HOLDS.c.status.label("hold_status"), HOLDS.c.expires_at.label("hold_expires_at"),
-               HOLDS.c.credit_type.label("hold_credit_type"), HOLDS.c.amount.label("hold_amount"))
+               HOLDS.c.credit_type.label("hold_credit_type"), HOLDS.c.amount.label("hold_amount"),
+               HOLDS.c.wallet_id.label("hold_wallet_id"))
         .outerjoin(HOLDS, HOLDS.c.id == KEYS.c.hold_id)
         .where(KEYS.c.user_id == user_id, KEYS.c.key == key)
     ).one_or_none()

@@ -1,6 +1,6 @@
 """PostgreSQL: a paid request's two transactions and the balance read, one call each.
 
-Migration 0008 creates the functions (`creditapp_hold`, `creditapp_close`, `creditapp_balance`);
+Migration 0010 creates the functions (first made by 0008) (`creditapp_hold`, `creditapp_close`, `creditapp_balance`);
 they do what the service does step by step on SQLite, and the same behaviour suites run against
 both. Each call is one statement in autocommit: one round trip, with no BEGIN, COMMIT or pool
 pre-ping around it. A call whose connection was lost is made once more on a fresh connection:
@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from .errors import IdempotencyKeyInUse
 from .transactions import committing, database
 
-HOLD = "SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+HOLD = "SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s)"
 CLOSE = "SELECT outcome FROM creditapp_close(%s, %s, %s, %s, %s, %s, %s, %s)"
 BALANCE = "SELECT * FROM creditapp_balance(%s, %s, %s)"
 KEY_IN_USE = "CA409"  # raised by creditapp_hold when a concurrent request claimed the key first
@@ -66,19 +66,20 @@ def call(statement: str, params: tuple | dict):
     raise AssertionError("unreachable")
 
 
-def hold(*, user_id: int, credit_type: str, amount: int, ttl: int, key: str | None, fingerprint: str | None,
-         replay: bool):
+def hold(*, spender, credit_type: str, amount: int, ttl: int, key: str | None, fingerprint: str | None,
+         replay: bool, feature: str | None):
     # The session was checked before (a paid route answers 401 before 422 and 429), so no p_sid.
-    return call(HOLD, (user_id, credit_type, amount, ttl, None, key, fingerprint, uuid.uuid4().hex, replay))
+    return call(HOLD, (spender.wallet_id, credit_type, amount, ttl, None, spender.client_id, key, fingerprint,
+                       uuid.uuid4().hex, replay, spender.user_id, spender.key_id, list(spender.caps), feature))
 
 
-def close(*, hold_id: int, user_id: int, credit_type: str, charge: int, answer: tuple[int, str] | None,
+def close(*, hold_id: int, wallet_id: int, credit_type: str, charge: int, answer: tuple[int, str] | None,
           key_ttl: int, reason: str | None) -> str:
     status, body = answer if answer is not None else (None, None)
-    return call(CLOSE, (hold_id, user_id, credit_type, charge, status, body, key_ttl, reason)).outcome
+    return call(CLOSE, (hold_id, wallet_id, credit_type, charge, status, body, key_ttl, reason)).outcome
 
 
-def balance(*, user_id: int, session_id: str | None, expiring: int):
-    row = call(BALANCE, (user_id, session_id, expiring))
+def balance(*, wallet_id: int, session_id: str | None, expiring: int):
+    row = call(BALANCE, (wallet_id, session_id, expiring))
     lapsing = [{**item, "expires_at": datetime.fromisoformat(item["expires_at"])} for item in row.expiring or ()]
     return row, lapsing

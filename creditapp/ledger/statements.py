@@ -13,12 +13,13 @@ ACCOUNTS = CreditAccount.__table__
 HOLDS = CreditHold.__table__
 LEDGER = LedgerEntry.__table__
 
-_ACCOUNT = and_(ACCOUNTS.c.user_id == bindparam("p_user"), ACCOUNTS.c.credit_type == bindparam("p_type"))
+_ACCOUNT = and_(ACCOUNTS.c.wallet_id == bindparam("p_wallet"), ACCOUNTS.c.credit_type == bindparam("p_type"))
 _AFTER = (ACCOUNTS.c.available, ACCOUNTS.c.held)
 
-BALANCES = select(ACCOUNTS.c.credit_type, ACCOUNTS.c.available).where(ACCOUNTS.c.user_id == bindparam("p_user"))
+BALANCES = select(ACCOUNTS.c.credit_type, ACCOUNTS.c.available, ACCOUNTS.c.debt).where(
+    ACCOUNTS.c.wallet_id == bindparam("p_wallet"))
 
-LOCK_ACCOUNT = select(*_AFTER).where(_ACCOUNT).with_for_update()
+LOCK_ACCOUNT = select(*_AFTER, ACCOUNTS.c.debt).where(_ACCOUNT).with_for_update()
 
 # The one conditional write: no row comes back when p_amount is more than is available.
 TAKE_AVAILABLE = (
@@ -45,6 +46,7 @@ CLOSE_HOLD = (
     update(HOLDS)
     .where(HOLDS.c.id == bindparam("p_hold"), HOLDS.c.status == "open")
     .values(status=bindparam("p_status"), settled_amount=bindparam("p_settled"), closed_at=bindparam("p_now"))
+    .returning(HOLDS.c.amount, HOLDS.c.user_id, HOLDS.c.key_id, HOLDS.c.feature)
 )
 
 # Taken after the account row (the lock order), so the hold's state cannot change under the close.
@@ -65,7 +67,7 @@ GROW_HOLD = (
 EXPIRED_HOLDS = (
     select(HOLDS.c.id)
     .where(
-        HOLDS.c.user_id == bindparam("p_user"), HOLDS.c.credit_type == bindparam("p_type"),
+        HOLDS.c.wallet_id == bindparam("p_wallet"), HOLDS.c.credit_type == bindparam("p_type"),
         HOLDS.c.status == "open", HOLDS.c.expires_at <= bindparam("p_now"),
         HOLDS.c.id != bindparam("p_exclude"),
     )
@@ -82,10 +84,11 @@ EXTEND_HOLD = (
 
 HOLD_STATUS = select(HOLDS.c.status).where(HOLDS.c.id == bindparam("p_hold"))
 
-HOLD_ACCOUNT = select(HOLDS.c.user_id, HOLDS.c.credit_type).where(HOLDS.c.id == bindparam("p_hold"))
+HOLD_ACCOUNT = select(HOLDS.c.wallet_id, HOLDS.c.credit_type).where(HOLDS.c.id == bindparam("p_hold"))
 
 LOCK_HOLD_FOR_REFUND = (
-    select(HOLDS.c.status, HOLDS.c.settled_amount, HOLDS.c.refunded_amount)
+    select(HOLDS.c.status, HOLDS.c.settled_amount, HOLDS.c.refunded_amount, HOLDS.c.closed_at,
+           HOLDS.c.user_id, HOLDS.c.key_id, HOLDS.c.feature)
     .where(HOLDS.c.id == bindparam("p_hold"))
     .with_for_update()
 )
@@ -93,4 +96,11 @@ LOCK_HOLD_FOR_REFUND = (
 ADD_REFUNDED = (
     update(HOLDS).where(HOLDS.c.id == bindparam("p_hold"))
     .values(refunded_amount=HOLDS.c.refunded_amount + bindparam("p_n"))
+)
+
+# Debt: what a take-back could not find, and what a grant pays of it.
+ADD_DEBT = (
+    update(ACCOUNTS).where(_ACCOUNT)
+    .values(available=ACCOUNTS.c.available + bindparam("p_available"), debt=ACCOUNTS.c.debt + bindparam("p_debt"))
+    .returning(*_AFTER, ACCOUNTS.c.debt)
 )

@@ -7,7 +7,7 @@ set of migrations covers both.
 from datetime import datetime, timezone
 
 from sqlalchemy import (
-    BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData, String, Text,
+    BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData, String, Text,
     UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -55,28 +55,70 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 CREDIT_TYPES = tuple(credit_type.value for credit_type in CreditType)
 MAX_USER_ID = 2**31 - 1  # users.id is a 32-bit INTEGER
+# A user's wallet has the user's id and a team's wallet TEAM_WALLETS + the team's id, so that a
+# request knows its wallet without asking the database (the wallets CHECK keeps it so).
+TEAM_WALLETS = 2**31
 MAX_AMOUNT = 10**12  # per grant or charge: far below BigInteger's limit, so sums cannot overflow
 # The migrations spell the list out: a new credit type needs one that changes these CHECKs.
 CREDIT_TYPE_CHECK = f"credit_type IN ({', '.join(repr(name) for name in CREDIT_TYPES)})"
+KINDS = ("grant", "hold", "settle", "release", "expire", "charge", "refund", "void",
+         "take_back", "debt", "repay", "freeze", "unfreeze")
+KIND_CHECK = f"kind IN ({', '.join(repr(kind) for kind in KINDS)})"
+SOURCES = ("signup", "admin", "migration", "purchase", "plan", "rollover")
+SOURCE_CHECK = f"source IN ({', '.join(repr(source) for source in SOURCES)})"
+PERIODS = ("day", "week", "month", "year", "seconds")
+PERIOD_CHECK = f"period IN ({', '.join(repr(period) for period in PERIODS)})"
+
+
+class Wallet(Base):
+    """What owns balances: a user's (id = the user's id) or a team's (id = TEAM_WALLETS + team id).
+
+    `refill_due_at` is when a recurring grant of the wallet next needs a write (a plan's new
+    period); the hold reads it with the wallet and refills first when it is due."""
+
+    __tablename__ = "wallets"
+    __table_args__ = (
+        CheckConstraint(
+            f"(kind = 'user' AND user_id IS NOT NULL AND team_id IS NULL AND id = user_id) OR "
+            f"(kind = 'team' AND team_id IS NOT NULL AND user_id IS NULL AND id = {TEAM_WALLETS} + team_id)",
+            name="owner_matches_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(8))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, unique=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refill_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class CreditAccount(Base):
-    """One balance of one user: `available` can be spent now, `held` is reserved by requests."""
+    """One balance of one wallet: `available` can be spent now, `held` is reserved by requests,
+    `debt` is what refunds took back that had been spent (later grants pay it first).
+    `alert_threshold` (None: the configured default) and `alert_below` are the low-balance alert's
+    state, kept on the row every balance change already locks."""
 
     __tablename__ = "credit_accounts"
     __table_args__ = (
         CheckConstraint("available >= 0", name="available_not_negative"),
         CheckConstraint("held >= 0", name="held_not_negative"),
+        CheckConstraint("debt >= 0", name="debt_not_negative"),
         CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
     )
 
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), primary_key=True)
     credit_type: Mapped[str] = mapped_column(String(32), primary_key=True)
     available: Mapped[int] = mapped_column(BigInteger, default=0)
     held: Mapped[int] = mapped_column(BigInteger, default=0)
+    debt: Mapped[int] = mapped_column(BigInteger, default=0)
+    alert_threshold: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    alert_below: Mapped[bool] = mapped_column(Boolean, default=False)
+
 
 class CreditHold(Base):
-    """Credits reserved for one request until it settles, is released, or expires."""
+    """Credits reserved for one request until it settles, is released, or expires. `user_id` is
+    who spends (None for a team key used by nobody in particular), `key_id` the API key it came
+    with, `feature` what it pays for."""
 
     __tablename__ = "credit_holds"
     __table_args__ = (
@@ -89,7 +131,7 @@ class CreditHold(Base):
         # Open holds are what new holds (their sweep) and the expiry sweep look for.
         Index(
             "ix_credit_holds_open",
-            "user_id",
+            "wallet_id",
             "credit_type",
             "expires_at",
             postgresql_where=text("status = 'open'"),
@@ -107,8 +149,8 @@ class CreditHold(Base):
             sqlite_where=text("request_ref IS NOT NULL"),
         ),
         Index(
-            "ix_credit_holds_user_id_idempotency_key",
-            "user_id",
+            "ix_credit_holds_wallet_id_idempotency_key",
+            "wallet_id",
             "idempotency_key",
             postgresql_where=text("idempotency_key IS NOT NULL"),
             sqlite_where=text("idempotency_key IS NOT NULL"),
@@ -116,7 +158,7 @@ class CreditHold(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
     credit_type: Mapped[str] = mapped_column(String(32))
     amount: Mapped[int] = mapped_column(BigInteger)
     settled_amount: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -131,36 +173,39 @@ class CreditHold(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # Set by the PostgreSQL hold call: its retry after a lost connection finds this hold.
     request_ref: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    feature: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
 
 class LedgerEntry(Base):
     """Append-only record of every balance change; database triggers refuse UPDATE and DELETE.
 
     `amount` is the change of the spendable balance, `held_change` the change of the reserved
-    credits: a hold moves credits from one to the other, a settle consumes held credits.
+    credits, `debt_change` the change of the debt: a hold moves credits from available to held, a
+    settle consumes held credits, a take-back that finds nothing left to take records debt.
     """
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
-        CheckConstraint("amount <> 0 OR held_change <> 0", name="changes_something"),
+        CheckConstraint("amount <> 0 OR held_change <> 0 OR debt_change <> 0", name="changes_something"),
         CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
         CheckConstraint("held_after >= 0", name="held_after_not_negative"),
         CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
-        CheckConstraint(
-            "kind IN ('grant', 'hold', 'settle', 'release', 'expire', 'charge', 'refund', 'void')",
-            name="kind_known",
-        ),
-        # Keyset pagination of a user's history, newest first.
-        Index("ix_ledger_entries_user_id_id", "user_id", "id"),
-        Index("uq_ledger_entries_user_id_reference", "user_id", "reference", unique=True,
+        CheckConstraint(KIND_CHECK, name="kind_known"),
+        # Keyset pagination of a wallet's history, newest first.
+        Index("ix_ledger_entries_wallet_id_id", "wallet_id", "id"),
+        Index("uq_ledger_entries_wallet_id_reference", "wallet_id", "reference", unique=True,
               postgresql_where=text("reference IS NOT NULL"), sqlite_where=text("reference IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
     credit_type: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(BigInteger)
     held_change: Mapped[int] = mapped_column(BigInteger, default=0)
+    debt_change: Mapped[int] = mapped_column(BigInteger, default=0)
     balance_after: Mapped[int] = mapped_column(BigInteger)
     held_after: Mapped[int] = mapped_column(BigInteger)
     hold_id: Mapped[int | None] = mapped_column(ForeignKey("credit_holds.id"), nullable=True)
@@ -171,8 +216,9 @@ class LedgerEntry(Base):
     reference: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
+
 class IdempotencyKey(Base):
-    """A client's Idempotency-Key and the answer its first request got."""
+    """A client's Idempotency-Key and the answer its first request got (scoped to the user)."""
 
     __tablename__ = "idempotency_keys"
     __table_args__ = (
@@ -196,7 +242,9 @@ class IdempotencyKey(Base):
 class CreditLot(Base):
     """Credits of one grant: spent in a fixed order (priority, then the earliest expiry, then
     the oldest), never spendable from `expires_at` on. `remaining` is what is neither spent,
-    expired nor voided (held credits included); `held` is the part open holds set aside."""
+    expired nor voided (held credits included); `held` is the part open holds set aside. A lot
+    with `frozen_at` (its payment is disputed) is not spendable and not in the balance; what holds
+    give back to it stays frozen in it."""
 
     __tablename__ = "credit_lots"
     __table_args__ = (
@@ -205,17 +253,19 @@ class CreditLot(Base):
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
         CheckConstraint("held >= 0 AND held <= remaining", name="held_in_range"),
         CheckConstraint("priority >= 0 AND priority <= 100", name="priority_in_range"),
-        CheckConstraint("source IN ('signup', 'admin', 'migration', 'purchase', 'plan')", name="source_known"),
+        CheckConstraint(SOURCE_CHECK, name="source_known"),
         # The spending order, over the lots that still have something to spend.
-        Index("ix_credit_lots_spending", "user_id", "credit_type", "priority", "expires_at", "created_at", "id",
+        Index("ix_credit_lots_spending", "wallet_id", "credit_type", "priority", "expires_at", "created_at", "id",
               postgresql_where=text("remaining > held"), sqlite_where=text("remaining > held")),
-        Index("ix_credit_lots_expiry", "user_id", "expires_at",
+        Index("ix_credit_lots_expiry", "wallet_id", "expires_at",
               postgresql_where=text("remaining > held AND expires_at IS NOT NULL"),
               sqlite_where=text("remaining > held AND expires_at IS NOT NULL")),
+        Index("ix_credit_lots_reference", "reference",
+              postgresql_where=text("reference IS NOT NULL"), sqlite_where=text("reference IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
     credit_type: Mapped[str] = mapped_column(String(32))
     amount: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
@@ -227,6 +277,7 @@ class CreditLot(Base):
     reference: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class CreditHoldLot(Base):
@@ -244,3 +295,137 @@ class CreditHoldLot(Base):
     settled: Mapped[int] = mapped_column(BigInteger, default=0)
     refunded: Mapped[int] = mapped_column(
         BigInteger, CheckConstraint("refunded >= 0 AND refunded <= settled", name="refunded_in_range"), default=0)
+
+
+class CreditCap(Base):
+    """A limit on what one spender (an API key, a team member) may take from a wallet per period.
+
+    Periods run back to back from `anchor` (`period` None: one period that never ends). A hold
+    counts its amount against every cap that applies in the same transaction, or is refused; its
+    close and any refund correct the count. A closed cap (a revoked key, a removed member) or one
+    past `expires_at` refuses every hold; `features` (a JSON list, None for all) limits what it
+    may pay for."""
+
+    __tablename__ = "credit_caps"
+    __table_args__ = (
+        CheckConstraint(f"period IS NULL OR {PERIOD_CHECK}", name="period_known"),
+        CheckConstraint("(period = 'seconds') = (period_seconds IS NOT NULL)", name="seconds_with_period"),
+        CheckConstraint("period_seconds IS NULL OR period_seconds >= 1", name="period_seconds_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
+    period: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    period_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    anchor: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    features: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Written by holds at most once a minute: when a key was last used, without a write per request.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CreditCapLimit(Base):
+    """How much of one credit type a cap allows per period (no row: no limit on that type)."""
+
+    __tablename__ = "credit_cap_limits"
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
+    )
+
+    cap_id: Mapped[int] = mapped_column(ForeignKey("credit_caps.id"), primary_key=True)
+    credit_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+
+class CreditCapSpend(Base):
+    """A cap's spend in one period: held + charged − refunded, by holds taken in it."""
+
+    __tablename__ = "credit_cap_spend"
+    __table_args__ = (
+        CheckConstraint("spent >= 0", name="spent_not_negative"),
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
+    )
+
+    cap_id: Mapped[int] = mapped_column(ForeignKey("credit_caps.id"), primary_key=True)
+    credit_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    spent: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CreditHoldCap(Base):
+    """A cap a hold counts against, and the period it counts in."""
+
+    __tablename__ = "credit_hold_caps"
+
+    hold_id: Mapped[int] = mapped_column(ForeignKey("credit_holds.id"), primary_key=True)
+    cap_id: Mapped[int] = mapped_column(ForeignKey("credit_caps.id"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CreditRecurringGrant(Base):
+    """A grant that comes back every period (a plan's allowance): each period's credits are a lot
+    that expires at the period's end, granted once per period by the first write or read that
+    needs it; what is left of a period (allowance and rollover, not held) carries into the next as
+    a rollover lot, up to `rollover_max`.
+
+    Periods run back to back from `anchor`, between `starts_at` and `ends_at`. With `explicit`,
+    periods are granted only when told (a paid plan's invoice), never by the clock. A row with no
+    `wallet_id` is the template every user wallet without a grant of its own follows (the
+    default plan), anchored at the wallet's creation or the end of its last own grant."""
+
+    __tablename__ = "credit_recurring_grants"
+    __table_args__ = (
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+        CheckConstraint("rollover_max >= 0", name="rollover_max_not_negative"),
+        CheckConstraint("priority >= 0 AND priority <= 100", name="priority_in_range"),
+        CheckConstraint(PERIOD_CHECK, name="period_known"),
+        CheckConstraint("(period = 'seconds') = (period_seconds IS NOT NULL)", name="seconds_with_period"),
+        Index("ix_credit_recurring_grants_wallet_id", "wallet_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wallet_id: Mapped[int | None] = mapped_column(ForeignKey("wallets.id"), nullable=True)
+    credit_type: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    rollover_max: Mapped[int] = mapped_column(BigInteger, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=10)
+    period: Mapped[str] = mapped_column(String(8))
+    period_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    anchor: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    explicit: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Who set it up ("plan:pro", "subscription:12"): lot references are built from it.
+    reference: Mapped[str] = mapped_column(String(128))
+    # The last period granted, and its lots (allowance, rollover).
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CreditUsage(Base):
+    """Paid requests per hour, wallet, spender, key, feature and credit type: kept in the
+    transactions that close holds and refund charges, so a report over a year reads one row per
+    group and hour instead of the ledger. 0 and '' stand for "none" (they are in the key)."""
+
+    __tablename__ = "credit_usage"
+    __table_args__ = (
+        CheckConstraint(CREDIT_TYPE_CHECK, name="credit_type_known"),
+        Index("ix_credit_usage_hour", "hour"),
+        Index("ix_credit_usage_wallet_id_hour", "wallet_id", "hour"),
+    )
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    wallet_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    feature: Mapped[str] = mapped_column(String(64), primary_key=True)
+    credit_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    charged: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded: Mapped[int] = mapped_column(BigInteger, default=0)

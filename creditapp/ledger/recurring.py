@@ -1,0 +1,270 @@
+"""Recurring grants: credits that come back every period (a plan's allowance), granted by no
+cron. Each period's credits are a lot expiring at the period's end, granted once per period (its
+lot's reference names the grant, the credit type and the period's start, and a wallet's
+references are unique) by the first write or read that needs them: every write to a wallet first
+locks its row and refills what is due (`_enter`), and the PostgreSQL hold and balance read answer
+`refill` when `wallets.refill_due_at` has passed.
+
+Rollover: when a period ends, what is left of its plan lots (allowance, rollover, an upgrade's
+difference), not held, carries into the next period as a `rollover` lot, up to the new period's
+`rollover_max` in total; the rest lapses with its lot. What is left is the lots' `remaining -
+held` plus what an expiry wrote off of them: both stop changing once a lot has expired, so a
+refill that runs late computes what one at the boundary would have.
+
+Lazy equals eager: a wallet nobody touched for several periods gets, for the period it is in now,
+exactly what refills at the start of every period would have left it (the rollover of each
+missed period follows from the one before: R' = min(rollover_max, allowance + R), which stops
+changing after a few periods); the missed periods' own lots would all have lapsed, and are not
+made.
+"""
+from datetime import datetime
+
+from sqlalchemy import func, insert, or_, select, update
+
+from . import lots, periods
+from .clock import utcnow
+from .core import unknown
+from .statements import LEDGER
+from .tables import CreditRecurringGrant, Wallet
+from .transactions import atomic, retry_conflicts
+from .types import CreditType
+
+GRANTS = CreditRecurringGrant.__table__
+WALLETS = Wallet.__table__
+LOTS = lots.LOTS
+PLAN_SOURCES = ("plan", "rollover")
+
+
+def templates_exist(session) -> bool:
+    return session.execute(select(GRANTS.c.id).where(GRANTS.c.wallet_id.is_(None)).limit(1)).first() is not None
+
+
+def _covers(row, now: datetime) -> bool:
+    return (row.starts_at is None or row.starts_at <= now) and (row.ends_at is None or row.ends_at > now)
+
+
+def lot_reference(reference: str, credit_type: str, start: datetime, kind: str = "allowance") -> str:
+    return f"{reference}:{credit_type}:{kind}:{start.isoformat()}"
+
+
+class Recurring:
+    def _enter(self, session, wallet_id: int):
+        """Lock the wallet's row (the first lock of every write to a wallet) and grant what its
+        recurring grants have due. Returns the wallet's row."""
+        # NO KEY UPDATE: the rows that point at the wallet (a hold's, a ledger row's) take KEY SHARE
+        # on it, which a plain FOR UPDATE would wait for while they wait for the account we lock next.
+        wallet = session.execute(
+            select(WALLETS).where(WALLETS.c.id == wallet_id).with_for_update(key_share=True)).one_or_none()
+        if wallet is None:
+            raise unknown(wallet_id)
+        now = utcnow()
+        if wallet.refill_due_at is not None and wallet.refill_due_at <= now:
+            self._refill(session, wallet, now)
+        return wallet
+
+    @retry_conflicts
+    def refill(self, wallet_id: int) -> None:
+        """Grant what the wallet's recurring grants have due now (what a hold or a balance read
+        does first when `refill_due_at` has passed); `flask plans refill` runs it for tidiness."""
+        with atomic() as session:
+            self._enter(session, wallet_id)
+
+    def _refill(self, session, wallet, now: datetime) -> None:
+        wallet_id = wallet.id
+        own = session.execute(select(GRANTS).where(GRANTS.c.wallet_id == wallet_id).order_by(GRANTS.c.id)).all()
+        if wallet.kind == "user" and not any(_covers(row, now) for row in own):
+            self._adopt_templates(session, wallet, own, now)
+            own = session.execute(select(GRANTS).where(GRANTS.c.wallet_id == wallet_id).order_by(GRANTS.c.id)).all()
+        due = [row for row in own if _covers(row, now) and not row.explicit]
+        for credit_type in CreditType:  # the accounts' lock order
+            rows = [row for row in due if row.credit_type == credit_type.value]
+            if not rows:
+                continue
+            self._lock_account(session, wallet_id, credit_type)
+            for row in rows:
+                anchor = row.anchor or row.starts_at
+                start, end = periods.period_at(anchor, row.period, row.period_seconds, now)
+                if row.period_start != start:
+                    self._grant_period(session, wallet_id, row, start, end, now)
+        session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
+            refill_due_at=self._next_due(session, wallet, now)))
+
+    def _adopt_templates(self, session, wallet, own, now: datetime) -> None:
+        """A user wallet with no grant of its own follows the templates (the default plan), from
+        the end of its last own grant or, if it never had one, its creation."""
+        ended = [row.ends_at for row in own if row.ends_at is not None and row.ends_at <= now]
+        anchor = max(ended) if ended else wallet.created_at
+        for template in session.execute(select(GRANTS).where(GRANTS.c.wallet_id.is_(None))).all():
+            session.execute(insert(GRANTS).values(
+                wallet_id=wallet.id, credit_type=template.credit_type, amount=template.amount,
+                rollover_max=template.rollover_max, priority=template.priority, period=template.period,
+                period_seconds=template.period_seconds, anchor=anchor, starts_at=anchor, ends_at=None,
+                explicit=False, reference=template.reference, created_at=now,
+            ))
+
+    def _next_due(self, session, wallet, now: datetime) -> datetime | None:
+        """When the wallet's grants next need a write: a period's end, a grant's end or start."""
+        own = session.execute(select(GRANTS).where(GRANTS.c.wallet_id == wallet.id)).all()
+        moments = []
+        for row in own:
+            if _covers(row, now):
+                if row.ends_at is not None:
+                    moments.append(row.ends_at)
+                if not row.explicit and row.period_end is not None:
+                    moments.append(row.period_end)
+            elif row.starts_at is not None and row.starts_at > now:
+                moments.append(row.starts_at)
+        if wallet.kind == "user" and not any(_covers(row, now) for row in own) and templates_exist(session):
+            moments.append(now)  # cannot happen after _refill adopted them; kept for a template added since
+        return min(moments) if moments else None
+
+    def _grant_period(self, session, wallet_id: int, row, start: datetime, end: datetime | None,
+                      now: datetime) -> None:
+        """Grant the period [start, end) of `row` (the caller holds the account's lock): its
+        allowance and the rollover from the period before, each a lot ending with it."""
+        credit_type = CreditType(row.credit_type)
+        rollover = self._rollover(session, wallet_id, row, start)
+        session.execute(update(GRANTS).where(GRANTS.c.id == row.id).values(period_start=start, period_end=end))
+        if end is not None and end <= now:
+            return  # a period already over (a late invoice): its lots would lapse at once
+        self._expire_lots(session, wallet_id, credit_type, now)
+        lot = {"priority": row.priority, "expires_at": end}
+        if row.amount:
+            self._grant(session, wallet_id, row.amount, credit_type, f"allowance {row.reference}",
+                        lot_reference(row.reference, row.credit_type, start), {**lot, "source": "plan"})
+        if rollover:
+            self._grant(session, wallet_id, rollover, credit_type, f"rollover {row.reference}",
+                        lot_reference(row.reference, row.credit_type, start, "rollover"), {**lot, "source": "rollover"})
+
+    def _rollover(self, session, wallet_id: int, row, start: datetime) -> int:
+        if not row.rollover_max:
+            return 0
+        previous_end = session.execute(select(func.max(LOTS.c.expires_at)).where(
+            LOTS.c.wallet_id == wallet_id, LOTS.c.credit_type == row.credit_type,
+            LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at <= start)).scalar()
+        if previous_end is None:
+            return 0
+        written_off = (
+            select(func.coalesce(-func.sum(LEDGER.c.amount), 0))
+            .where(LEDGER.c.lot_id == LOTS.c.id, LEDGER.c.kind == "expire", LEDGER.c.amount < 0)
+            .scalar_subquery()
+        )
+        left = session.execute(select(func.coalesce(func.sum(LOTS.c.remaining - LOTS.c.held + written_off), 0)).where(
+            LOTS.c.wallet_id == wallet_id, LOTS.c.credit_type == row.credit_type,
+            LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at == previous_end)).scalar()
+        carried = min(row.rollover_max, left)
+        anchor = row.anchor or row.starts_at
+        missed = (periods.index_at(anchor, row.period, row.period_seconds, start)
+                  - periods.index_at(anchor, row.period, row.period_seconds, previous_end))
+        for _ in range(max(0, missed)):
+            following = min(row.rollover_max, row.amount + carried)
+            if following == carried:
+                break
+            carried = following
+        return carried
+
+    # --- what the plans package sets up ---------------------------------------------------
+
+    @retry_conflicts
+    def set_recurring(self, wallet_id: int | None, reference: str, terms: dict[str, tuple[int, int]], *,
+                      period: str, period_seconds: int | None = None, priority: int = 10,
+                      anchor: datetime | None = None, starts_at: datetime | None = None,
+                      explicit: bool = False) -> None:
+        """From `starts_at` (now by default) on, the wallet's grants are `terms` ({credit type:
+        (amount, rollover_max)}) every period from `anchor`; what it had before ends then. With no
+        wallet, the templates every user wallet without grants of its own follows are replaced.
+        A period that started before `starts_at` is not granted again under the new terms."""
+        periods.check(period, period_seconds)
+        with atomic() as session:
+            now = utcnow()
+            starts_at = starts_at or now
+            if wallet_id is not None:
+                self._enter(session, wallet_id)
+            ending = GRANTS.c.wallet_id.is_(None) if wallet_id is None else GRANTS.c.wallet_id == wallet_id
+            if wallet_id is None:
+                session.execute(GRANTS.delete().where(ending))
+            else:
+                session.execute(update(GRANTS).where(
+                    ending, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > starts_at)).values(ends_at=starts_at))
+            granted = (None, None)
+            if wallet_id is not None:
+                current = periods.period_at(anchor or starts_at, period, period_seconds, starts_at)
+                if current[0] < starts_at:
+                    # Starting mid-period: the period under way keeps the lots it has (an upgrade
+                    # adds its difference itself); the new terms grant from the next one.
+                    granted = current
+            for credit_type, (amount, rollover_max) in terms.items():
+                session.execute(insert(GRANTS).values(
+                    wallet_id=wallet_id, credit_type=CreditType(credit_type).value, amount=amount,
+                    rollover_max=rollover_max, priority=priority, period=period, period_seconds=period_seconds,
+                    anchor=anchor, starts_at=None if wallet_id is None else starts_at, ends_at=None,
+                    explicit=explicit, reference=reference, created_at=now,
+                    period_start=granted[0], period_end=granted[1],
+                ))
+            if wallet_id is None:
+                # Every user wallet without grants of its own adopts the new templates at its next write.
+                session.execute(update(WALLETS).where(WALLETS.c.kind == "user", ~select(GRANTS.c.id).where(
+                    GRANTS.c.wallet_id == WALLETS.c.id, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > now),
+                    or_(GRANTS.c.starts_at.is_(None), GRANTS.c.starts_at <= now)).exists()).values(refill_due_at=now))
+            else:
+                wallet = session.execute(select(WALLETS).where(WALLETS.c.id == wallet_id)).one()
+                session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
+                    refill_due_at=self._due_after_change(session, wallet, now)))
+
+    def _due_after_change(self, session, wallet, now: datetime) -> datetime | None:
+        due = self._next_due(session, wallet, now)
+        own = session.execute(select(GRANTS).where(GRANTS.c.wallet_id == wallet.id)).all()
+        if any(_covers(row, now) and not row.explicit and row.period_start is None for row in own):
+            return now  # a new grant starting now: its first period is due at once
+        return due
+
+    @retry_conflicts
+    def end_recurring(self, wallet_id: int, at: datetime) -> None:
+        """The wallet's grants end at `at` (a plan canceled at its period's end); from then on a
+        user wallet follows the templates, anchored there."""
+        with atomic() as session:
+            self._enter(session, wallet_id)
+            session.execute(update(GRANTS).where(
+                GRANTS.c.wallet_id == wallet_id, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > at))
+                .values(ends_at=at))
+            wallet = session.execute(select(WALLETS).where(WALLETS.c.id == wallet_id)).one()
+            session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
+                refill_due_at=self._next_due(session, wallet, utcnow())))
+
+    @retry_conflicts
+    def grant_period(self, wallet_id: int, reference: str, start: datetime, end: datetime) -> bool:
+        """Grant the period [start, end) of the wallet's explicit grants named `reference` (a paid
+        plan's invoice, paid): once, whatever repeats. False when it was granted already."""
+        with atomic() as session:
+            self._enter(session, wallet_id)
+            now = utcnow()
+            rows = session.execute(select(GRANTS).where(
+                GRANTS.c.wallet_id == wallet_id, GRANTS.c.reference == reference, GRANTS.c.explicit.is_(True),
+                or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > start)).order_by(GRANTS.c.credit_type)).all()
+            granted = False
+            for credit_type in CreditType:
+                for row in rows:
+                    if row.credit_type != credit_type.value or (row.period_start is not None and row.period_start >= start):
+                        continue
+                    self._lock_account(session, wallet_id, credit_type)
+                    self._grant_period(session, wallet_id, row, start, end, now)
+                    granted = True
+            return granted
+
+    def recurring_of(self, wallet_id: int) -> list[dict]:
+        """The wallet's grants in force now, each with its period and what is left of its lots."""
+        with atomic(write=False) as session:
+            now = utcnow()
+            rows = session.execute(select(GRANTS).where(GRANTS.c.wallet_id == wallet_id)).all()
+            result = []
+            for row in rows:
+                if not _covers(row, now):
+                    continue
+                left = session.execute(select(func.coalesce(func.sum(LOTS.c.remaining - LOTS.c.held), 0)).where(
+                    LOTS.c.wallet_id == wallet_id, LOTS.c.credit_type == row.credit_type,
+                    LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at == row.period_end,
+                    LOTS.c.expires_at > now)).scalar() if row.period_end else 0
+                result.append({"credit_type": row.credit_type, "amount": row.amount, "rollover_max": row.rollover_max,
+                               "reference": row.reference, "period_start": row.period_start,
+                               "period_end": row.period_end, "explicit": row.explicit, "remaining": left})
+            return result
