@@ -7,6 +7,7 @@ from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 
+from . import ratelimits  # noqa: F401  (memory:// that is safe under threads)
 from .ledger.tables import Base
 
 # The app's models and the ledger's share one metadata (and so one set of migrations).

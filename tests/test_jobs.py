@@ -2,13 +2,14 @@
 PostgreSQL. The queue is Dramatiq's in-memory broker with no worker (`stub://`): a test runs
 what is queued with `drain()`, and moves time with the manual clock; nothing sleeps."""
 import json
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 
 from creditapp.ai import StubAIProvider, set_provider
-from creditapp.exceptions import GenerationFailed, JobRunning
+from creditapp.exceptions import GenerationFailed, JobRunning, QueueUnavailable
 from creditapp.jobs import store
 from creditapp.jobs.queue import job_queue
 from creditapp.ledger import credit_service
@@ -429,3 +430,36 @@ def test_the_jobs_commands_report_requeue_and_refuse_a_worker_without_a_broker(a
     assert job_queue().drain() == 1 and credits(user) == 0
     refused = runner.invoke(args=["jobs", "worker"])
     assert refused.exit_code != 0 and "JOBS_BROKER_URL is not set" in refused.output
+
+
+def test_a_retry_while_the_broker_refuses_is_never_told_queued(app, client, make_user, stub, monkeypatch):
+    """A retry that lands between the job row's commit and the broker's refusal used to replay a
+    stored `202 queued` for a job that then failed: it is told the key is in use, and once the
+    original's 503 has freed the key a retry submits afresh."""
+    from creditapp.jobs.queue import JobQueue
+
+    user = make_user(credits=2)
+    headers = {"Idempotency-Key": "broker-down"}
+    during = {}
+
+    def refused(self, job_id):
+        retry = threading.Thread(target=lambda: during.setdefault("answer", submit(app.test_client(), user, **headers)))
+        retry.start()
+        retry.join(30)
+        raise QueueUnavailable(f"could not queue job {job_id}: connection refused")
+
+    monkeypatch.setattr(JobQueue, "send", refused)
+    assert_error(submit(client, user, **headers), 503, "queue_unavailable")
+    assert_error(during["answer"], 409, "idempotency_key_in_use")
+    assert credits(user) == 2
+
+    monkeypatch.undo()
+    accepted = submit(client, user, **headers)
+    assert accepted.status_code == 202 and accepted.headers.get("Idempotent-Replayed") is None
+    replayed = submit(client, user, **headers)
+    assert replayed.headers.get("Idempotent-Replayed") == "true"
+    assert replayed.json["job_id"] == accepted.json["job_id"]
+    job_queue().drain()
+    assert job_of(client, user, accepted).json["status"] == "succeeded"
+    assert (credits(user), stub.calls) == (1, 1)
+    assert credit_service.verify() == []

@@ -138,3 +138,47 @@ def test_a_paid_feature_added_on_another_blueprint_shares_the_budget(limited_app
     assert client.post("/api/sketch", headers=alice.headers).status_code == 200
     assert client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code == 200
     assert_429(client.post("/api/sketch", headers=alice.headers))
+
+
+def test_the_memory_storage_restarts_its_expiry_timer_once_under_many_threads(database_url):
+    """limits 5.8.0 restarts the memory storage's expiry timer with a check-then-start that two
+    of gunicorn's threads can run at once ("threads can only be started once": a 500). The
+    window is widened here, the attribute taking a moment to set, so the race is met every run."""
+    import threading
+    import time
+
+    from creditapp.extensions import limiter
+
+    app = make_app(database_url, RATELIMIT_STORAGE_URI="memory://")
+    storage_class = type(limiter.storage)
+
+    class Widened(storage_class):
+        @property
+        def timer(self):
+            return self.__dict__["_timer"]
+
+        @timer.setter
+        def timer(self, timer):
+            self.__dict__["_timer"] = timer
+            time.sleep(0.001)
+
+    storage = Widened("memory://")
+    time.sleep(0.05)  # its first expiry timer has run out: the next hits restart it
+    threads, errors = 8, []
+    start = threading.Barrier(threads)
+
+    def hit(n):
+        start.wait()
+        try:
+            storage.incr(f"paid/user:{n}", 60)
+        except Exception as exc:  # the 500 gunicorn answered
+            errors.append(exc)
+
+    workers = [threading.Thread(target=hit, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert [storage.get(f"paid/user:{n}") for n in range(threads)] == [1] * threads
+    assert app.config["RATELIMIT_STORAGE_URI"] == "memory://"

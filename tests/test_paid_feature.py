@@ -161,3 +161,31 @@ def test_an_error_answer_is_never_charged_sync_or_as_a_job(client, make_user, fa
     assert (job["status"], job["error"]["error"], job["attempts"]) == ("failed", "unsuitable", 1)
     assert (credits(user), fake_ai.calls) == (5, 2)  # not tried again, not charged
     ledger_is_clean()
+
+
+def test_a_get_feature_needs_the_csrf_token_when_the_token_is_a_cookie(database_url, creditapp_blueprints,
+                                                                      make_user):
+    """A cross-site link or `<form method="get">` carries the SameSite=Lax cookies but can never
+    carry the CSRF header: without it a GET feature is refused before anything is held."""
+    from creditapp.testing import make_app
+
+    browser_app = make_app(database_url, creditapp_blueprints, JWT_TOKEN_LOCATION=["headers", "cookies"])
+    user = make_user(credits=5)
+    browser = browser_app.test_client()
+    assert browser.post("/api/auth/login", json={"username": user.username, "password": user.password}).status_code == 200
+    csrf = browser.get_cookie("csrf_access_token").value
+
+    for forged in ({}, {"X-CSRF-TOKEN": "not-the-token"}):
+        refused = browser.get(f"{PREFIX}/peek?topic=cats", headers=forged)
+        assert (refused.status_code, refused.json["error"]) == (401, "authorization_required"), refused.json
+        assert "CSRF" in refused.json["message"]
+    async_refused = browser.get(f"{PREFIX}/peek?topic=cats", headers={"Prefer": "respond-async"})
+    assert async_refused.status_code == 401
+    assert credits(user) == 5
+
+    assert browser.get(f"{PREFIX}/peek?topic=cats", headers={"X-CSRF-TOKEN": csrf}).status_code == 200
+    # A script or server with the token in the Authorization header has no cookie to forge.
+    assert browser_app.test_client().get(f"{PREFIX}/peek?topic=cats", headers=user.headers).status_code == 200
+    assert browser.get("/api/credits/balance").status_code == 200  # a read needs no CSRF token
+    assert credits(user) == 3
+    ledger_is_clean()

@@ -64,15 +64,20 @@ def count(request) -> tuple[object, list[str]]:
     return response, statements.sent
 
 
-def test_a_job_submit_is_three_statements_too(app, client, make_user, stub, database_url):
+def test_a_job_submit_is_three_statements_too_and_its_key_one_more(app, client, make_user, stub, database_url):
     only_postgresql(database_url)
     user = make_user(credits=3)
     headers = {**user.headers, "Prefer": "respond-async", "Idempotency-Key": "job-1"}
     client.post(GENERATE, json={"prompt": "warm-up"}, headers={**user.headers, "Prefer": "respond-async"})
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=headers))
     assert response.status_code == 202
-    assert len(sent) == 3 and "revoked_sessions" in sent[0] and "creditapp_hold" in sent[1]
-    assert sent[2].lstrip().startswith("WITH answered AS") and "INSERT INTO jobs" in sent[2]
+    # The key's 202 is stored only after the broker has the job: one more statement, for
+    # submits with a key only.
+    assert len(sent) == 4 and "revoked_sessions" in sent[0] and "creditapp_hold" in sent[1]
+    assert sent[2].lstrip().startswith("INSERT INTO jobs")
+    assert sent[3].lstrip().startswith("UPDATE idempotency_keys")
+    _, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers={**user.headers, "Prefer": "respond-async"}))
+    assert len(sent) == 3
     replayed = client.post(GENERATE, json={"prompt": "a"}, headers=headers)
     assert replayed.json["job_id"] == response.json["job_id"]
 

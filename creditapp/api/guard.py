@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from flask import Response, after_this_request, current_app, g, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from ..auth import caller_must_exist, current_user_id, rate_limit_key
+from ..auth import caller_must_exist, current_user_id, rate_limit_key, require_csrf
 from ..exceptions import QueueUnavailable
 from ..extensions import limiter
 from ..features import feature_of_route
@@ -84,6 +84,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 # an answer whose body is thrown away.
                 raise MethodNotAllowed(valid_methods=["GET"])
             user_id = current_user_id()
+            require_csrf()
             feature = request.endpoint or view.__name__
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
             asynchronous = prefers_async()
@@ -151,7 +152,8 @@ def prefers_async() -> bool:
 
 def _submit(hold: Hold, work: str, args: tuple, kwargs: dict) -> Response:
     """Turn the held request into a queued job: 202 with its Location. The 202 is stored for the
-    Idempotency-Key with the job, so a retry answers the same job."""
+    Idempotency-Key once the broker has the job, so a retry answers the same job (and, before
+    that, is told the key is in use: never "queued" for a job that may not be)."""
     job_id = jobs.new_id()
     feature = feature_of_route(request.method, request.url_rule.rule) or request.endpoint
     body = current_app.json.dumps({"job_id": job_id, "status": "queued", "feature": feature,
@@ -159,8 +161,7 @@ def _submit(hold: Hold, work: str, args: tuple, kwargs: dict) -> Response:
                                   separators=(",", ":"))
     try:
         jobs.submit(hold, job_id=job_id, feature=feature, work=work,
-                    params={"args": list(args), "kwargs": kwargs}, request_id=g.get("request_id"),
-                    answer=(202, body))
+                    params={"args": list(args), "kwargs": kwargs}, request_id=g.get("request_id"))
     except Exception:
         try:
             credit_service.close(hold, succeeded=False)
@@ -177,6 +178,11 @@ def _submit(hold: Hold, work: str, args: tuple, kwargs: dict) -> Response:
             g.credit_log.update(charged=0, outcome="queue_unavailable")
             raise
         # A worker has it already: the broker got the message after all.
+    try:
+        jobs.queued(hold, 202, body)
+    except Exception:
+        # The job is queued and will run: a retry is told the key is in use until it ends.
+        current_app.logger.exception("the 202 of job %s was not stored for its key", job_id)
     g.credit_log.update(outcome="queued", job_id=job_id)
     return job_accepted(body)
 

@@ -26,16 +26,17 @@ from .tables import FINISHED, JOBS, UNFINISHED
 
 # A repetition after a lost connection finds the job there (ON CONFLICT) and changes nothing.
 SUBMIT = """
-WITH answered AS (
-    UPDATE idempotency_keys SET status = 'completed', response_status = %(status)s,
-           response_body = %(body)s, expires_at = %(kept)s
-    WHERE %(status)s::integer IS NOT NULL AND hold_id = %(hold_id)s AND status = 'in_flight'
-)
 INSERT INTO jobs (id, user_id, wallet_id, feature, work, params, credit_type, amount, hold_id, status, attempts,
                   request_id, created_at)
 VALUES (%(id)s, %(user_id)s, %(wallet_id)s, %(feature)s, %(work)s, %(params)s, %(credit_type)s, %(amount)s, %(hold_id)s,
         'queued', 0, %(request_id)s, %(now)s)
 ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+ANSWER = """
+UPDATE idempotency_keys SET status = 'completed', response_status = %(status)s, response_body = %(body)s,
+       expires_at = %(kept)s
+WHERE hold_id = %(hold_id)s AND status = 'in_flight'
 RETURNING id
 """
 EXPIRED_ERROR = {"error": "reservation_expired",
@@ -60,30 +61,33 @@ def new_id() -> str:
 
 
 @retry_conflicts
-def submit(hold: Hold, *, job_id: str, feature: str, work: str, params: dict, request_id: str | None,
-           answer: tuple[int, str] | None) -> None:
-    """Record a queued job for `hold` (just taken), and store `answer` for the hold's key in the same
-    transaction, so a retry with the key answers this job. On PostgreSQL one statement in
-    autocommit: one round trip instead of four."""
+def submit(hold: Hold, *, job_id: str, feature: str, work: str, params: dict, request_id: str | None) -> None:
+    """Record a queued job for `hold` (just taken). The hold's Idempotency-Key stays in flight
+    until `queued` (a retry meanwhile is told the key is in use): the job is not queued yet. On
+    PostgreSQL one statement in autocommit."""
     now = utcnow()
+    row = {"id": job_id, "user_id": hold.client_id, "wallet_id": hold.wallet_id, "feature": feature, "work": work,
+           "params": job_params.dumps(params), "credit_type": hold.credit_type.value, "amount": hold.amount,
+           "hold_id": hold.hold_id, "request_id": request_id}
     if procedures.available():
-        status, body = answer if answer is not None and hold.key is not None else (None, None)
-        procedures.call(SUBMIT, {
-            "id": job_id, "user_id": hold.client_id, "wallet_id": hold.wallet_id, "feature": feature, "work": work, "params": job_params.dumps(params),
-            "credit_type": hold.credit_type.value, "amount": hold.amount, "hold_id": hold.hold_id,
-            "request_id": request_id, "now": now, "status": status, "body": body,
-            "kept": now + timedelta(seconds=credit_service.idempotency_ttl_seconds),
-        })
+        procedures.call(SUBMIT, {**row, "now": now})
         return
     with atomic() as session:
-        session.execute(insert(JOBS).values(
-            id=job_id, user_id=hold.client_id, wallet_id=hold.wallet_id, feature=feature, work=work, params=job_params.dumps(params),
-            credit_type=hold.credit_type.value, amount=hold.amount, hold_id=hold.hold_id, status="queued",
-            attempts=0, request_id=request_id, created_at=now,
-        ))
-        if answer is not None and hold.key is not None:
-            idempotency.complete_for_hold(session, hold.hold_id, *answer,
-                                          now + timedelta(seconds=credit_service.idempotency_ttl_seconds))
+        session.execute(insert(JOBS).values(**row, status="queued", attempts=0, created_at=now))
+
+
+def queued(hold: Hold, status: int, body: str) -> None:
+    """The broker has the job: store its 202 for the hold's Idempotency-Key, so that a retry
+    answers this job. Only once the send succeeded, because a client told "queued" must be
+    able to rely on it (with the broker down the key is freed instead, by `abandon`)."""
+    if hold.key is None:
+        return
+    kept = utcnow() + timedelta(seconds=credit_service.idempotency_ttl_seconds)
+    if procedures.available():
+        procedures.call(ANSWER, {"status": status, "body": body, "kept": kept, "hold_id": hold.hold_id})
+        return
+    with atomic() as session:
+        idempotency.complete_for_hold(session, hold.hold_id, status, body, kept)
 
 
 @retry_conflicts

@@ -10,6 +10,7 @@ Enable it in a conftest.py with `pytest_plugins = ["creditapp.testing"]`. It giv
   `creditapp_settings` fixture;
 - `make_user(credits=0, tokens=0, admin=False, lots=())`: a user made through the service and
   logged in through the real login route (`.headers` carries the token);
+- `job_queue`: the app's job queue; `job_queue.drain()` runs the jobs submitted so far;
 - `fake_ai`: a controllable AI provider (`latency_ms`, `failure_rate`, `fail_next(n)`, `calls`);
 - `manual_clock`: time that moves only when told (`advance(seconds)`), for the database too;
 - `live_server(**settings)`: a real gunicorn server on the test's database (the ini option
@@ -143,6 +144,15 @@ def app(database_url, creditapp_blueprints, creditapp_settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(name="job_queue")
+def job_queue_fixture(app):
+    """The app's job queue: `job_queue.drain()` runs, in the test's thread, every job submitted
+    with `Prefer: respond-async` (the testing app has no broker) and returns how many ran."""
+    from ..jobs.queue import job_queue
+
+    return job_queue()
 
 
 class FakeAI(StubAIProvider):
