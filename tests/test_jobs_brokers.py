@@ -55,7 +55,7 @@ def test_200_jobs_on_a_real_broker_survive_failures_and_a_killed_worker(
     results = tmp_path / "ai-results.log"
     with broker_queue(broker) as queue:
         env = server_env(
-            database_url, **queue, AI_STUB_FAILURE_RATE=0.3, AI_STUB_LATENCY_MS=150, AI_STUB_RESULT_LOG=results,
+            database_url, **queue, AI_STUB_FAILURE_RATE=0.3, AI_STUB_LATENCY_MS=800, AI_STUB_RESULT_LOG=results,
             JOB_HEARTBEAT_SECONDS=0.5, JOB_LEASE_SECONDS=2, JOB_RETRY_BACKOFF_SECONDS=0.1, JOB_MAX_ATTEMPTS=3,
             JOBS_REDIS_HEARTBEAT_TIMEOUT_SECONDS=3, JOBS_REDIS_MAINTENANCE_CHANCE=1_000_000,
         )
@@ -79,8 +79,9 @@ def test_200_jobs_on_a_real_broker_survive_failures_and_a_killed_worker(
                 return (sum(row.status in FINISHED for row in rows) >= accepted // 4
                         and any(row.status == "running" for row in rows))
 
-            # Both at once, so that the kill meets a running job: on a fast broker every job could
-            # finish between two separate reads (seen on RabbitMQ with SQLite).
+            # Both at once, so that the kill meets a running job; and jobs long enough (800 ms) that
+            # the workers do not finish them all while the 200 submits are still going on (seen on
+            # RabbitMQ, where delivery starts sooner).
             wait_until(a_quarter_finished_and_one_running, 60, "a quarter of the jobs finished, one running")
             running_at_kill = sum(row.status == "running" for row in job_rows())
             stop(workers[0], signal.SIGKILL)
