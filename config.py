@@ -56,6 +56,17 @@ def _credit_costs() -> dict:
     return costs
 
 
+def _json(name: str):
+    """A setting given as JSON (None when unset); what it must hold is checked where it is used."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"{name} must be JSON: {exc}") from None
+
+
 class Config:
     CREDITAPP_ENV = "development"
     # None means "a SQLite file in the instance folder"; create_app fills it in.
@@ -137,6 +148,24 @@ class Config:
     JOB_LEASE_SECONDS = _float("JOB_LEASE_SECONDS", 30)
     JOB_TIME_LIMIT_SECONDS = _float("JOB_TIME_LIMIT_SECONDS", 900)  # one attempt, at most
 
+    # Buying credits (creditapp/payments): "test", the built-in provider whose checkout page the app
+    # serves itself (never in production), or "stripe".
+    PAYMENTS_PROVIDER = os.environ.get("PAYMENTS_PROVIDER") or "test"
+    CREDIT_PACKS = _json("CREDIT_PACKS")  # unset: the default catalogue (creditapp/payments/catalogue.py)
+    STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY") or ""
+    STRIPE_WEBHOOK_SECRET = _list("STRIPE_WEBHOOK_SECRET", "")  # any one may sign: rotation
+    STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE") or None  # another server: tests, stripe-mock
+    # Where this app is reached from outside, for the test checkout page and the default return
+    # pages; unset: the address each request came to.
+    PUBLIC_URL = (os.environ.get("PUBLIC_URL") or "").rstrip("/") or None
+    CHECKOUT_SUCCESS_URL = os.environ.get("CHECKOUT_SUCCESS_URL") or None  # may hold {PURCHASE_ID}
+    CHECKOUT_CANCEL_URL = os.environ.get("CHECKOUT_CANCEL_URL") or None
+    CHECKOUT_EXPIRES_MINUTES = _int("CHECKOUT_EXPIRES_MINUTES", 60)  # Stripe takes 30 to 1440
+    # The test provider signs its events with this (Stripe's scheme); unset: derived from the JWT secret.
+    TEST_PAYMENTS_WEBHOOK_SECRET = os.environ.get("TEST_PAYMENTS_WEBHOOK_SECRET") or None
+    # Per source address on the webhook routes: far above a provider's bursts, below a flood.
+    WEBHOOK_RATE_LIMIT = os.environ.get("WEBHOOK_RATE_LIMIT") or "6000 per minute"
+
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 
@@ -170,6 +199,8 @@ MAX_IDEMPOTENCY_TTL_SECONDS = 366 * 24 * 3600
 
 class ProductionConfig(Config):
     CREDITAPP_ENV = "production"
+    # Unset in production: no purchases (503 payments_unavailable) until Stripe is configured.
+    PAYMENTS_PROVIDER = os.environ.get("PAYMENTS_PROVIDER") or ""
     JWT_SECRET_KEY = os.environ.get("JWT_SECRET_KEY") or None
     JWT_COOKIE_SECURE = _bool("JWT_COOKIE_SECURE", True)
 
@@ -210,6 +241,16 @@ def _check_jobs(config) -> None:
         raise RuntimeError(f"JOB_RETRY_BACKOFF_SECONDS must be from 0 to 3600, got {config['JOB_RETRY_BACKOFF_SECONDS']}")
     if config["JOBS_EMBEDDED_THREADS"] < 1:
         raise RuntimeError("JOBS_EMBEDDED_THREADS must be at least 1")
+    provider = config["PAYMENTS_PROVIDER"]
+    if provider not in ("", "test", "stripe"):
+        raise RuntimeError(f"PAYMENTS_PROVIDER must be test or stripe (or empty: no purchases), got {provider!r}")
+    if provider == "test" and config["CREDITAPP_ENV"] == "production":
+        raise RuntimeError("PAYMENTS_PROVIDER=test gives credits for nothing: production needs PAYMENTS_PROVIDER=stripe")
+    if provider == "stripe" and not (config["STRIPE_SECRET_KEY"] and config["STRIPE_WEBHOOK_SECRET"]):
+        raise RuntimeError("PAYMENTS_PROVIDER=stripe needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET")
+    if not 30 <= config["CHECKOUT_EXPIRES_MINUTES"] <= 1440:
+        raise RuntimeError(f"CHECKOUT_EXPIRES_MINUTES must be from 30 to 1440 (Stripe's bounds), "
+                           f"got {config['CHECKOUT_EXPIRES_MINUTES']}")
     longest = (config["CREDIT_HOLD_TTL_SECONDS"] + config["JOB_MAX_ATTEMPTS"]
                * (config["JOB_TIME_LIMIT_SECONDS"] + 2 * lease + config["JOB_RETRY_BACKOFF_SECONDS"]
                   * 2 ** (config["JOB_MAX_ATTEMPTS"] - 1)))

@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from config import Config, check_config, config_from_env
 
 from . import ai, auth, database, logs, metrics, revocation
-from .api import bench, bodies, docs, register_blueprints, running
+from .api import bench, bodies, checkout_pages, docs, purchases, register_blueprints, running
 from .api.errors import register_error_handlers, register_jwt_handlers
 from .api.schemas import ErrorSchema
 from .cli import register_commands
@@ -47,6 +47,7 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
     if app.config["BENCHMARK_ROUTES"]:
         # Plain Flask blueprint: kept out of the API document.
         app.register_blueprint(bench.blp)
+    app.register_blueprint(checkout_pages.pages)  # HTML, not the API: answers 404 unless PAYMENTS_PROVIDER=test
     register_error_handlers(app)
     register_commands(app)
     return app
@@ -77,12 +78,14 @@ def register_extensions(app: Flask) -> None:
     api.init_app(app)
     logs.init_app(app)
     metrics.init_app(app)
+    purchases.init_app(app)  # after metrics: the inbox counts what it applies
     ai.init_app(app)
     job_queue.init_app(app, perform=running.run)
     limiter.init_app(app)
     if app.config["CORS_ORIGINS"]:
         cors.init_app(
-            app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+            # Not the webhooks: only providers' servers post there, never a browser.
+            app, resources={r"/api/(?!webhooks/).*": {"origins": app.config["CORS_ORIGINS"]}},
             supports_credentials="cookies" in app.config["JWT_TOKEN_LOCATION"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer", "X-CSRF-TOKEN",
                            "X-Request-ID"],

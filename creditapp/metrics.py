@@ -63,6 +63,36 @@ class CreditMetrics:
             ["outcome"], registry=registry,
         )
 
+        self.purchases = Counter(
+            "creditapp_purchases", "Purchases that reached a status (open when made), by pack", ["pack", "status"],
+            registry=registry,
+        )
+        self.revenue = Counter(
+            "creditapp_revenue_minor_units", "Money paid for purchases that were granted, in the currency's "
+            "minor unit", ["currency"], registry=registry,
+        )
+        self.refunded = Counter(
+            "creditapp_refunded_minor_units", "Money refunded (or lost to disputes) of purchases", ["currency"],
+            registry=registry,
+        )
+        self.payment_events = Counter(
+            "creditapp_payment_events", "Verified provider webhook events, by type and what applying them did "
+            "(applied, deferred, unmatched, ignored, duplicate, stored)", ["type", "outcome"], registry=registry,
+        )
+
+    # The payments package's observer (creditapp.payments.inbox.Observer).
+    def purchase_moved(self, purchase, status: str) -> None:
+        self.purchases.labels(purchase.pack, status).inc()
+        if status == "paid" and purchase.status in ("open", "processing", "expired"):
+            self.revenue.labels(purchase.currency).inc(purchase.price)
+
+    def money_back(self, currency: str, amount: int) -> None:
+        if amount > 0:
+            self.refunded.labels(currency).inc(amount)
+
+    def payment_event(self, kind: str, outcome: str) -> None:
+        self.payment_events.labels(kind, outcome).inc()
+
     def count(self, event: str, feature: str, credit_type: str, amount: int) -> None:
         if amount:
             self.credits.labels(event, feature, credit_type).inc(amount)

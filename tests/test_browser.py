@@ -224,3 +224,28 @@ def test_an_unknown_docs_file_is_a_json_404(tmp_path):
     answer = client.get("/api/docs/static/no-such-file.js")
     assert answer.status_code == 404
     assert answer.json["error"] == "not_found"
+
+
+def test_a_buyer_presses_pay_on_the_test_checkout_and_the_balance_shows_the_pack(browser, sqlite_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    env = server_env(sqlite_url)  # the testing configuration: the built-in test provider
+    with gunicorn(env, workers=2, threads=4, log_path=tmp_path / "gunicorn.log") as api:
+        credentials = {"username": "buyer", "password": "correct-horse-battery"}
+        assert requests.post(f"{api.url}/api/auth/register", json=credentials, timeout=30).status_code == 201
+        token = requests.post(f"{api.url}/api/auth/login", json=credentials, timeout=30).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        before = requests.get(f"{api.url}/api/credits/balance", headers=headers, timeout=30).json()
+        purchase = requests.post(f"{api.url}/api/purchases", json={"pack": "starter"}, headers=headers,
+                                 timeout=30).json()
+        assert purchase["checkout_url"].startswith(f"{api.url}/checkout/test/"), purchase
+        browser.get(purchase["checkout_url"])
+        assert "5.00 USD" in browser.find_element(By.ID, "price").text
+        browser.find_element(By.ID, "pay").click()
+        WebDriverWait(browser, WAIT_SECONDS).until(lambda b: "/checkout/return" in b.current_url)
+        assert "Thank you" in browser.page_source
+        after = requests.get(f"{api.url}/api/credits/balance", headers=headers, timeout=30).json()
+        bought = requests.get(f"{api.url}/api/purchases/{purchase['id']}", headers=headers, timeout=30).json()
+    assert bought["status"] == "paid"
+    assert after["generation_credits"] == before["generation_credits"] + 20

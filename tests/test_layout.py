@@ -22,14 +22,32 @@ def run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_the_ledger_loads_no_web_module():
+def web_modules_loaded_by(modules: str) -> str:
     result = run(
-        "import sys, creditapp.ledger\n"
+        f"import sys, {modules}\n"
         f"web = sorted(m for m in sys.modules if m.split('.')[0] in {WEB!r} or m.startswith({WEB!r}))\n"
         "print(web)\n"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]", f"the ledger loads web modules: {result.stdout}"
+    return result.stdout.strip()
+
+
+def test_the_ledger_loads_no_web_module():
+    loaded = web_modules_loaded_by("creditapp.ledger")
+    assert loaded == "[]", f"the ledger loads web modules: {loaded}"
+
+
+def test_payments_load_no_web_module_and_reach_balances_only_through_the_ledger():
+    loaded = web_modules_loaded_by("creditapp.payments.service, creditapp.payments.providers.stripe")
+    assert loaded == "[]", f"payments load web modules: {loaded}"
+    for path in (PACKAGE / "payments").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                inside = path.parent.relative_to(PACKAGE / "payments").parts
+                target = (node.module or "").split(".")[0]
+                # Out of the package (.. from payments/, ... from providers/): only to the ledger.
+                if node.level >= len(inside) + 2:
+                    assert target == "ledger", f"{path.name} imports {ast.unparse(node)}"
 
 
 def test_the_ledger_imports_only_itself_from_creditapp():

@@ -2,13 +2,14 @@
 from flask_smorest import Api
 
 from ..extensions import api
-from . import admin, auth, credits, generate, health, jobs
+from . import admin, auth, credits, generate, health, jobs, purchases
 from .bodies import IdConverter
 
 api.register_converter(IdConverter, lambda _converter: {"type": "integer", "minimum": 1})
 
 
 def register_blueprints(api: Api) -> None:
-    for module in (auth, credits, admin, generate, jobs):
+    for module in (auth, credits, admin, generate, jobs, purchases):
         api.register_blueprint(module.blp)
+    api.register_blueprint(purchases.hooks)
     api.register_blueprint(health.blp)

@@ -6,8 +6,10 @@ from ..auth import caller_must_exist, current_user_id, require_login
 from ..ledger import Grant, Refund, UnknownUser, credit_service
 from ..ledger.clock import utcnow
 from ..ledger.tables import MAX_USER_ID
+from . import purchases
 from .bodies import Blueprint
 from .idempotency import idempotent_request
+from .purchase_schemas import AdminPurchaseQuerySchema, PurchasePageSchema
 from .openapi import IDEMPOTENCY_KEY, INVALID, KEY_IN_USE, UNAUTHORIZED, document
 from .schemas import (
     ErrorSchema, GrantResultSchema, GrantSchema, RefundResultSchema, RefundSchema, VoidResultSchema, VoidSchema,
@@ -86,6 +88,17 @@ def void_lot(body, lot_id):
     result = credit_service.void_lot(lot_id, reason=body["reason"])
     return {"user_id": result["wallet_id"], **result["balance"].as_dict(), "voided": result["voided"],
             "lot": result["lot"]}
+
+
+@blp.get("/purchases")
+@blp.arguments(AdminPurchaseQuerySchema, location="query")
+@blp.response(200, PurchasePageSchema)
+@blp.alt_response(403, schema=ErrorSchema, description="Not an administrator")
+@document(responses=[UNAUTHORIZED, INVALID])
+def list_purchases(query):
+    """Every user's purchases (or one user's), newest first (administrators only)."""
+    _administrator()
+    return purchases.page(purchases.payments(), query, user_id=query["user_id"])
 
 
 def _administrator() -> int:

@@ -12,6 +12,9 @@ from ..exceptions import (
     GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, QueueUnavailable,
     UnknownJob, UsernameTaken,
 )
+from ..payments.errors import (
+    InvalidSignature, LivemodeMismatch, PaymentsUnavailable, UnknownPack, UnknownPurchase,
+)
 from ..ledger.errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
@@ -54,6 +57,11 @@ DOMAIN_ERRORS = {
     IdempotencyKeyReused: (422, "idempotency_key_reused"),
     GenerationFailed: (502, "generation_failed"),
     HoldExpired: (503, "reservation_expired"),
+    UnknownPack: (422, "unknown_pack"),
+    UnknownPurchase: (404, "unknown_purchase"),
+    PaymentsUnavailable: (503, "payments_unavailable"),
+    InvalidSignature: (400, "invalid_signature"),
+    LivemodeMismatch: (400, "livemode_mismatch"),
 }
 
 

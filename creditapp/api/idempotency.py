@@ -19,6 +19,7 @@ from ..ledger import AlreadyRefunded, IdempotencyKeyInUse, ReferenceConflict, Re
 from ..ledger import keys
 from ..ledger.clock import utcnow
 from ..ledger.keys import StoredResponse
+from ..ledger.transactions import atomic
 
 HEADER = "Idempotency-Key"
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -88,6 +89,27 @@ class IdempotentRequest:
             kept_until = utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
             key_id = keys.claim(session, caller_id, self.key, self.fingerprint, kept_until)
             keys.complete(session, key_id, status, json.dumps(body), kept_until)
+
+    def claim(self, caller_id: int, seconds: float) -> int | None:
+        """Mark the key in flight, for work that calls outside before it can answer (a checkout at
+        the provider): a retry meanwhile is 409 idempotency_key_in_use. Lapses after `seconds`,
+        should this process die before `complete` or `release`."""
+        if self.key is None:
+            return None
+        with atomic() as session:
+            return keys.claim(session, caller_id, self.key, self.fingerprint, utcnow() + timedelta(seconds=seconds))
+
+    def complete(self, key_id: int | None, status: int, body: dict) -> None:
+        if key_id is not None:
+            kept_until = utcnow() + timedelta(seconds=current_app.config["IDEMPOTENCY_TTL_SECONDS"])
+            with atomic() as session:
+                keys.complete(session, key_id, status, json.dumps(body), kept_until)
+
+    def release(self, key_id: int | None) -> None:
+        """Free the key of work that failed: a retry runs again."""
+        if key_id is not None:
+            with atomic() as session:
+                keys.forget(session, key_id)
 
     @contextmanager
     def replay_if_it_won(self, caller_id: int) -> Iterator["IdempotentRequest"]:

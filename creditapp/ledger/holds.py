@@ -318,7 +318,7 @@ class Holds:
             if row is None:
                 return None
             now = utcnow()
-            if row.status == "completed" and row.expires_at <= now:
+            if row.expires_at <= now and (row.status == "completed" or row.hold_id is None):
                 idempotency.forget(session, row.id)
                 return None
             if row.status == "in_flight" and row.hold_id is not None and not (

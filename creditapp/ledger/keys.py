@@ -98,9 +98,12 @@ def _prunable(now: datetime):
     # will: either way no request of it can be charged any more). A key whose hold is still open
     # is never pruned, however old: only the transaction that ends the hold may free it.
     ended_hold = select(HOLDS.c.id).where(HOLDS.c.id == KEYS.c.hold_id, HOLDS.c.status != "open").exists()
+    # A key in flight with no hold (a purchase being made) lapses at its own expiry: the request
+    # that claimed it died before it could answer.
     return (
         and_(KEYS.c.status == "completed", KEYS.c.expires_at <= now)
         | and_(KEYS.c.status == "in_flight", KEYS.c.expires_at <= now, ended_hold)
+        | and_(KEYS.c.status == "in_flight", KEYS.c.expires_at <= now, KEYS.c.hold_id.is_(None))
     )
 
 

@@ -16,6 +16,8 @@ Enable it in a conftest.py with `pytest_plugins = ["creditapp.testing"]`. It giv
 - `live_server(**settings)`: a real gunicorn server on the test's database (the ini option
   `creditapp_wsgi` names the app, `wsgi:app` by default) with `fire(n, ...)`, n requests sent at
   the same instant, and `ai_calls()`;
+- `fake_stripe`: a local server that speaks Stripe's API for Checkout Sessions, and signs the
+  events Stripe would send (`fake_stripe.settings` points the app at it);
 - `ledger_is_clean()`: asserts that `credit_service.verify()` finds nothing wrong.
 """
 import os
@@ -146,6 +148,16 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def fake_stripe():
+    """A local Stripe API for Checkout Sessions (creditapp.testing.fake_stripe); give the app
+    `fake_stripe.settings` (through `creditapp_settings`) to buy through it."""
+    from .fake_stripe import fake_stripe_server
+
+    with fake_stripe_server() as fake:
+        yield fake
+
+
 @pytest.fixture(name="job_queue")
 def job_queue_fixture(app):
     """The app's job queue: `job_queue.drain()` runs, in the test's thread, every job submitted
@@ -255,11 +267,12 @@ class LiveServer:
     def __init__(self, url: str, calls_log: Path):
         self.url, self._calls_log = url, calls_log
 
-    def fire(self, n: int, method: str, path: str, *, json=None, headers=None) -> list[Answer]:
+    def fire(self, n: int, method: str, path: str, *, json=None, data: bytes | None = None,
+             headers=None) -> list[Answer]:
         """`n` requests sent at the same instant, each on a connection of its own; the answers
-        in order."""
+        in order. `data` is a raw body (a webhook's)."""
         def send(_i):
-            response = requests.request(method, self.url + path, json=json, headers=headers, timeout=120)
+            response = requests.request(method, self.url + path, json=json, data=data, headers=headers, timeout=120)
             try:
                 body = response.json()
             except ValueError:

@@ -1,0 +1,128 @@
+"""Stripe's webhook scheme and objects, read into creditapp's views. The test provider's events
+are made the same way, so one reader serves both."""
+import hashlib
+import hmac
+import json
+import time
+from datetime import datetime, timezone
+
+import stripe
+
+from .base import ChargeState, CheckoutState, DisputeState, InvalidSignature, ProviderEvent
+
+TOLERANCE_SECONDS = 300
+
+
+def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The `Stripe-Signature` header Stripe would send with `body`: `t=<unix>,v1=<HMAC-SHA256 of
+    "t.body">` (the scheme stripe-python verifies; it has no signing helper of its own)."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(body: bytes, header: str | None, secrets: list[str]) -> dict:
+    """The event of a body signed with Stripe's scheme, checked by `stripe.Webhook.construct_event`
+    against each secret in turn (rotation: any one may sign), with Stripe's 300 s tolerance.
+    Raises InvalidSignature for a missing, forged, stale or unreadable one."""
+    if not header:
+        raise InvalidSignature("no Stripe-Signature header")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSignature("the body is not UTF-8") from None
+    for secret in secrets:
+        try:
+            stripe.Webhook.construct_event(text, header, secret, tolerance=TOLERANCE_SECONDS)
+        except stripe.SignatureVerificationError:
+            continue
+        except ValueError:
+            raise InvalidSignature("the signed body is not JSON") from None
+        payload = json.loads(text)
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict) \
+                or not isinstance(payload["data"].get("object"), dict) or not isinstance(payload.get("id"), str) \
+                or not isinstance(payload.get("type"), str):
+            raise InvalidSignature("the signed body is not an event")
+        return payload
+    raise InvalidSignature("no secret verifies the signature (forged, another secret, or older than 300 s)")
+
+
+def _time(value) -> datetime | None:
+    return datetime.fromtimestamp(value, timezone.utc) if isinstance(value, (int, float)) else None
+
+
+def _id(value) -> str | None:
+    """An id, or an expanded object's id."""
+    if isinstance(value, dict):
+        return value.get("id")
+    return value if isinstance(value, str) else None
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def checkout_state(obj: dict) -> CheckoutState:
+    return CheckoutState(
+        id=str(obj.get("id") or ""), status=obj.get("status") or "open",
+        payment_status=obj.get("payment_status") or "unpaid", amount_total=_int(obj.get("amount_total")),
+        currency=obj.get("currency"), payment_intent=_id(obj.get("payment_intent")),
+        client_reference_id=obj.get("client_reference_id"), metadata=dict(obj.get("metadata") or {}),
+        livemode=bool(obj.get("livemode")),
+    )
+
+
+def event(payload: dict, body: bytes) -> ProviderEvent:
+    """The normalized event of a verified payload."""
+    kind, obj = payload["type"], payload["data"]["object"]
+    views = {}
+    if kind.startswith("checkout.session."):
+        views["checkout"] = checkout_state(obj)
+    elif kind.startswith("charge.dispute."):
+        views["dispute"] = DisputeState(
+            id=str(obj.get("id") or ""), charge=_id(obj.get("charge")), payment_intent=_id(obj.get("payment_intent")),
+            status=obj.get("status") or "", amount=_int(obj.get("amount")) or 0, currency=obj.get("currency") or "")
+    elif kind.startswith("charge."):
+        views["charge"] = ChargeState(
+            id=str(obj.get("id") or ""), payment_intent=_id(obj.get("payment_intent")),
+            amount=_int(obj.get("amount")) or 0, amount_refunded=_int(obj.get("amount_refunded")) or 0,
+            currency=obj.get("currency") or "", metadata=dict(obj.get("metadata") or {}))
+    return ProviderEvent(id=payload["id"], type=kind, livemode=bool(payload.get("livemode")),
+                         created=_time(payload.get("created")) or datetime.now(timezone.utc), object=obj, body=body,
+                         **views)
+
+
+def event_body(event_id: str, kind: str, obj: dict, *, livemode: bool = False, created: int | None = None) -> bytes:
+    """An event as Stripe sends it (the fields a receiver reads), for the test provider and the fakes."""
+    return json.dumps({
+        "id": event_id, "object": "event", "api_version": "2025-09-30.clover", "type": kind,
+        "created": int(time.time()) if created is None else created, "livemode": livemode,
+        "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None}, "data": {"object": obj},
+    }, separators=(",", ":")).encode()
+
+
+def session_object(*, id: str, url: str, status: str, payment_status: str, amount: int, currency: str,
+                   payment_intent: str | None, reference: str, metadata: dict, expires_at: int,
+                   success_url: str, cancel_url: str, created: int, livemode: bool = False) -> dict:
+    """A Checkout Session in `payment` mode as Stripe's API answers it (the fields creditapp or
+    the SDK read), for the test provider and the fake Stripe server alike."""
+    return {
+        "id": id, "object": "checkout.session", "mode": "payment", "url": url if status == "open" else None,
+        "status": status, "payment_status": payment_status, "amount_total": amount, "amount_subtotal": amount,
+        "currency": currency, "payment_intent": payment_intent, "client_reference_id": reference,
+        "metadata": metadata, "expires_at": expires_at, "created": created, "livemode": livemode,
+        "success_url": success_url, "cancel_url": cancel_url,
+    }
+
+
+def charge_object(*, id: str, payment_intent: str, amount: int, amount_refunded: int, currency: str,
+                  livemode: bool = False) -> dict:
+    return {"id": id, "object": "charge", "payment_intent": payment_intent, "amount": amount,
+            "amount_refunded": amount_refunded, "refunded": amount_refunded == amount, "currency": currency,
+            "metadata": {}, "livemode": livemode}
+
+
+def dispute_object(*, id: str, charge: str, payment_intent: str, status: str, amount: int, currency: str,
+                   livemode: bool = False) -> dict:
+    return {"id": id, "object": "dispute", "charge": charge, "payment_intent": payment_intent, "status": status,
+            "amount": amount, "currency": currency, "livemode": livemode}

@@ -1,0 +1,184 @@
+"""A local fake of the Stripe API, for the part creditapp calls (create and retrieve Checkout
+Sessions), speaking Stripe's wire format so that the real `stripe` package is what talks to it:
+form-encoded bodies with bracketed keys, Bearer keys, Idempotency-Key replays, JSON errors. It
+also makes the events Stripe would send about its sessions, signed with Stripe's scheme."""
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qsl
+
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from ..payments.providers import stripe_objects
+
+SECRET_KEY = "sk_test_creditapp_fake"
+WEBHOOK_SECRET = "whsec_creditapp_fake"
+
+
+def _nested(pairs) -> dict:
+    """Stripe's form encoding: `line_items[0][price_data][currency]=usd` into nested dicts and lists."""
+    root: dict = {}
+    for key, value in pairs:
+        parts = key.replace("]", "").split("[")
+        node = root
+        for part, following in zip(parts, parts[1:]):
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(node):
+    if isinstance(node, dict):
+        if node and all(key.isdigit() for key in node):
+            return [_lists(node[key]) for key in sorted(node, key=int)]
+        return {key: _lists(value) for key, value in node.items()}
+    return node
+
+
+class FakeStripe:
+    def __init__(self):
+        self.sessions: dict[str, dict] = {}
+        self.requests: list[dict] = []  # what creditapp sent: method, path, params, idempotency key
+        self._replies: dict[str, tuple[int, str]] = {}
+        self._fail = 0
+        self._lock = threading.Lock()
+        self.url = ""
+
+    @property
+    def settings(self) -> dict:
+        """The app's settings to use this fake."""
+        return {"PAYMENTS_PROVIDER": "stripe", "STRIPE_SECRET_KEY": SECRET_KEY,
+                "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "STRIPE_API_BASE": self.url}
+
+    def fail_next(self, n: int = 1) -> None:
+        """The next n calls answer 500, as Stripe does in an incident."""
+        with self._lock:
+            self._fail += n
+
+    # --- the API -------------------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        response = self._answer(request)
+        return response(environ, start_response)
+
+    def _answer(self, request: Request) -> Response:
+        if request.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
+            return self._error(401, "invalid_request_error", "Invalid API Key provided")
+        params = _nested(parse_qsl(request.get_data(as_text=True), keep_blank_values=True))
+        key = request.headers.get("Idempotency-Key")
+        with self._lock:
+            self.requests.append({"method": request.method, "path": request.path, "params": params,
+                                  "idempotency_key": key})
+            if self._fail:
+                self._fail -= 1
+                return self._error(500, "api_error", "Something went wrong on Stripe's end.")
+            if key and request.method == "POST" and key in self._replies:
+                status, body = self._replies[key]
+                return Response(body, status, {"Idempotent-Replayed": "true"}, content_type="application/json")
+            if request.method == "POST" and request.path == "/v1/checkout/sessions":
+                status, body = self._create(params)
+                if key:
+                    self._replies[key] = (status, body)
+                return Response(body, status, content_type="application/json")
+            if request.method == "GET" and request.path.startswith("/v1/checkout/sessions/"):
+                session = self.sessions.get(request.path.rsplit("/", 1)[1])
+                if session is None:
+                    return self._error(404, "invalid_request_error", "No such checkout.session")
+                return Response(json.dumps(self._now(session)), 200, content_type="application/json")
+        return self._error(404, "invalid_request_error", f"Unrecognized request URL ({request.method} {request.path})")
+
+    def _create(self, params: dict) -> tuple[int, str]:
+        try:
+            line = params["line_items"][0]
+            price = line["price_data"]
+            amount, currency, name = int(price["unit_amount"]), price["currency"], price["product_data"]["name"]
+            assert params["mode"] == "payment" and int(line["quantity"]) == 1 and name
+            expires_at = int(params["expires_at"])
+        except (KeyError, IndexError, ValueError, TypeError, AssertionError):
+            return 400, json.dumps({"error": {"type": "invalid_request_error", "message": "bad checkout"}})
+        session_id = f"cs_test_{secrets.token_hex(12)}"
+        session = stripe_objects.session_object(
+            id=session_id, url=f"https://checkout.stripe.test/c/pay/{session_id}", status="open",
+            payment_status="unpaid", amount=amount, currency=currency, payment_intent=None,
+            reference=params.get("client_reference_id"), metadata=params.get("metadata") or {},
+            expires_at=expires_at, success_url=params.get("success_url"), cancel_url=params.get("cancel_url"),
+            created=int(time.time()))
+        session["payment_intent_data"] = params.get("payment_intent_data")
+        self.sessions[session_id] = session
+        return 200, json.dumps(session)
+
+    def _now(self, session: dict) -> dict:
+        if session["status"] == "open" and session["expires_at"] <= time.time():
+            session.update(status="expired", url=None)
+        return session
+
+    @staticmethod
+    def _error(status: int, kind: str, message: str) -> Response:
+        return Response(json.dumps({"error": {"type": kind, "message": message}}), status,
+                        content_type="application/json")
+
+    # --- what the buyer, the bank and Stripe's events do ----------------------------------
+    def complete(self, session_id: str, *, paid: bool = True, amount: int | None = None) -> tuple[bytes, dict]:
+        """The buyer finished the checkout (card: paid; bank transfer: unpaid until `settle`).
+        `amount` is what Stripe says was paid, to play a price that changed on the way."""
+        session = self.sessions[session_id]
+        session.update(status="complete", payment_status="paid" if paid else "unpaid", url=None,
+                       payment_intent=session["payment_intent"] or f"pi_{secrets.token_hex(12)}")
+        if amount is not None:
+            session["amount_total"] = amount
+        return self.event("checkout.session.completed", session)
+
+    def settle(self, session_id: str, *, succeeded: bool = True) -> tuple[bytes, dict]:
+        session = self.sessions[session_id]
+        if succeeded:
+            session["payment_status"] = "paid"
+        return self.event("checkout.session.async_payment_succeeded" if succeeded
+                          else "checkout.session.async_payment_failed", session)
+
+    def expire(self, session_id: str) -> tuple[bytes, dict]:
+        session = self.sessions[session_id]
+        session.update(status="expired", url=None)
+        return self.event("checkout.session.expired", session)
+
+    def refund(self, session_id: str, amount_refunded: int) -> tuple[bytes, dict]:
+        """charge.refunded with the charge's cumulative amount_refunded."""
+        session = self.sessions[session_id]
+        intent = session["payment_intent"]
+        return self.event("charge.refunded", stripe_objects.charge_object(
+            id=f"ch_{intent[3:]}", payment_intent=intent, amount=session["amount_total"],
+            amount_refunded=amount_refunded, currency=session["currency"]))
+
+    def dispute(self, session_id: str, status: str = "needs_response") -> tuple[bytes, dict]:
+        """charge.dispute.created, or with status "won" or "lost" charge.dispute.closed."""
+        session = self.sessions[session_id]
+        intent = session["payment_intent"]
+        kind = "charge.dispute.created" if status not in ("won", "lost") else "charge.dispute.closed"
+        return self.event(kind, stripe_objects.dispute_object(
+            id=f"dp_{intent[3:]}", charge=f"ch_{intent[3:]}", payment_intent=intent, status=status,
+            amount=session["amount_total"], currency=session["currency"]))
+
+    def event(self, kind: str, obj: dict, *, livemode: bool = False, secret: str = WEBHOOK_SECRET,
+              timestamp: int | None = None, created: int | None = None) -> tuple[bytes, dict]:
+        """An event as Stripe delivers it: its body and its Stripe-Signature header."""
+        body = stripe_objects.event_body(f"evt_{secrets.token_hex(12)}", kind, dict(obj), livemode=livemode,
+                                         created=created)
+        return body, {"Stripe-Signature": stripe_objects.sign(body, secret, timestamp),
+                      "Content-Type": "application/json"}
+
+
+@contextmanager
+def fake_stripe_server() -> Iterator[FakeStripe]:
+    fake = FakeStripe()
+    server = make_server("127.0.0.1", 0, fake, threaded=True)
+    fake.url = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        thread.join(10)
