@@ -9,7 +9,7 @@ from flask.cli import AppGroup
 from .api.purchase_schemas import PurchaseSchema
 from .api.purchases import payments
 from .payments.errors import PaymentError, UnknownPurchase
-from .payments.providers.test import ACTIONS, ActionNotAllowed, TestProvider
+from .payments.providers.test import ACTIONS, ActionNotAllowed, TestProvider, UnknownCheckout
 
 purchases_cli = AppGroup("purchases", help="Purchases of credit packs.")
 
@@ -44,6 +44,8 @@ def simulate(purchase_id: int, action: str, amount: int | None) -> None:
         events = service.provider.act(purchase.checkout_id, action, amount)
     except (UnknownPurchase, ActionNotAllowed) as exc:
         raise click.ClickException(str(exc)) from None
+    except UnknownCheckout:
+        raise click.ClickException(f"purchase {purchase_id} has no checkout to act on") from None
     for body, headers in events:
         outcome = service.inbox.receive(body, headers)
         click.echo(f"{json.loads(body)['type']}: {outcome}")

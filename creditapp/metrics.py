@@ -75,6 +75,10 @@ class CreditMetrics:
             "creditapp_refunded_minor_units", "Money refunded (or lost to disputes) of purchases", ["currency"],
             registry=registry,
         )
+        self.amount_mismatches = Counter(
+            "creditapp_payment_amount_mismatches", "Payments of another amount or currency than the purchase's "
+            "price: nothing granted", ["pack"], registry=registry,
+        )
         self.payment_events = Counter(
             "creditapp_payment_events", "Verified provider webhook events, by type and what applying them did "
             "(applied, deferred, unmatched, ignored, duplicate, stored)", ["type", "outcome"], registry=registry,
@@ -89,6 +93,9 @@ class CreditMetrics:
     def money_back(self, currency: str, amount: int) -> None:
         if amount > 0:
             self.refunded.labels(currency).inc(amount)
+
+    def amount_mismatch(self, purchase, detail: str) -> None:
+        self.amount_mismatches.labels(purchase.pack).inc()
 
     def payment_event(self, kind: str, outcome: str) -> None:
         self.payment_events.labels(kind, outcome).inc()

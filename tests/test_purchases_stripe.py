@@ -61,7 +61,7 @@ def test_a_purchase_opens_the_checkout_stripe_expects_and_its_payment_grants_one
         "status": "open", "provider": "stripe", "lot_id": None, "refunded": 0, "credits_taken_back": 0}
     assert purchase["checkout_url"].startswith("https://checkout.stripe.test/")
     sent = fake_stripe.requests[0]
-    assert sent["idempotency_key"] == f"creditapp-purchase-{purchase['id']}"
+    assert sent["idempotency_key"].startswith(f"creditapp-purchase-{purchase['id']}-")
     params = sent["params"]
     assert params["mode"] == "payment" and params["client_reference_id"] == f"purchase:{purchase['id']}"
     assert params["line_items"] == [{"quantity": "1", "price_data": {
@@ -130,13 +130,13 @@ def test_a_webhook_that_is_not_stripes_own_is_refused_and_changes_nothing(client
     assert credits(user) == 0
 
 
-def test_an_oversized_body_is_413_and_the_route_answers_no_browser(client, make_user, fake_stripe):
+def test_an_oversized_body_is_400_and_the_route_answers_no_browser(client, make_user, fake_stripe):
     user = make_user()
     session = session_of(fake_stripe, buy(client, user))
     fake_stripe.sessions[session]["metadata"]["note"] = "x" * 300_000  # past the app's 64 KiB, within 1 MiB
     assert deliver(client, fake_stripe.complete(session)).json["outcome"] == "applied"
     response = client.post(HOOK, data=b"x" * ((1 << 20) + 1), headers={"Stripe-Signature": "t=1,v1=0"})
-    assert (response.status_code, response.json["error"]) == (413, "payload_too_large")
+    assert (response.status_code, response.json["error"]) == (400, "invalid_body")
     preflight = client.options(HOOK, headers={"Origin": "http://web.test", "Access-Control-Request-Method": "POST"})
     assert "Access-Control-Allow-Origin" not in preflight.headers
     assert client.post("/api/webhooks/test", data=b"{}").status_code == 404  # not the configured provider
@@ -333,3 +333,68 @@ def test_bad_requests_change_nothing(client, make_user, fake_stripe):
     assert [item["id"] for item in listed["items"]] == [purchase["id"]]
     packs = client.get("/api/purchases/packs").json["packs"]
     assert [p["id"] for p in packs] == ["starter", "tokens"] and packs[0]["priority"] == 50
+
+
+@pytest.mark.parametrize("body", [b"[]", b"123", b'"x"', b"null", b'{"id": 5, "type": "x", "data": {"object": {}}}',
+                                  b'{"id": "evt_1", "type": "checkout.session.completed", "data": {"object": '
+                                  b'{"metadata": "no", "client_reference_id": 5, "id": []}}}',
+                                  b'{"id": "evt_2", "type": "checkout.session.completed", "data": {"object": '
+                                  b'{"client_reference_id": "purchase:99999999999999999999999", "status": "complete"}}}'])
+def test_a_signed_body_of_any_shape_is_a_clear_answer_never_a_500(client, fake_stripe, body):
+    from creditapp.payments.providers.stripe_objects import sign
+
+    response = client.post(HOOK, data=body, headers={"Stripe-Signature": sign(body, WEBHOOK_SECRET)})
+    assert response.status_code in (200, 400), response.get_data(as_text=True)
+    assert response.json.get("error", "invalid_signature") == "invalid_signature" or response.json["received"]
+
+
+def test_a_dispute_that_races_the_payment_is_not_lost(client, make_user, fake_stripe, monkeypatch):
+    """The dispute finds no purchase for its payment intent, then the completion commits (and
+    releases what waited for it) before the dispute is marked unmatched: it is applied anyway."""
+    from creditapp.payments.inbox import Inbox
+
+    user = make_user()
+    purchase = buy(client, user)
+    session = session_of(fake_stripe, purchase)
+    completed = fake_stripe.complete(session)
+    dispute = fake_stripe.dispute(session)
+    real = Inbox._by_intent
+
+    def late(self, intent):
+        found = real(self, intent)
+        monkeypatch.setattr(Inbox, "_by_intent", real)
+        assert deliver(client, completed).json["outcome"] == "applied"
+        return found
+
+    monkeypatch.setattr(Inbox, "_by_intent", late)
+    assert deliver(client, dispute).json["outcome"] == "applied"
+    assert client.get(f"/api/purchases/{purchase['id']}", headers=user.headers).json["status"] == "disputed"
+    assert credits(user) == 0
+    ledger_is_clean()
+
+
+def test_a_lost_dispute_whose_opening_never_came_still_takes_back_and_a_refund_after_it_is_recorded(
+        client, make_user, fake_stripe):
+    user = make_user()
+    purchase = buy(client, user)
+    session = session_of(fake_stripe, purchase)
+    deliver(client, fake_stripe.complete(session))
+    assert deliver(client, fake_stripe.dispute(session, "lost")).json["outcome"] == "applied"
+    assert credits(user) == 0
+    deliver(client, fake_stripe.refund(session, 500))
+    ended = client.get(f"/api/purchases/{purchase['id']}", headers=user.headers).json
+    assert (ended["status"], ended["refunded"], ended["credits_taken_back"]) == ("dispute_lost", 500, 20)
+    assert credits(user) == 0 and debt(client, user)["generation_credits"] == 0
+    ledger_is_clean()
+
+
+def test_reconcile_sees_a_bank_transfer_that_failed_without_its_webhook(app, client, make_user, fake_stripe):
+    user = make_user()
+    purchase = buy(client, user)
+    session = session_of(fake_stripe, purchase)
+    deliver(client, fake_stripe.complete(session, paid=False))
+    fake_stripe.settle(session, succeeded=False)  # the webhook of the failure never comes
+    app.test_cli_runner().invoke(args=["purchases", "reconcile", "--older-than", "0"])
+    failed = client.get(f"/api/purchases/{purchase['id']}", headers=user.headers).json
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "payment_failed")
+    assert credits(user) == 0

@@ -13,7 +13,7 @@ from ..exceptions import (
     UnknownJob, UsernameTaken,
 )
 from ..payments.errors import (
-    InvalidSignature, LivemodeMismatch, PaymentsUnavailable, UnknownPack, UnknownPurchase,
+    InvalidBody, InvalidSignature, LivemodeMismatch, PaymentsUnavailable, UnknownPack, UnknownPurchase,
 )
 from ..ledger.errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
@@ -62,6 +62,7 @@ DOMAIN_ERRORS = {
     PaymentsUnavailable: (503, "payments_unavailable"),
     InvalidSignature: (400, "invalid_signature"),
     LivemodeMismatch: (400, "livemode_mismatch"),
+    InvalidBody: (400, "invalid_body"),
 }
 
 

@@ -5,13 +5,13 @@ import hmac
 
 from flask import Flask, current_app, has_request_context, request
 from flask_limiter.util import get_remote_address
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import NotFound, RequestEntityTooLarge
 
 from ..auth import caller_must_exist, current_user_id, require_csrf, require_login
 from ..extensions import limiter
 from ..metrics import metrics
 from ..payments.catalogue import check_packs
-from ..payments.errors import PaymentsUnavailable
+from ..payments.errors import InvalidBody, PaymentsUnavailable
 from ..payments.providers.stripe import StripeProvider
 from ..payments.providers.test import TestProvider
 from ..payments.service import CheckoutPages, Payments
@@ -150,9 +150,9 @@ def _webhook_limit() -> str:
 @hooks.post("/<any(stripe, test):provider>")
 @limiter.limit(_webhook_limit, key_func=get_remote_address)
 @hooks.response(200, WebhookAnswerSchema, description="Stored (and applied, when it could be)")
-@hooks.alt_response(400, schema=ErrorSchema, description="invalid_signature or livemode_mismatch; nothing stored")
+@hooks.alt_response(400, schema=ErrorSchema, description="invalid_signature, livemode_mismatch, or invalid_body "
+                    "(over 1 MiB); nothing stored")
 @hooks.alt_response(404, schema=ErrorSchema, description="not the configured provider")
-@hooks.alt_response(413, schema=ErrorSchema, description="a body over 1 MiB")
 def receive_event(provider):
     """A provider's event, verified by its signature (`Stripe-Signature`, Stripe's scheme for the
     test provider too). 2xx only once it is durably stored; a duplicate changes nothing."""
@@ -160,6 +160,9 @@ def receive_event(provider):
     if service is None or service.provider.name != provider:
         raise NotFound(f"no {provider} provider here")
     request.max_content_length = MAX_WEBHOOK_BYTES
-    body = request.get_data(cache=False)
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise InvalidBody("a body over 1 MiB is no provider's event") from None
     outcome = payments().inbox.receive(body, request.headers)
     return {"received": True, "outcome": outcome}

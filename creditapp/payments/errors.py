@@ -16,3 +16,7 @@ class UnknownPurchase(PaymentError):
 
 class PaymentsUnavailable(PaymentError):
     """The provider did not open the checkout; nothing was kept of the purchase."""
+
+
+class InvalidBody(PaymentError):
+    """A webhook body no provider sends: over 1 MiB."""

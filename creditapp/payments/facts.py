@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 
 from .providers import CheckoutState, ProviderEvent
 
+# A PaymentIntent in these states took no money, and will not without the buyer starting again.
+FAILED_INTENTS = {"requires_payment_method", "canceled"}
 # Stripe's names; the test provider sends the same.
 CHECKOUT_EVENTS = {
     "checkout.session.completed", "checkout.session.async_payment_succeeded",
@@ -29,8 +31,9 @@ class Facts:
 
 def _reference_id(reference: str | None, kind: str) -> int | None:
     """The id in one of our references ("purchase:12"), None for anything else."""
-    if reference and reference.startswith(f"{kind}:") and reference[len(kind) + 1:].isdigit():
-        return int(reference[len(kind) + 1:])
+    digits = reference[len(kind) + 1:] if reference and reference.startswith(f"{kind}:") else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 18:  # within a 64-bit id
+        return int(digits)
     return None
 
 
@@ -45,6 +48,8 @@ def of_checkout(state: CheckoutState, event_type: str | None = None) -> Facts:
         move = "fail"
     elif event_type == "checkout.session.expired" or state.status == "expired":
         move = "expire"
+    elif state.status == "complete" and not paid and state.payment_intent_status in FAILED_INTENTS:
+        move = "fail"  # a transfer that bounced, told by the payment intent when no webhook came
     elif state.status == "complete":
         move = "pay" if paid else "process"
     else:

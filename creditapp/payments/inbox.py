@@ -32,6 +32,7 @@ class Observer(Protocol):
     def purchase_moved(self, purchase, status: str) -> None: ...
     def money_back(self, currency: str, amount: int) -> None: ...
     def payment_event(self, kind: str, outcome: str) -> None: ...
+    def amount_mismatch(self, purchase, detail: str) -> None: ...
 
 
 class Inbox:
@@ -95,6 +96,12 @@ class Inbox:
             if facts.move == "ignore":
                 self._mark(writes.session, event_row, "ignored", f"{event.type}: nothing to do")
                 return "ignored"
+            if purchase is None and facts.payment_intent:
+                # Its payment may have been recorded since the read above, its waiting events
+                # released already: look again now that this event is locked.
+                found = writes.session.execute(select(PURCHASES.c.id).where(
+                    PURCHASES.c.payment_intent == facts.payment_intent)).scalar()
+                purchase = machine.lock(writes.session, found) if found is not None else None
             if purchase is None or not _ours(purchase, facts):
                 self._mark(writes.session, event_row, "unmatched", "no purchase of ours", purchase_id=None)
                 return "unmatched"
@@ -131,6 +138,8 @@ class Inbox:
     @staticmethod
     def _move(writes, purchase, facts: Facts, seen: list) -> machine.Outcome:
         outcome = machine.apply(writes, purchase, facts)
+        if outcome.detail.startswith("amount_mismatch"):
+            seen.append(("mismatch", purchase, outcome.detail))
         if outcome.status == "applied":
             after = machine.lock(writes.session, purchase.id)
             if after.status != purchase.status:
@@ -186,8 +195,10 @@ class Inbox:
         if self.observer is None:
             return
         for what, *args in seen:
+            if what == "mismatch" and self._logger:
+                self._logger.warning("purchase %s granted nothing: %s", args[0].id, args[1])
             {"event": self.observer.payment_event, "purchase_moved": self.observer.purchase_moved,
-             "money_back": self.observer.money_back}[what](*args)
+             "money_back": self.observer.money_back, "mismatch": self.observer.amount_mismatch}[what](*args)
 
 
 def _facts(event) -> Facts:

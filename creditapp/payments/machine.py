@@ -31,17 +31,18 @@ MOVES = {
     "pay": {"open": "paid", "processing": "paid", "expired": "paid"},
     "fail": {"open": "failed", "processing": "failed"},
     "expire": {"open": "expired"},
-    "refund": {"paid": "=", "partially_refunded": "="},
+    "refund": {"paid": "=", "partially_refunded": "=", "dispute_lost": "="},
     "dispute": {"paid": "disputed", "partially_refunded": "disputed"},
     "dispute_won": {"disputed": "="},
-    "dispute_lost": {"disputed": "dispute_lost"},
+    # A loss whose opening never came (not enabled, or lost) still takes everything back.
+    "dispute_lost": {"disputed": "dispute_lost", "paid": "dispute_lost", "partially_refunded": "dispute_lost"},
 }
 # Where a move cannot apply yet, it waits for the purchase to get there.
 WAITS_FOR = {
     "refund": {"open", "processing", "disputed"},
     "dispute": {"open", "processing"},
     "dispute_won": {"open", "processing", "paid", "partially_refunded"},
-    "dispute_lost": {"open", "processing", "paid", "partially_refunded"},
+    "dispute_lost": {"open", "processing"},
 }
 
 
@@ -95,9 +96,11 @@ def apply(writes, purchase, facts: Facts, *, now: datetime | None = None) -> Out
         refunded = min(max(facts.amount_refunded or 0, purchase.refunded), purchase.price)
         if refunded == purchase.refunded:
             return Outcome("ignored", f"refunded {refunded} already counted")
-        _take_back(writes, purchase, purchase.credits * refunded // purchase.price, "refund")
-        changes.update(refunded=refunded, credits_taken_back=purchase.credits * refunded // purchase.price,
-                       status="refunded" if refunded == purchase.price else "partially_refunded")
+        changes["refunded"] = refunded
+        if status != "dispute_lost":  # a lost dispute took every credit back already
+            _take_back(writes, purchase, purchase.credits * refunded // purchase.price, "refund")
+            changes.update(credits_taken_back=purchase.credits * refunded // purchase.price,
+                           status="refunded" if refunded == purchase.price else "partially_refunded")
     elif move == "dispute":
         _refreeze(writes, purchase, freeze=True)
         changes["status"] = "disputed"

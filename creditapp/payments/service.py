@@ -50,16 +50,22 @@ class Payments:
         if pack is None:
             raise UnknownPack(f"no pack {pack_id!r}; see GET /api/purchases/packs")
         now = utcnow()
-        expires_at = now + timedelta(minutes=self.pages.expires_minutes)
         try:
-            purchase_id = self._insert(user_id, pack, now, expires_at)
+            purchase_id = self._insert(user_id, pack, now, now + timedelta(minutes=self.pages.expires_minutes))
         except IntegrityError:
             raise UnknownUser(f"no user with id {user_id}") from None  # its wallet is gone
+        # Counted from the call, a minute inside Stripe's bounds (30 minutes to 24 hours after it
+        # makes the session), so that neither the time spent here nor a skewed clock crosses one.
+        at_call = utcnow()
+        expires_at = at_call + min(max(timedelta(minutes=self.pages.expires_minutes), timedelta(minutes=31)),
+                                   timedelta(hours=24) - timedelta(minutes=1))
         order = CheckoutOrder(
             reference=f"purchase:{purchase_id}", name=pack.name, amount=pack.price, currency=pack.currency,
             success_url=self.pages.url(self.pages.success_url, purchase_id),
             cancel_url=self.pages.url(self.pages.cancel_url, purchase_id),
-            expires_at=expires_at, idempotency_key=f"creditapp-purchase-{purchase_id}",
+            # The id and its creation time: SQLite gives a deleted row's id again, and a key used
+            # with other parameters is refused by Stripe for a day.
+            expires_at=expires_at, idempotency_key=f"creditapp-purchase-{purchase_id}-{int(now.timestamp() * 1e6)}",
             metadata={"purchase_id": str(purchase_id)},
         )
         try:
@@ -142,8 +148,13 @@ class Payments:
                 .order_by(PURCHASES.c.id)).scalars().all()
         asked, changed = 0, 0
         for purchase_id in ids:
-            before = self.find(purchase_id).status
-            after = self.refresh(purchase_id).status
+            try:
+                before = self.find(purchase_id).status
+                after = self.refresh(purchase_id).status
+            except Exception:  # one purchase must not stop the others, nor the inbox's turn
+                if self._logger:
+                    self._logger.exception("reconcile: purchase %s", purchase_id)
+                continue
             asked += 1
             changed += after != before
         return {"asked": asked, "changed": changed, "events_applied": self.inbox.apply_stored(cutoff)}

@@ -42,6 +42,7 @@ def _lists(node):
 class FakeStripe:
     def __init__(self):
         self.sessions: dict[str, dict] = {}
+        self.intents: dict[str, str] = {}  # payment intent id -> its status
         self.requests: list[dict] = []  # what creditapp sent: method, path, params, idempotency key
         self._replies: dict[str, tuple[int, str]] = {}
         self._fail = 0
@@ -68,7 +69,8 @@ class FakeStripe:
     def _answer(self, request: Request) -> Response:
         if request.headers.get("Authorization") != f"Bearer {SECRET_KEY}":
             return self._error(401, "invalid_request_error", "Invalid API Key provided")
-        params = _nested(parse_qsl(request.get_data(as_text=True), keep_blank_values=True))
+        params = _nested(parse_qsl(request.get_data(as_text=True) or request.query_string.decode(),
+                                   keep_blank_values=True))
         key = request.headers.get("Idempotency-Key")
         with self._lock:
             self.requests.append({"method": request.method, "path": request.path, "params": params,
@@ -88,7 +90,12 @@ class FakeStripe:
                 session = self.sessions.get(request.path.rsplit("/", 1)[1])
                 if session is None:
                     return self._error(404, "invalid_request_error", "No such checkout.session")
-                return Response(json.dumps(self._now(session)), 200, content_type="application/json")
+                answer = dict(self._now(session))
+                if "payment_intent" in (params.get("expand") or []) and answer["payment_intent"]:
+                    intent = answer["payment_intent"]
+                    answer["payment_intent"] = {"id": intent, "object": "payment_intent",
+                                                "status": self.intents.get(intent, "processing")}
+                return Response(json.dumps(answer), 200, content_type="application/json")
         return self._error(404, "invalid_request_error", f"Unrecognized request URL ({request.method} {request.path})")
 
     def _create(self, params: dict) -> tuple[int, str]:
@@ -128,6 +135,7 @@ class FakeStripe:
         session = self.sessions[session_id]
         session.update(status="complete", payment_status="paid" if paid else "unpaid", url=None,
                        payment_intent=session["payment_intent"] or f"pi_{secrets.token_hex(12)}")
+        self.intents[session["payment_intent"]] = "succeeded" if paid else "processing"
         if amount is not None:
             session["amount_total"] = amount
         return self.event("checkout.session.completed", session)
@@ -136,6 +144,7 @@ class FakeStripe:
         session = self.sessions[session_id]
         if succeeded:
             session["payment_status"] = "paid"
+        self.intents[session["payment_intent"]] = "succeeded" if succeeded else "requires_payment_method"
         return self.event("checkout.session.async_payment_succeeded" if succeeded
                           else "checkout.session.async_payment_failed", session)
 

@@ -60,6 +60,7 @@ class CheckoutState:
     client_reference_id: str | None
     metadata: dict
     livemode: bool
+    payment_intent_status: str | None = None  # when the provider said (a retrieved checkout)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,9 @@ class StripeProvider:
 
     def retrieve_checkout(self, checkout_id: str) -> CheckoutState:
         try:
-            session = self._client.v1.checkout.sessions.retrieve(checkout_id)
+            # The payment intent expanded: a bank transfer that failed shows there when its webhook
+            # never came (the same call, one more field).
+            session = self._client.v1.checkout.sessions.retrieve(checkout_id, params={"expand": ["payment_intent"]})
         except stripe.StripeError as exc:
             raise ProviderUnavailable(f"Stripe did not answer for checkout {checkout_id}: {exc}") from exc
         return stripe_objects.checkout_state(session.to_dict())

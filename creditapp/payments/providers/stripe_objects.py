@@ -33,12 +33,16 @@ def verify(body: bytes, header: str | None, secrets: list[str]) -> dict:
         raise InvalidSignature("the body is not UTF-8") from None
     for secret in secrets:
         try:
-            stripe.Webhook.construct_event(text, header, secret, tolerance=TOLERANCE_SECONDS)
+            stripe.WebhookSignature.verify_header(text, header, secret, TOLERANCE_SECONDS)
         except stripe.SignatureVerificationError:
             continue
-        except ValueError:
-            raise InvalidSignature("the signed body is not JSON") from None
-        payload = json.loads(text)
+        try:
+            # What the SDK would build the event from; it fails in its own ways (AttributeError on
+            # a list) on bodies that are signed but no event: those are refused the same way.
+            stripe.Webhook.construct_event(text, header, secret, tolerance=TOLERANCE_SECONDS)
+            payload = json.loads(text)
+        except Exception:
+            raise InvalidSignature("the signed body is not an event") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict) \
                 or not isinstance(payload["data"].get("object"), dict) or not isinstance(payload.get("id"), str) \
                 or not isinstance(payload.get("type"), str):
@@ -54,7 +58,7 @@ def _time(value) -> datetime | None:
 def _id(value) -> str | None:
     """An id, or an expanded object's id."""
     if isinstance(value, dict):
-        return value.get("id")
+        value = value.get("id")
     return value if isinstance(value, str) else None
 
 
@@ -62,13 +66,24 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _str(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _dict(value) -> dict:
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
 def checkout_state(obj: dict) -> CheckoutState:
+    intent = obj.get("payment_intent")
     return CheckoutState(
-        id=str(obj.get("id") or ""), status=obj.get("status") or "open",
-        payment_status=obj.get("payment_status") or "unpaid", amount_total=_int(obj.get("amount_total")),
-        currency=obj.get("currency"), payment_intent=_id(obj.get("payment_intent")),
-        client_reference_id=obj.get("client_reference_id"), metadata=dict(obj.get("metadata") or {}),
+        id=_str(obj.get("id")) or "", status=_str(obj.get("status")) or "open",
+        payment_status=_str(obj.get("payment_status")) or "unpaid", amount_total=_int(obj.get("amount_total")),
+        currency=_str(obj.get("currency")), payment_intent=_id(intent),
+        client_reference_id=_str(obj.get("client_reference_id")), metadata=_dict(obj.get("metadata")),
         livemode=bool(obj.get("livemode")),
+        # Retrieved with expand[]=payment_intent: a bank transfer that failed says so here.
+        payment_intent_status=_str(intent.get("status")) if isinstance(intent, dict) else None,
     )
 
 
@@ -80,13 +95,16 @@ def event(payload: dict, body: bytes) -> ProviderEvent:
         views["checkout"] = checkout_state(obj)
     elif kind.startswith("charge.dispute."):
         views["dispute"] = DisputeState(
-            id=str(obj.get("id") or ""), charge=_id(obj.get("charge")), payment_intent=_id(obj.get("payment_intent")),
-            status=obj.get("status") or "", amount=_int(obj.get("amount")) or 0, currency=obj.get("currency") or "")
+            id=_str(obj.get("id")) or "", charge=_id(obj.get("charge")), payment_intent=_id(obj.get("payment_intent")),
+            status=_str(obj.get("status")) or "", amount=_int(obj.get("amount")) or 0,
+            currency=_str(obj.get("currency")) or "")
     elif kind.startswith("charge."):
         views["charge"] = ChargeState(
-            id=str(obj.get("id") or ""), payment_intent=_id(obj.get("payment_intent")),
+            id=_str(obj.get("id")) or "", payment_intent=_id(obj.get("payment_intent")),
             amount=_int(obj.get("amount")) or 0, amount_refunded=_int(obj.get("amount_refunded")) or 0,
-            currency=obj.get("currency") or "", metadata=dict(obj.get("metadata") or {}))
+            currency=_str(obj.get("currency")) or "", metadata=_dict(obj.get("metadata")))
+    if len(payload["id"]) > 255 or len(kind) > 64:
+        raise InvalidSignature("the event's id or type is longer than any provider's")
     return ProviderEvent(id=payload["id"], type=kind, livemode=bool(payload.get("livemode")),
                          created=_time(payload.get("created")) or datetime.now(timezone.utc), object=obj, body=body,
                          **views)
