@@ -11,6 +11,8 @@ from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.exceptions import CSRFError
 
 from . import revocation
+from .access import keys
+from .access.errors import InvalidKey, LoginTokenRequired
 from .exceptions import InvalidIdentity
 from .ledger import credit_service
 from .ledger.errors import UnknownUser
@@ -97,20 +99,55 @@ _VERIFIED = "creditapp.access_token_verified"
 
 
 def verify_access_token() -> None:
-    """Verify the request's access token, once: the rate limiter, the blueprint guard and
-    require_credits all need it, and decoding (and the revocation check) is not free.
+    """Verify the request's access token or API key, once: the rate limiter, the blueprint guard
+    and require_credits all need it, and decoding (and the revocation check) is not free.
 
     The mark lives in the request's WSGI environ, not in `g`: `g` belongs to the app context,
     which can outlive one request (a test's pushed context), and a stale mark would let a
     forged token through."""
-    if not request.environ.get(_VERIFIED):
+    if request.environ.get(_VERIFIED):
+        return
+    secret = presented_key()
+    if secret is not None:
+        # Looked up on every request (one index probe): a revoked key is refused at once, everywhere.
+        request.environ[_API_KEY] = keys.authenticate(secret)
+    else:
         verify_jwt_in_request()
-        request.environ[_VERIFIED] = True
+    request.environ[_VERIFIED] = True
+
+
+_API_KEY = "creditapp.api_key"
+
+
+def presented_key() -> str | None:
+    """An API key sent as `X-API-Key`, or as the bearer token (`Bearer ck_...`); None for a JWT."""
+    header = request.headers.get("X-API-Key")
+    if header is not None:
+        if not keys.looks_like_key(header.strip()):
+            raise InvalidKey("X-API-Key is not an API key")
+        return header.strip()
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and keys.looks_like_key(token.strip()):
+        return token.strip()
+    return None
+
+
+def current_key():
+    """The API key this request came with, or None for a login token."""
+    verify_access_token()
+    return request.environ.get(_API_KEY)
+
+
+def require_login_token() -> None:
+    """Managing keys and teams takes a login token: a leaked key cannot make more keys."""
+    if current_key() is not None:
+        raise LoginTokenRequired("this needs a login token, not an API key")
 
 
 def current_user_id() -> int:
-    verify_access_token()
-    return token_user_id()
+    key = current_key()
+    return key.user_id if key is not None else token_user_id()
 
 
 def require_csrf() -> None:
@@ -120,7 +157,8 @@ def require_csrf() -> None:
     SameSite=Lax cookie rides along on a cross-site link or `<form method="get">`: a paid GET
     feature would be spent once per navigation by any page the user visits. A token from the
     Authorization header needs nothing more (a hostile page cannot set it)."""
-    verify_access_token()
+    if current_key() is not None:
+        return  # a key comes in a header, never in a cookie
     if (get_jwt_request_location() != "cookies" or not jwt_config.cookie_csrf_protect
             or request.method in jwt_config.csrf_request_methods):
         return  # not a cookie, or flask-jwt-extended checked it already
@@ -149,6 +187,7 @@ def caller_must_exist() -> Iterator[None]:
 
 def rate_limit_key() -> str:
     """Paid routes are limited per user (not per IP: many users share a NAT); the token is
-    verified here because the limiter runs before the blueprint's own guard."""
-    verify_access_token()
-    return f"user:{get_jwt_identity()}"
+    verified here because the limiter runs before the blueprint's own guard. A key shares its
+    user's budget."""
+    key = current_key()
+    return f"user:{key.user_id if key is not None else get_jwt_identity()}"

@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from . import metrics
+from .access import teams
 from . import users as user_service
 from .jobs import store as job_store
 from .jobs.queue import job_queue
@@ -20,7 +21,7 @@ from .exceptions import UsernameTaken
 from .ledger import (
     AlreadyRefunded, Balance, CreditType, ExpiryNotInTheFuture, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge,
-    UnknownCharge, UnknownLot, UnknownUser, credit_service, keys,
+    UnknownCharge, UnknownLot, UnknownUser, credit_service, keys, team_wallet,
 )
 from .ledger.clock import utcnow
 from .ledger.tables import MAX_AMOUNT
@@ -93,6 +94,24 @@ def grant(name: str, amount: int, credit_type: str, reason: str, reference: str 
     expiry = result.lot["expires_at"].isoformat() if result.lot and result.lot["expires_at"] else "never"
     click.echo(f"lot {result.lot_id}: {amount} {credit_type}, priority {lot['priority']}, expires {expiry}")
     click.echo(f"{name}: {_format(result.balance)}")
+
+
+@credits_cli.command("grant-team")
+@click.argument("team_id", type=click.IntRange(1, 2**31 - 1))
+@click.argument("amount", type=click.IntRange(1, MAX_AMOUNT))
+@click.option("--type", "credit_type", type=_credit_types, default=CreditType.GENERATION_CREDITS.value,
+              show_default=True)
+@click.option("--reason", default="granted from the command line", show_default=True)
+@click.option("--reference", default=None, help="An outside id; a second grant with it adds nothing.")
+def grant_team(team_id: int, amount: int, credit_type: str, reason: str, reference: str | None) -> None:
+    """Add AMOUNT credits to team TEAM_ID's wallet, as a new lot."""
+    if not teams.exists(team_id):
+        raise click.ClickException(f"no team {team_id}")
+    try:
+        result = credit_service.grant(team_wallet(team_id), amount, credit_type, reason=reason, reference=reference)
+    except ReferenceConflict as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"lot {result.lot_id}: {amount} {credit_type} to team {team_id}; {_format(result.balance)}")
 
 
 @credits_cli.command("refund")

@@ -92,3 +92,8 @@ def _username_exists(username: str) -> bool:
 @lru_cache(maxsize=1)
 def _dummy_hash() -> str:
     return generate_password_hash("not-a-real-password")
+
+
+def usernames(user_ids) -> dict[int, str]:
+    with atomic(write=False) as session:
+        return dict(session.execute(select(USERS.c.id, USERS.c.username).where(USERS.c.id.in_(list(user_ids)))).all())

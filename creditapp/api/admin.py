@@ -3,7 +3,9 @@ from datetime import timedelta
 
 from .. import users
 from ..auth import caller_must_exist, current_user_id, require_login
-from ..ledger import Grant, Refund, UnknownUser, credit_service
+from ..access import teams
+from ..access.errors import UnknownTeam
+from ..ledger import Grant, Refund, UnknownUser, credit_service, team_wallet
 from ..ledger.clock import utcnow
 from ..ledger.tables import MAX_USER_ID
 from . import purchases
@@ -34,6 +36,25 @@ def grant_credits(grant, user_id):
     admin_id = _administrator()
     if user_id > MAX_USER_ID:
         raise UnknownUser(f"no user with id {user_id}")  # no such id can exist; spare the database
+    return _grant(admin_id, user_id, grant)
+
+
+@blp.post("/teams/<id:team_id>/credits")
+@blp.arguments(GrantSchema)
+@blp.response(201, GrantResultSchema, description="Granted (`user_id` is the team's wallet)")
+@blp.alt_response(200, schema=GrantResultSchema, description="A grant with this reference existed; nothing added")
+@blp.alt_response(403, schema=ErrorSchema, description="Not an administrator")
+@blp.alt_response(404, schema=ErrorSchema, description="unknown_team")
+@document(responses=[UNAUTHORIZED, KEY_IN_USE, INVALID], parameters=[IDEMPOTENCY_KEY])
+def grant_team_credits(grant, team_id):
+    """Grant credits to a team's wallet, as to a user's (administrators only)."""
+    admin_id = _administrator()
+    if team_id > MAX_USER_ID or not teams.exists(team_id):
+        raise UnknownTeam(f"no team {team_id}")
+    return _grant(admin_id, team_wallet(team_id), grant)
+
+
+def _grant(admin_id: int, wallet_id: int, grant: dict):
     idempotent = idempotent_request()
     if (stored := idempotent.stored(admin_id)) is not None:
         return stored
@@ -46,7 +67,7 @@ def grant_credits(grant, user_id):
         expires_at = utcnow() + timedelta(days=grant["expires_in_days"])
     with idempotent.replay_if_it_won(admin_id):
         result = credit_service.grant(
-            user_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",
+            wallet_id, grant["amount"], grant["credit_type"], reason=grant["reason"] or "admin grant",
             reference=grant["reference"], priority=grant["priority"], expires_at=expires_at, also=store_answer,
         )
     return idempotent.replayed or (_answer(result), _status(result))

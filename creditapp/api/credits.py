@@ -1,7 +1,8 @@
-from ..auth import caller_must_exist, current_user_id, require_login, session_checked_by_ledger, session_to_check
+from ..auth import caller_must_exist, require_login, session_checked_by_ledger, session_to_check
 from ..features import price_list
 from ..ledger import credit_service
 from .bodies import Blueprint
+from .spending import current_wallet_id
 from .schemas import (
     BalanceReadSchema, CostListSchema, ErrorSchema, LotPageSchema, LotQuerySchema, TransactionPageSchema,
     TransactionQuerySchema,
@@ -19,7 +20,7 @@ def balance():
     """What the caller can spend now, per credit type, the next credits to expire, and what the
     caller owes (refunds that took back credits already spent; later grants pay it first)."""
     with caller_must_exist():
-        found = credit_service.overview(current_user_id(), session_id=session_to_check())
+        found = credit_service.overview(current_wallet_id(), session_id=session_to_check())
     return {**found.balance.as_dict(), "expiring": found.expiring, "debt": found.debt}
 
 
@@ -31,7 +32,7 @@ def balance():
 def lots(credit_type, include_spent, limit, cursor):
     """The caller's lots in spending order: what was granted, what remains, what is held."""
     with caller_must_exist():
-        page = credit_service.list_lots(current_user_id(), credit_type=credit_type, include_spent=include_spent,
+        page = credit_service.list_lots(current_wallet_id(), credit_type=credit_type, include_spent=include_spent,
                                         offset=int(cursor) if cursor else 0, limit=limit)
     next_cursor = str(page.next_cursor) if page.next_cursor is not None else None
     return {"items": page.items, "next_cursor": next_cursor}
@@ -46,7 +47,7 @@ def transactions(limit, cursor, credit_type):
     """The caller's ledger, newest first, a page at a time."""
     with caller_must_exist():
         page = credit_service.list_transactions(
-            current_user_id(), limit=limit, before_id=int(cursor) if cursor else None,
+            current_wallet_id(), limit=limit, before_id=int(cursor) if cursor else None,
             credit_type=credit_type,
         )
     next_cursor = str(page.next_cursor) if page.next_cursor is not None else None

@@ -12,6 +12,10 @@ from ..exceptions import (
     GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, QueueUnavailable,
     UnknownJob, UsernameTaken,
 )
+from ..access.errors import (
+    AlreadyMember, BudgetExceeded, FeatureOutsideKey, InvalidKey, KeyExpired, KeyRevoked, LoginTokenRequired,
+    NotAllowed, UnknownKey, UnknownMember, UnknownTeam,
+)
 from ..payments.errors import (
     InvalidBody, InvalidSignature, LivemodeMismatch, PaymentsUnavailable, UnknownPack, UnknownPurchase,
 )
@@ -57,6 +61,16 @@ DOMAIN_ERRORS = {
     IdempotencyKeyReused: (422, "idempotency_key_reused"),
     GenerationFailed: (502, "generation_failed"),
     HoldExpired: (503, "reservation_expired"),
+    InvalidKey: (401, "invalid_key"),
+    KeyRevoked: (401, "key_revoked"),
+    KeyExpired: (401, "key_expired"),
+    LoginTokenRequired: (403, "login_token_required"),
+    NotAllowed: (403, "forbidden"),
+    FeatureOutsideKey: (403, "feature_not_allowed"),
+    UnknownKey: (404, "unknown_key"),
+    UnknownTeam: (404, "unknown_team"),
+    UnknownMember: (404, "unknown_member"),
+    AlreadyMember: (409, "already_member"),
     UnknownPack: (422, "unknown_pack"),
     UnknownPurchase: (404, "unknown_purchase"),
     PaymentsUnavailable: (503, "payments_unavailable"),
@@ -104,6 +118,12 @@ def handle_insufficient_credits(exc: InsufficientCredits):
     )
 
 
+def handle_budget_exceeded(exc: BudgetExceeded):
+    code = "key_budget_exceeded" if exc.whose == "key" else "member_cap_exceeded"
+    return error_response(403, code, str(exc), budget=exc.budget, spent=exc.spent, required=exc.required,
+                          credit_type=exc.credit_type)
+
+
 def handle_refund_exceeds_charge(exc: RefundExceedsCharge):
     return error_response(
         409, "refund_exceeds_charge", f"{exc.asked} asked, {exc.refundable} left to refund.",
@@ -143,6 +163,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(InsufficientCredits, handle_insufficient_credits)
     app.register_error_handler(RefundExceedsCharge, handle_refund_exceeds_charge)
+    app.register_error_handler(BudgetExceeded, handle_budget_exceeded)
     app.register_error_handler(ExpiryNotInTheFuture, handle_expiry_not_in_the_future)
     app.register_error_handler(SessionRevoked, token_revoked)
     for exc_class, (status, code) in DOMAIN_ERRORS.items():

@@ -28,6 +28,7 @@ from ..ledger.tables import MAX_AMOUNT
 from ..metrics import metrics
 from .errors import error_response
 from .idempotency import accepted_headers, idempotent_request, replay
+from .spending import caps_explained, spender
 from .openapi import IDEMPOTENCY_KEY, INVALID, KEY_IN_USE, PREFER_ASYNC, RATE_LIMITED, UNAUTHORIZED, documented
 from .schemas import ErrorSchema, InsufficientCreditsSchema, JobAcceptedSchema
 
@@ -85,6 +86,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 raise MethodNotAllowed(valid_methods=["GET"])
             user_id = current_user_id()
             require_csrf()
+            spent_by = spender()
             feature = request.endpoint or view.__name__
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
             asynchronous = prefers_async()
@@ -93,12 +95,13 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             required = amount(*args, **kwargs) if callable(amount) else amount
             if required > MAX_AMOUNT:  # more than any balance can hold: a price times a huge input
                 g.credit_log["outcome"] = "insufficient_credits"
-                available = getattr(credit_service.get_credit_balance(user_id), credit_type.value)
+                available = getattr(credit_service.get_credit_balance(spent_by.wallet_id), credit_type.value)
                 raise InsufficientCredits(required, available, credit_type.value)
             try:
-                with caller_must_exist():
+                with caller_must_exist(), caps_explained(spent_by):
                     hold = credit_service.hold_or_replay(
-                        user_id, required, credit_type, key=key, fingerprint=fingerprint,
+                        spent_by.wallet_id, required, credit_type, key=key, fingerprint=fingerprint,
+                        spender=spent_by, feature=feature_of_route(request.method, request.url_rule.rule),
                     )
             except InsufficientCredits:
                 metrics().insufficient.labels(feature, credit_type.value).inc()
@@ -114,7 +117,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             metrics().open_holds.inc()
             g.credit_info = CreditInfo(
                 user_id=user_id, credit_type=credit_type, required=required,
-                available=hold.available_before, hold_id=hold.hold_id,
+                available=hold.available_before, hold_id=hold.hold_id, wallet_id=spent_by.wallet_id,
             )
             answered = key is not None
 

@@ -1,0 +1,117 @@
+"""API keys: made, listed, changed and revoked by their user; found by the hash of their secret.
+
+A key's secret (`ck_` and 32 random bytes, URL-safe) is shown once; only its SHA-256 is kept, in a
+unique index, so finding a key costs one index probe whatever their number. What a key may spend
+is a cap in the ledger, which its holds count against in their own transaction: its budget is
+exact under any concurrency. Revoking closes the cap, so from that commit on no hold is taken
+with it, on any worker or host.
+"""
+import hashlib
+import json
+import secrets
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+
+from ..ledger import credit_service, team_wallet, user_wallet
+from ..ledger.clock import utcnow
+from ..ledger.transactions import atomic
+from . import teams
+from .errors import InvalidKey, KeyExpired, KeyRevoked, NotAllowed, UnknownKey
+from .tables import ApiKey
+
+KEYS = ApiKey.__table__
+PREFIX = "ck_"
+SHOWN = 11  # "ck_" and 8 characters: enough to tell keys apart, nothing to guess the rest from
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def looks_like_key(token: str | None) -> bool:
+    return bool(token) and token.startswith(PREFIX)
+
+
+def create(user_id: int, *, name: str, budget: dict[str, int], period: str | None, period_seconds: int | None,
+           features: list[str] | None, expires_at: datetime | None, team_id: int | None) -> tuple[dict, str]:
+    """A new key and its secret (shown this once). A team key spends from the team's wallet and
+    is made by its owner or an admin."""
+    if team_id is not None and teams.must_be_in(team_id, user_id).role not in ("owner", "admin"):
+        raise NotAllowed("only the team's owner and admins make its keys")
+    wallet_id = team_wallet(team_id) if team_id is not None else user_wallet(user_id)
+    secret = PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    with atomic() as session:
+        cap_id = credit_service.create_cap(wallet_id, budget, period=period, period_seconds=period_seconds,
+                                           expires_at=expires_at, features=features, session=session)
+        key_id = session.execute(insert(KEYS).values(
+            user_id=user_id, team_id=team_id, wallet_id=wallet_id, cap_id=cap_id, name=name, prefix=secret[:SHOWN],
+            secret_hash=digest(secret), budget_period=period if period_seconds is None else "seconds",
+            features=None if features is None else json.dumps(sorted(set(features))), created_at=now,
+            expires_at=expires_at,
+        ).returning(KEYS.c.id)).scalar_one()
+    return describe(find(key_id, user_id)), secret
+
+
+def authenticate(secret: str):
+    """The key with this secret, if it may be used now; InvalidKey, KeyRevoked or KeyExpired."""
+    with atomic(write=False) as session:
+        key = session.execute(select(KEYS).where(KEYS.c.secret_hash == digest(secret))).one_or_none()
+    if key is None:
+        raise InvalidKey("no such API key")
+    if key.revoked_at is not None:
+        raise KeyRevoked("this API key was revoked")
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        raise KeyExpired("this API key has expired")
+    return key
+
+
+def find(key_id: int, user_id: int):
+    with atomic(write=False) as session:
+        key = session.execute(select(KEYS).where(KEYS.c.id == key_id, KEYS.c.user_id == user_id)).one_or_none()
+    if key is None:
+        raise UnknownKey(f"no key {key_id}")
+    return key
+
+
+def mine(user_id: int) -> list:
+    with atomic(write=False) as session:
+        return session.execute(select(KEYS).where(KEYS.c.user_id == user_id, KEYS.c.revoked_at.is_(None))
+                               .order_by(KEYS.c.id)).all()
+
+
+def change(key_id: int, user_id: int, *, name: str | None = None, budget: dict[str, int] | None = None,
+           features: list[str] | None = ...) -> dict:
+    key = find(key_id, user_id)
+    if key.revoked_at is not None:
+        raise KeyRevoked("this API key was revoked")
+    with atomic() as session:
+        values = {}
+        if name is not None:
+            values["name"] = name
+        if features is not ...:
+            values["features"] = None if features is None else json.dumps(sorted(set(features)))
+        if values:
+            session.execute(update(KEYS).where(KEYS.c.id == key_id).values(**values))
+        credit_service.change_cap(key.cap_id, limits=budget, features=features, session=session)
+    return describe(find(key_id, user_id))
+
+
+def revoke(key_id: int, user_id: int) -> dict:
+    key = find(key_id, user_id)
+    with atomic() as session:
+        session.execute(update(KEYS).where(KEYS.c.id == key_id, KEYS.c.revoked_at.is_(None)).values(revoked_at=utcnow()))
+        credit_service.close_cap(key.cap_id, session=session)
+    return describe(find(key_id, user_id))
+
+
+def describe(key) -> dict:
+    cap = credit_service.describe_cap(key.cap_id)
+    return {
+        "id": key.id, "name": key.name, "prefix": key.prefix, "budget": cap["limits"], "spent": cap["spent"],
+        "budget_period": key.budget_period, "period_resets_at": cap["period_end"],
+        "features": None if key.features is None else json.loads(key.features), "team": key.team_id,
+        "created_at": key.created_at, "last_used_at": cap["last_used_at"], "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+    }
