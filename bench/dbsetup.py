@@ -14,7 +14,10 @@ from pathlib import Path
 from sqlalchemy import bindparam, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from creditapp.ledger.tables import CreditAccount, CreditLot, LedgerEntry, UTCDateTime, Wallet
+from creditapp.access.tables import ApiKey, Team, TeamMember
+from creditapp.ledger.tables import (
+    CreditAccount, CreditCap, CreditCapLimit, CreditLot, LedgerEntry, UTCDateTime, Wallet,
+)
 from creditapp.models import User
 
 from creditapp.testing import servers
@@ -85,6 +88,55 @@ class BenchDatabase:
                 for (uid, ct), lot_id in zip(((u, c) for u in user_ids for c in credit_types), lot_ids)
             ])
         return list(user_ids)
+
+    def seed_access(self, user_ids: list[int], keys: int) -> tuple[list[str], int]:
+        """Scenario 10: `keys` API keys (the first users', round robin) with budgets no run
+        reaches, and a team whose wallet every user spends from as a member with a cap. Returns
+        the keys' secrets and the team's id."""
+        import hashlib
+        import secrets
+
+        from creditapp.ledger import team_wallet
+
+        now = datetime.now(timezone.utc)
+        caps, limits, members = CreditCap.__table__, CreditCapLimit.__table__, TeamMember.__table__
+        with self.engine.begin() as conn:
+            team_id = conn.execute(insert(Team.__table__).values(name="bench", created_at=now)
+                                   .returning(Team.__table__.c.id)).scalar_one()
+            wallet = team_wallet(team_id)
+            conn.execute(insert(WALLETS), [{"id": wallet, "kind": "team", "user_id": None, "team_id": team_id,
+                                            "created_at": now}])
+            conn.execute(insert(ACCOUNTS), [{"wallet_id": wallet, "credit_type": ct, "available": HUGE, "held": 0,
+                                             "debt": 0, "alert_below": False} for ct in CREDIT_TYPES])
+            lot_ids = conn.execute(insert(LOTS).returning(LOTS.c.id, sort_by_parameter_order=True), [
+                {"wallet_id": wallet, "credit_type": ct, "amount": HUGE, "remaining": HUGE, "held": 0,
+                 "priority": 50, "expires_at": None, "source": "admin", "reason": "bench seed", "created_at": now}
+                for ct in CREDIT_TYPES]).scalars().all()
+            conn.execute(insert(LEDGER), [
+                {"wallet_id": wallet, "credit_type": ct, "kind": "grant", "amount": HUGE, "held_change": 0,
+                 "debt_change": 0, "balance_after": HUGE, "held_after": 0, "hold_id": None, "lot_id": lot_id,
+                 "reason": "bench seed", "reference": None, "created_at": now}
+                for ct, lot_id in zip(CREDIT_TYPES, lot_ids)])
+            owners = [user_ids[i % len(user_ids)] for i in range(keys)]
+            cap_rows = [{"wallet_id": uid, "period": "month", "period_seconds": None, "anchor": now,
+                         "expires_at": None, "features": None, "created_at": now} for uid in owners]
+            cap_rows += [
+                {"wallet_id": wallet, "period": "month", "period_seconds": None, "anchor": now, "expires_at": None,
+                 "features": None, "created_at": now} for _ in user_ids]
+            cap_ids = conn.execute(insert(caps).returning(caps.c.id, sort_by_parameter_order=True),
+                                   cap_rows).scalars().all()
+            conn.execute(insert(limits), [{"cap_id": cap_id, "credit_type": ct, "amount": HUGE}
+                                          for cap_id in cap_ids for ct in CREDIT_TYPES])
+            key_secrets = ["ck_" + secrets.token_urlsafe(32) for _ in range(keys)]
+            conn.execute(insert(ApiKey.__table__), [
+                {"user_id": uid, "team_id": None, "wallet_id": uid, "cap_id": cap_id, "name": f"bench {i}",
+                 "prefix": secret[:11], "secret_hash": hashlib.sha256(secret.encode()).hexdigest(),
+                 "budget_period": "month", "features": None, "created_at": now, "expires_at": None, "revoked_at": None}
+                for i, (uid, cap_id, secret) in enumerate(zip(owners, cap_ids[:keys], key_secrets))])
+            conn.execute(insert(members), [
+                {"team_id": team_id, "user_id": uid, "role": "owner" if i == 0 else "member", "cap_id": cap_id,
+                 "created_at": now} for i, (uid, cap_id) in enumerate(zip(user_ids, cap_ids[keys:]))])
+        return key_secrets, team_id
 
     def seed_floor(self, user_ids: list[int]) -> None:
         """The floor app's own tables (bench/floor.py), with the same users."""

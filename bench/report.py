@@ -58,6 +58,11 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
           if (trips := run.round_trips.get(key))],
         Ratio("s3/s1 requests/s (generate vs control)", _div(rps("s3"), rps("s1")), ">= 0.15"),
         Ratio("s4/s3 requests/s (one user vs all users)", _div(rps("s4"), rps("s3")), ">= 0.8"),
+        Ratio("s10/s3 requests/s (API keys with budgets vs login tokens)", _div(rps("s10"), rps("s3")), ">= 0.9"),
+        # Every member spends from the one team wallet: the same one-balance contention as s4.
+        Ratio("s10-team/s4 requests/s (team members with caps vs one user)", _div(rps("s10-team"), rps("s4")),
+              ">= 0.9"),
+        Ratio("s10-team/s3 requests/s (team members with caps vs all users)", _div(rps("s10-team"), rps("s3")), ""),
         Ratio("s6 completed generations/s", s6.result.ok_per_s if s6 else None, ">= 180", "/s"),
         Ratio("s6 p99", s6.result.p99_ms / 1000 if s6 else None, "< 1.5", " s"),
         Ratio("s7 balance p50, big ledger / small ledger",

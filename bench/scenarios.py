@@ -14,6 +14,7 @@ FLOOR = "bench.floor:create_app()"
 LOTS_PER_USER = 50  # scenario 7's last part
 GENERATE_BODY = '{"prompt": "a lighthouse at dawn, oil on canvas"}'
 COMPLETE_BODY = '{"prompt": "Write a haiku about ledgers.", "max_tokens": 16}'
+ACCESS_KEYS = 1000  # scenario 10: keys with budgets, one per request in turn
 JOBS_LATENCY_MS = 1000  # scenario 8: the AI as slow as scenario 6's, run by workers instead
 
 
@@ -151,6 +152,7 @@ class Runner:
         self.simple("s1", "control GET /api/bench/control", Load("GET", "/api/bench/control", None, tokens))
         self.simple("s2", "JWT only GET /api/bench/jwt", Load("GET", "/api/bench/jwt", None, tokens))
         self.scenario_3(generate)
+        self.scenario_10(ids, generate)
         self.simple("s4", "POST /api/generate, all on one user",
                     Load("POST", "/api/generate", GENERATE_BODY, one))
         self.simple("s5", "POST /api/ai/complete max_tokens 16",
@@ -183,6 +185,19 @@ class Runner:
                     duration=seconds,
                     output=Path(f"{self.s.profile_prefix}-s3-{self.db.kind}.txt"),
                 )
+
+    def scenario_10(self, ids: list[int], generate: Load) -> None:
+        """API keys with budgets, and team members with caps: every cap is counted in the hold's
+        own statement, so either costs what a login-token request does (s3)."""
+        if not (self.s.wants("s10") or self.s.wants("s10-team")):
+            return
+        secrets, team_id = self.db.seed_access(ids, ACCESS_KEYS)
+        keys_file = self.s.workdir / f"keys-{self.db.kind}.txt"
+        keys_file.write_text("\n".join(secrets) + "\n")
+        self.simple("s10", f"POST /api/generate, {ACCESS_KEYS} API keys with budgets",
+                    Load("POST", "/api/generate", GENERATE_BODY, keys_file))
+        self.simple("s10-team", "POST /api/generate, team members with caps (X-Team)",
+                    generate.with_headers(**{"X-Team": str(team_id)}))
 
     def scenario_8(self, generate: Load) -> None:
         """Jobs: submits with `Prefer: respond-async` as fast as the API takes them while worker

@@ -223,3 +223,16 @@ def test_a_logged_out_token_is_401_before_validation_and_never_uses_the_paid_lim
                    for i in range(4)]
         assert answers == [200, 200, 200, 429]
         assert stub.calls == 3
+
+
+def test_a_paid_request_with_an_api_key_is_three_statements_too(app, client, make_user, stub, database_url):
+    """The key's lookup takes the place of the session check; its budget is counted in the hold."""
+    only_postgresql(database_url)
+    user = make_user(credits=3)
+    key = client.post("/api/keys", json={"name": "k", "budget": {"generation_credits": 5}},
+                      headers=user.headers).json["key"]
+    headers = {"Authorization": f"Bearer {key}"}
+    client.post(GENERATE, json={"prompt": "warm-up"}, headers=headers)
+    response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=headers))
+    assert response.status_code == 200
+    assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == ["api_keys", "creditapp_hold", "creditapp_close"]

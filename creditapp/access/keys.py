@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import insert, select, update
 
-from ..ledger import credit_service, team_wallet, user_wallet
+from ..ledger import credit_service, procedures, team_wallet, user_wallet
 from ..ledger.clock import utcnow
 from ..ledger.transactions import atomic
 from . import teams
@@ -54,10 +54,19 @@ def create(user_id: int, *, name: str, budget: dict[str, int], period: str | Non
     return describe(find(key_id, user_id)), secret
 
 
+FIND = ("SELECT id, user_id, team_id, wallet_id, cap_id, revoked_at, expires_at FROM api_keys "
+        "WHERE secret_hash = %(hash)s")
+
+
 def authenticate(secret: str):
-    """The key with this secret, if it may be used now; InvalidKey, KeyRevoked or KeyExpired."""
-    with atomic(write=False) as session:
-        key = session.execute(select(KEYS).where(KEYS.c.secret_hash == digest(secret))).one_or_none()
+    """The key with this secret, if it may be used now; InvalidKey, KeyRevoked or KeyExpired.
+    On PostgreSQL one statement in autocommit: a key's request costs the round trips of a login
+    token's (the key instead of the session check, the hold, the close)."""
+    if procedures.available():
+        key = procedures.call(FIND, {"hash": digest(secret)})
+    else:
+        with atomic(write=False) as session:
+            key = session.execute(select(KEYS).where(KEYS.c.secret_hash == digest(secret))).one_or_none()
     if key is None:
         raise InvalidKey("no such API key")
     if key.revoked_at is not None:

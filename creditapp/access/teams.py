@@ -6,7 +6,7 @@ their cap in the same transaction: their next hold from the team's wallet is ref
 """
 from sqlalchemy import delete, insert, select, update
 
-from ..ledger import Balance, credit_service, team_wallet
+from ..ledger import Balance, credit_service, procedures, team_wallet
 from ..ledger.clock import utcnow
 from ..ledger.transactions import atomic
 from .errors import AlreadyMember, NotAllowed, UnknownMember, UnknownTeam
@@ -34,9 +34,14 @@ def role_of(team_id: int, user_id: int) -> str | None:
     return member.role if member is not None else None
 
 
+MEMBER = "SELECT team_id, user_id, role, cap_id FROM team_members WHERE team_id = %(team)s AND user_id = %(user)s"
+
+
 def member_of(team_id: int, user_id: int):
     if team_id > MAX_ID or user_id > MAX_ID:
         return None
+    if procedures.available():  # one statement in autocommit: it is on a paid request's path (X-Team)
+        return procedures.call(MEMBER, {"team": team_id, "user": user_id})
     with atomic(write=False) as session:
         return session.execute(select(MEMBERS).where(MEMBERS.c.team_id == team_id,
                                                      MEMBERS.c.user_id == user_id)).one_or_none()
