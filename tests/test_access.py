@@ -201,3 +201,21 @@ def test_a_key_revoked_between_its_check_and_its_hold_takes_nothing(client, make
     assert (refused.status_code, refused.json["error"]) == (401, "key_revoked")
     assert credits(user.id) == 5
     ledger_is_clean()
+
+
+def test_a_teams_owner_buys_a_pack_for_the_team_wallet(client, make_user):
+    import re as re_
+
+    owner, member = make_user(credits=1), make_user()
+    team = client.post("/api/teams", json={"name": "Buyers"}, headers=owner.headers).json
+    client.post(f"/api/teams/{team['id']}/members", json={"username": member.username}, headers=owner.headers)
+    refused = client.post("/api/purchases", json={"pack": "starter", "team": team["id"]}, headers=member.headers)
+    assert (refused.status_code, refused.json["error"]) == (403, "forbidden")
+    stranger = make_user()
+    hidden = client.post("/api/purchases", json={"pack": "starter", "team": team["id"]}, headers=stranger.headers)
+    assert (hidden.status_code, hidden.json["error"]) == (404, "unknown_team")
+    purchase = client.post("/api/purchases", json={"pack": "starter", "team": team["id"]}, headers=owner.headers).json
+    assert purchase["team"] == team["id"]
+    client.post(re_.sub(r"^https?://[^/]+", "", purchase["checkout_url"]), data={"action": "pay"})
+    assert credits(team_wallet(team["id"])) == 20 and credits(owner.id) == 1
+    ledger_is_clean()

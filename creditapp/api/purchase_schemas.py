@@ -1,8 +1,9 @@
 """What the purchase routes take and answer."""
 from marshmallow import Schema, fields, validate
 
+from ..ledger.tables import TEAM_WALLETS
 from ..payments.tables import STATUSES
-from .schemas import QueryInteger, Text
+from .schemas import QueryInteger, StrictInteger, Text
 
 
 class PackSchema(Schema):
@@ -22,6 +23,8 @@ class PackListSchema(Schema):
 
 class PurchaseCreateSchema(Schema):
     pack = Text(required=True, validate=validate.Length(min=1, max=64))
+    team = StrictInteger(load_default=None, validate=validate.Range(min=1, max=2**31 - 1), metadata={
+        "description": "buy for this team's wallet (its owner only)"})
 
 
 class PurchaseSchema(Schema):
@@ -29,6 +32,8 @@ class PurchaseSchema(Schema):
 
     id = fields.Integer(dump_only=True)
     user_id = fields.Integer(dump_only=True)
+    team = fields.Method("_team", dump_only=True, allow_none=True, metadata={
+        "description": "the team whose wallet it is for; null for the buyer's own"})
     pack = fields.String(dump_only=True)
     name = fields.String(dump_only=True)
     credit_type = fields.String(dump_only=True)
@@ -47,6 +52,11 @@ class PurchaseSchema(Schema):
     credits_taken_back = fields.Integer(dump_only=True)
     failure_reason = fields.String(dump_only=True, allow_none=True, metadata={
         "description": "amount_mismatch or payment_failed"})
+
+
+    @staticmethod
+    def _team(purchase):
+        return purchase.wallet_id - TEAM_WALLETS if purchase.wallet_id >= TEAM_WALLETS else None
 
 
 class PurchasePageSchema(Schema):

@@ -7,8 +7,11 @@ from flask import Flask, current_app, has_request_context, request
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import NotFound, RequestEntityTooLarge
 
+from ..access import teams
+from ..access.errors import NotAllowed
 from ..auth import caller_must_exist, current_user_id, require_csrf, require_login
 from ..extensions import limiter
+from ..ledger import team_wallet
 from ..metrics import metrics
 from ..payments.catalogue import check_packs
 from ..payments.errors import InvalidBody, PaymentsUnavailable
@@ -100,6 +103,11 @@ def create_purchase(body):
     require_csrf()
     user_id = current_user_id()
     service = payments()
+    wallet_id = None
+    if body["team"] is not None:
+        if teams.must_be_in(body["team"], user_id).role != "owner":
+            raise NotAllowed("only the team's owner buys for its wallet")
+        wallet_id = team_wallet(body["team"])
     idempotent = idempotent_request()
     if (stored := idempotent.stored(user_id)) is not None:
         return stored
@@ -109,7 +117,7 @@ def create_purchase(body):
         return idempotent.replayed
     try:
         with caller_must_exist():
-            purchase = service.create(user_id, body["pack"])
+            purchase = service.create(user_id, body["pack"], wallet_id)
     except Exception:
         idempotent.release(key_id)
         raise

@@ -45,13 +45,16 @@ class Payments:
         self.inbox = inbox.Inbox(provider, logger=logger)
         self._logger = logger
 
-    def create(self, user_id: int, pack_id: str):
+    def create(self, user_id: int, pack_id: str, wallet_id: int | None = None):
+        """Open a purchase of `pack_id` by `user_id`, for their own wallet or `wallet_id` (a team's,
+        which the caller has checked they may buy for)."""
         pack = self.packs.get(pack_id)
         if pack is None:
             raise UnknownPack(f"no pack {pack_id!r}; see GET /api/purchases/packs")
         now = utcnow()
         try:
-            purchase_id = self._insert(user_id, pack, now, now + timedelta(minutes=self.pages.expires_minutes))
+            purchase_id = self._insert(user_id, wallet_id or user_wallet(user_id), pack, now,
+                                       now + timedelta(minutes=self.pages.expires_minutes))
         except IntegrityError:
             raise UnknownUser(f"no user with id {user_id}") from None  # its wallet is gone
         # Counted from the call, a minute inside Stripe's bounds (30 minutes to 24 hours after it
@@ -79,10 +82,10 @@ class Payments:
                 checkout_id=checkout.id, checkout_url=checkout.url, expires_at=checkout.expires_at))
         return self.find(purchase_id)
 
-    def _insert(self, user_id: int, pack: Pack, now: datetime, expires_at: datetime) -> int:
+    def _insert(self, user_id: int, wallet_id: int, pack: Pack, now: datetime, expires_at: datetime) -> int:
         with atomic() as session:
             return session.execute(insert(PURCHASES).values(
-                wallet_id=user_wallet(user_id), user_id=user_id, pack=pack.id, name=pack.name,
+                wallet_id=wallet_id, user_id=user_id, pack=pack.id, name=pack.name,
                 credit_type=pack.credit_type, credits=pack.credits, price=pack.price, currency=pack.currency,
                 priority=pack.priority, expires_in_days=pack.expires_in_days, status="open",
                 provider=self.provider.name, created_at=now, expires_at=expires_at, updated_at=now,
