@@ -219,3 +219,60 @@ def test_a_teams_owner_buys_a_pack_for_the_team_wallet(client, make_user):
     client.post(re_.sub(r"^https?://[^/]+", "", purchase["checkout_url"]), data={"action": "pay"})
     assert credits(team_wallet(team["id"])) == 20 and credits(owner.id) == 1
     ledger_is_clean()
+
+
+def _team_with(client, owner, *members):
+    team = client.post("/api/teams", json={"name": "T"}, headers=owner.headers).json
+    for user, body in members:
+        response = client.post(f"/api/teams/{team['id']}/members", json={"username": user.username, **body},
+                               headers=owner.headers)
+        assert response.status_code == 201, response.json
+    credit_service.grant(team_wallet(team["id"]), 50, "generation_credits", reason="t", reference=f"t{team['id']}")
+    return team
+
+
+def test_team_keys_go_with_their_makers_role_and_admins_give_no_more_than_their_own_cap(client, make_user):
+    owner, admin, member = make_user(), make_user(), make_user()
+    team = _team_with(client, owner, (admin, {"role": "admin", "cap": {"generation_credits": 3}}), (member, {}))
+    base = f"/api/teams/{team['id']}"
+    # An admin's key, or a member they add, cannot spend past the admin's own cap.
+    too_much = client.post("/api/keys", json={"name": "k", "team": team["id"]}, headers=admin.headers)
+    assert (too_much.status_code, too_much.json["error"]) == (403, "forbidden")
+    key = make_key(client, admin, team=team["id"], budget={"generation_credits": 3})
+    assert client.patch(f"/api/keys/{key['id']}", json={"budget": {}}, headers=admin.headers).status_code == 403
+    newcomer = make_user()
+    assert client.post(f"{base}/members", json={"username": newcomer.username}, headers=admin.headers).status_code == 403
+    # Putting a cap on an uncapped member is lowering it.
+    assert client.patch(f"{base}/members/{member.id}", json={"cap": {"generation_credits": 2}},
+                        headers=admin.headers).status_code == 200
+    assert [k["id"] for k in client.get(f"{base}/keys", headers=owner.headers).json["items"]] == [key["id"]]
+    assert client.get(f"{base}/keys", headers=member.headers).status_code == 403
+    assert client.get(base, headers=member.headers).json["role"] == "member"
+    # Demoted: the keys the admin made are revoked with the right to make them.
+    assert generate(client, key_headers(key)).status_code == 200
+    assert client.patch(f"{base}/members/{admin.id}", json={"role": "member"}, headers=owner.headers).status_code == 200
+    assert generate(client, key_headers(key)).json["error"] == "key_revoked"
+    revoked = client.patch(f"/api/keys/{key['id']}", json={"name": "again"}, headers=admin.headers)
+    assert (revoked.status_code, revoked.json["error"]) == (409, "key_revoked")
+    # The owner revokes any team key.
+    other = make_key(client, owner, team=team["id"])
+    assert client.delete(f"{base}/keys/{other['id']}", headers=owner.headers).status_code == 200
+    assert generate(client, key_headers(other)).json["error"] == "key_revoked"
+    ledger_is_clean()
+
+
+def test_a_key_is_not_a_login_and_its_requests_are_its_own(client, make_user, fake_ai):
+    admin = make_user(admin=True, credits=5)
+    key = make_key(client, admin)
+    minted = client.post(f"/api/admin/users/{admin.id}/credits", json={"amount": 1000}, headers=key_headers(key))
+    assert (minted.status_code, minted.json["error"]) == (403, "login_token_required")
+    with_team = client.post(GEN, json={"prompt": "x"}, headers={**key_headers(key), "X-Team": "1"})
+    assert with_team.status_code == 422
+    # One Idempotency-Key from the token and from the key names two requests: no replay across.
+    first = client.post(GEN, json={"prompt": "x"}, headers={**admin.headers, "Idempotency-Key": "same"})
+    assert first.status_code == 200
+    other = client.post(GEN, json={"prompt": "x"}, headers={**key_headers(key), "Idempotency-Key": "same"})
+    assert (other.status_code, other.json["error"]) == (422, "idempotency_key_reused")
+    unknown = client.post("/api/keys", json={"name": "k", "features": ["nope"]}, headers=admin.headers)
+    assert unknown.status_code == 422 and "features" in unknown.json["errors"]
+    assert credits(admin.id) == 4

@@ -13,6 +13,10 @@ class KeyRevoked(AccessError):
     pass
 
 
+class KeyAlreadyRevoked(AccessError):
+    """Managing a key that was revoked (the caller's login is fine: not a 401)."""
+
+
 class KeyExpired(AccessError):
     pass
 

@@ -17,7 +17,7 @@ from ..ledger import credit_service, procedures, team_wallet, user_wallet
 from ..ledger.clock import utcnow
 from ..ledger.transactions import atomic
 from . import teams
-from .errors import InvalidKey, KeyExpired, KeyRevoked, NotAllowed, UnknownKey
+from .errors import InvalidKey, KeyAlreadyRevoked, KeyExpired, KeyRevoked, UnknownKey
 from .tables import ApiKey
 
 KEYS = ApiKey.__table__
@@ -37,8 +37,8 @@ def create(user_id: int, *, name: str, budget: dict[str, int], period: str | Non
            features: list[str] | None, expires_at: datetime | None, team_id: int | None) -> tuple[dict, str]:
     """A new key and its secret (shown this once). A team key spends from the team's wallet and
     is made by its owner or an admin."""
-    if team_id is not None and teams.must_be_in(team_id, user_id).role not in ("owner", "admin"):
-        raise NotAllowed("only the team's owner and admins make its keys")
+    if team_id is not None:
+        teams.may_budget(team_id, user_id, budget)
     wallet_id = team_wallet(team_id) if team_id is not None else user_wallet(user_id)
     secret = PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
@@ -76,9 +76,14 @@ def authenticate(secret: str):
     return key
 
 
-def find(key_id: int, user_id: int):
+def find(key_id: int, user_id: int | None, team_id: int | None = None):
+    query = select(KEYS).where(KEYS.c.id == key_id)
+    if user_id is not None:
+        query = query.where(KEYS.c.user_id == user_id)
+    if team_id is not None:
+        query = query.where(KEYS.c.team_id == team_id)
     with atomic(write=False) as session:
-        key = session.execute(select(KEYS).where(KEYS.c.id == key_id, KEYS.c.user_id == user_id)).one_or_none()
+        key = session.execute(query).one_or_none()
     if key is None:
         raise UnknownKey(f"no key {key_id}")
     return key
@@ -94,7 +99,10 @@ def change(key_id: int, user_id: int, *, name: str | None = None, budget: dict[s
            features: list[str] | None = ...) -> dict:
     key = find(key_id, user_id)
     if key.revoked_at is not None:
-        raise KeyRevoked("this API key was revoked")
+        raise KeyAlreadyRevoked("this API key was revoked")
+    if key.team_id is not None:  # its maker must still be the team's owner or an admin
+        teams.may_budget(key.team_id, user_id, budget if budget is not None else
+                         credit_service.describe_cap(key.cap_id)["limits"])
     with atomic() as session:
         values = {}
         if name is not None:
@@ -107,12 +115,25 @@ def change(key_id: int, user_id: int, *, name: str | None = None, budget: dict[s
     return describe(find(key_id, user_id))
 
 
-def revoke(key_id: int, user_id: int) -> dict:
+def revoke(key_id: int, user_id: int | None) -> dict:
+    """Revoke the key (the user's own; any, for `user_id` None: a team's owner or admin, checked
+    by the caller)."""
     key = find(key_id, user_id)
     with atomic() as session:
-        session.execute(update(KEYS).where(KEYS.c.id == key_id, KEYS.c.revoked_at.is_(None)).values(revoked_at=utcnow()))
-        credit_service.close_cap(key.cap_id, session=session)
+        revoke_in(session, [key])
     return describe(find(key_id, user_id))
+
+
+revoke_in = teams.revoke_keys_in
+
+
+def of_team(team_id: int, made_by: int | None = None) -> list:
+    """A team's keys not revoked (of one maker's, when given)."""
+    query = select(KEYS).where(KEYS.c.team_id == team_id, KEYS.c.revoked_at.is_(None))
+    if made_by is not None:
+        query = query.where(KEYS.c.user_id == made_by)
+    with atomic(write=False) as session:
+        return session.execute(query.order_by(KEYS.c.id)).all()
 
 
 def describe(key) -> dict:

@@ -10,8 +10,9 @@ from ..ledger import Balance, credit_service, procedures, team_wallet
 from ..ledger.clock import utcnow
 from ..ledger.transactions import atomic
 from .errors import AlreadyMember, NotAllowed, UnknownMember, UnknownTeam
-from .tables import Team, TeamMember
+from .tables import ApiKey, Team, TeamMember
 
+KEYS = ApiKey.__table__
 TEAMS = Team.__table__
 MEMBERS = TeamMember.__table__
 MAX_ID = 2**31 - 1  # teams and users have 32-bit ids: a larger one names nobody (and no query is sent)
@@ -62,12 +63,13 @@ def mine(user_id: int) -> list[dict]:
 
 
 def describe(team_id: int, user_id: int) -> dict:
-    must_be_in(team_id, user_id)
+    caller = must_be_in(team_id, user_id)
     with atomic(write=False) as session:
         team = session.execute(select(TEAMS).where(TEAMS.c.id == team_id)).one()
         members = session.execute(select(MEMBERS).where(MEMBERS.c.team_id == team_id)
                                   .order_by(MEMBERS.c.created_at, MEMBERS.c.user_id)).all()
-    return {"id": team.id, "name": team.name, "created_at": team.created_at, "wallet_id": team_wallet(team.id),
+    return {"id": team.id, "name": team.name, "role": caller.role, "created_at": team.created_at,
+            "wallet_id": team_wallet(team.id),
             "members": [_member(row) for row in members]}
 
 
@@ -77,11 +79,45 @@ def _member(row) -> dict:
             "spent": cap["spent"], "period_resets_at": cap["period_end"]}
 
 
+def may_add(team_id: int, actor_id: int) -> str:
+    """The actor's role, if it may add members at all (checked before a name is looked up)."""
+    actor = must_be_in(team_id, actor_id).role
+    if actor == "member":
+        raise NotAllowed("owners add anyone; admins add members")
+    return actor
+
+
+def may_budget(team_id: int, actor_id: int, limits: dict[str, int]) -> None:
+    """An owner may give a team key or a member any budget; an admin none beyond their own cap
+    (a key of theirs, or a member they add, would otherwise spend past it)."""
+    member = must_be_in(team_id, actor_id)
+    if member.role == "member":
+        raise NotAllowed("only the team's owner and admins do that")
+    if member.role == "admin":
+        own = credit_service.describe_cap(member.cap_id)["limits"]
+        if not all(credit_type in limits and limits[credit_type] <= amount for credit_type, amount in own.items()):
+            raise NotAllowed(f"an admin gives no more than their own cap: {own}")
+
+
+def revoke_keys_in(session, found) -> None:
+    """Revoke keys inside the caller's transaction: their caps close with them."""
+    now = utcnow()
+    for key in found:
+        session.execute(update(KEYS).where(KEYS.c.id == key.id, KEYS.c.revoked_at.is_(None)).values(revoked_at=now))
+        credit_service.close_cap(key.cap_id, session=session)
+
+
+def _team_keys_of(session, team_id: int, user_id: int) -> list:
+    return session.execute(select(KEYS).where(KEYS.c.team_id == team_id, KEYS.c.user_id == user_id,
+                                              KEYS.c.revoked_at.is_(None))).all()
+
+
 def add(team_id: int, actor_id: int, user_id: int, *, role: str, cap: dict[str, int], period: str | None,
         period_seconds: int | None) -> dict:
-    actor = must_be_in(team_id, actor_id).role
-    if actor == "member" or (actor == "admin" and role != "member"):
+    actor = may_add(team_id, actor_id)
+    if actor == "admin" and role != "member":
         raise NotAllowed("owners add anyone; admins add members")
+    may_budget(team_id, actor_id, cap)
     if member_of(team_id, user_id) is not None:
         raise AlreadyMember(f"user {user_id} is in team {team_id} already")
     with atomic() as session:
@@ -120,15 +156,18 @@ def change(team_id: int, actor_id: int, user_id: int, *, role: str | None, cap: 
         if role is not None:
             session.execute(update(MEMBERS).where(MEMBERS.c.team_id == team_id, MEMBERS.c.user_id == user_id)
                             .values(role=role))
+            if role == "member":  # the team keys an admin made go with the right to make them
+                revoke_keys_in(session, _team_keys_of(session, team_id, user_id))
         if cap is not None:
             credit_service.change_cap(target.cap_id, limits=cap, session=session)
     return member(team_id, actor_id, user_id)
 
 
 def _lower(now: dict[str, int], asked: dict[str, int]) -> bool:
-    """Every limit of `asked` at most the one it replaces, and no limit dropped (no limit is the most)."""
+    """Every limit of `asked` at most the one it replaces (a credit type with none had no limit:
+    any is lower), and no limit dropped (no limit is the most)."""
     return all(credit_type in asked for credit_type in now) and all(
-        credit_type in now and amount <= now[credit_type] for credit_type, amount in asked.items())
+        credit_type not in now or amount <= now[credit_type] for credit_type, amount in asked.items())
 
 
 def remove(team_id: int, actor_id: int, user_id: int) -> None:
@@ -144,6 +183,7 @@ def remove(team_id: int, actor_id: int, user_id: int) -> None:
     with atomic() as session:
         session.execute(delete(MEMBERS).where(MEMBERS.c.team_id == team_id, MEMBERS.c.user_id == user_id))
         credit_service.close_cap(target.cap_id, session=session)
+        revoke_keys_in(session, _team_keys_of(session, team_id, user_id))
 
 
 def exists(team_id: int) -> bool:

@@ -2,7 +2,7 @@
 from datetime import timedelta
 
 from .. import users
-from ..auth import caller_must_exist, current_user_id, require_login
+from ..auth import caller_must_exist, current_user_id, require_login, require_login_token
 from ..access import teams
 from ..access.errors import UnknownTeam
 from ..ledger import Grant, Refund, UnknownUser, credit_service, team_wallet
@@ -123,6 +123,7 @@ def list_purchases(query):
 
 
 def _administrator() -> int:
+    require_login_token()  # a leaked (or deliberately narrow) key must never mint credits
     admin_id = current_user_id()
     with caller_must_exist():
         users.require_admin(admin_id)

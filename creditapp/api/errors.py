@@ -13,7 +13,8 @@ from ..exceptions import (
     UnknownJob, UsernameTaken,
 )
 from ..access.errors import (
-    AlreadyMember, BudgetExceeded, FeatureOutsideKey, InvalidKey, KeyExpired, KeyRevoked, LoginTokenRequired,
+    AlreadyMember, BudgetExceeded, FeatureOutsideKey, InvalidKey, KeyAlreadyRevoked, KeyExpired, KeyRevoked,
+    LoginTokenRequired,
     NotAllowed, UnknownKey, UnknownMember, UnknownTeam,
 )
 from ..payments.errors import (
@@ -71,6 +72,7 @@ DOMAIN_ERRORS = {
     UnknownTeam: (404, "unknown_team"),
     UnknownMember: (404, "unknown_member"),
     AlreadyMember: (409, "already_member"),
+    KeyAlreadyRevoked: (409, "key_revoked"),
     UnknownPack: (422, "unknown_pack"),
     UnknownPurchase: (404, "unknown_purchase"),
     PaymentsUnavailable: (503, "payments_unavailable"),

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from flask import Response, current_app, request
 from marshmallow import ValidationError
 
+from ..auth import current_key
 from ..ledger import AlreadyRefunded, IdempotencyKeyInUse, ReferenceConflict, RefundExceedsCharge, credit_service
 from ..ledger import keys
 from ..ledger.clock import utcnow
@@ -49,6 +50,11 @@ def request_fingerprint(asynchronous: bool = False) -> str:
     if request.args:
         path += "?" + urlencode(sorted(request.args.items(multi=True)))
     path += " respond-async" if asynchronous else ""
+    # Who spends is part of the request: one Idempotency-Key from the user's token, an API key
+    # and a team (X-Team) names three requests, and none replays another's answer.
+    key = current_key()
+    path += f" key:{key.id}" if key is not None else ""
+    path += f" team:{request.headers.get('X-Team', '').strip()}" if "X-Team" in request.headers else ""
     return fingerprint(request.method, path, request.get_data())
 
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from flask import Response, current_app
 
-from ..auth import caller_must_exist, current_user_id, require_login
+from ..auth import current_key, caller_must_exist, current_user_id, require_login
 from ..exceptions import UnknownJob
 from ..jobs import store
 from ..jobs.queue import POLL_AFTER_SECONDS
@@ -59,7 +59,7 @@ def get_job(job_id):
     """One of the caller's jobs; `Retry-After` says when to poll again while it is not finished."""
     ended = []
     with caller_must_exist():
-        job = store.get(_own(job_id), current_user_id(), ended)
+        job = store.get(_own(job_id), current_user_id(), ended, wallet_id=_key_wallet())
     _count(ended)
     return _answer(job)
 
@@ -75,7 +75,7 @@ def cancel_job(job_id):
     ended = []
     try:
         with caller_must_exist():
-            job = store.cancel(_own(job_id), current_user_id(), ended)
+            job = store.cancel(_own(job_id), current_user_id(), ended, wallet_id=_key_wallet())
     finally:
         _count(ended)
     return _answer(job)
@@ -98,7 +98,7 @@ def list_jobs(status, limit, cursor):
     ended = []
     with caller_must_exist():
         store.end_overdue(current_user_id(), ended)  # the list says what a GET of each would
-        rows = store.page(current_user_id(), status=status, limit=limit + 1, before=before)
+        rows = store.page(current_user_id(), status=status, limit=limit + 1, before=before, wallet_id=_key_wallet())
     _count(ended)
     items = [described(job) for job in rows[:limit]]
     next_cursor = None
@@ -115,3 +115,9 @@ def _count(ended: list) -> None:
 
 def _micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def _key_wallet() -> int | None:
+    """An API key sees the jobs of its own wallet only (a team key not its maker's own)."""
+    key = current_key()
+    return key.wallet_id if key is not None else None

@@ -1,6 +1,7 @@
 """API keys: `POST/GET /api/keys`, `GET/PATCH/DELETE /api/keys/<id>` (with a login token only)."""
 from marshmallow import ValidationError
 
+from .. import features
 from ..access import keys
 from ..auth import current_user_id, require_csrf, require_login, require_login_token
 from ..ledger.clock import utcnow
@@ -29,6 +30,7 @@ def create_key(body):
     user_id = _owner()
     if body["expires_at"] is not None and body["expires_at"] <= utcnow():
         raise ValidationError({"expires_at": ["Must be in the future."]})
+    _known_features(body["features"])
     period, seconds = body["budget_period"], body["budget_period_seconds"]
     described, secret = keys.create(user_id, name=body["name"], budget=body["budget"], period=period,
                                     period_seconds=seconds, features=body["features"], expires_at=body["expires_at"],
@@ -60,6 +62,7 @@ def get_key(key_id):
 @document(responses=[UNAUTHORIZED, INVALID])
 def change_key(body, key_id):
     """Rename a key, or change its budget (applies at once) or its features."""
+    _known_features(body.get("features"))
     return keys.change(key_id, _owner(), name=body.get("name"), budget=body.get("budget"),
                        features=body.get("features", ...))
 
@@ -71,3 +74,9 @@ def change_key(body, key_id):
 def revoke_key(key_id):
     """Revoke a key: refused from now on (401 key_revoked), by every worker and host."""
     return keys.revoke(key_id, _owner())
+
+
+def _known_features(names: list[str] | None) -> None:
+    unknown = sorted(set(names or ()) - set(features.FEATURES))
+    if unknown:
+        raise ValidationError({"features": [f"Unknown features {unknown}; see GET /api/credits/costs."]})

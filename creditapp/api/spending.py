@@ -17,6 +17,10 @@ MAX_TEAM_ID = 2**31 - 1
 
 def spender() -> Spender:
     key = current_key()
+    if key is not None and "X-Team" in request.headers:
+        # A key spends from its own wallet; a client that meant the team's must not be billed
+        # silently elsewhere.
+        raise ValidationError({"X-Team": ["An API key spends from its own wallet: send X-Team with a login token."]})
     if key is not None:
         # A team key is used by nobody in particular: only its own budget applies.
         return Spender(wallet_id=key.wallet_id, user_id=None if key.team_id else key.user_id,

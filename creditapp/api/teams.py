@@ -1,9 +1,10 @@
 """Teams and their wallet: `/api/teams`, members with caps, the team's balance and history."""
 from .. import users
-from ..access import teams
+from ..access import keys, teams
+from ..access.errors import NotAllowed
 from ..auth import current_user_id, require_csrf, require_login, require_login_token
 from ..ledger import credit_service, team_wallet
-from .access_schemas import MemberAddSchema, MemberChangeSchema, MemberSchema, TeamCreateSchema, TeamListSchema, TeamSchema
+from .access_schemas import KeyListSchema, KeySchema, MemberAddSchema, MemberChangeSchema, MemberSchema, TeamCreateSchema, TeamListSchema, TeamSchema
 from .bodies import Blueprint
 from .openapi import INVALID, UNAUTHORIZED, document
 from .schemas import (
@@ -63,7 +64,7 @@ def get_team(team_id):
 def add_member(body, team_id):
     """Add a user by name, as admin or member, with a cap on what they spend from the team's wallet."""
     actor = _caller(writes=True)
-    teams.must_be_in(team_id, actor)  # 404 before the name is looked up: no probing of names
+    teams.may_add(team_id, actor)  # 404 or 403 before the name is looked up: no probing of names
     user_id = users.user_id_by_name(body["username"])
     added = teams.add(team_id, actor, user_id, role=body["role"], cap=body["cap"], period=body["cap_period"],
                       period_seconds=body["cap_period_seconds"])
@@ -91,6 +92,39 @@ def remove_member(team_id, user_id):
     """Remove a member (or leave): from now on they cannot spend from the team's wallet."""
     teams.remove(team_id, _caller(writes=True), user_id)
     return "", 204
+
+
+@blp.get("/<id:team_id>/keys")
+@blp.response(200, KeyListSchema)
+@blp.alt_response(403, schema=ErrorSchema, description="forbidden: owners and admins only")
+@blp.alt_response(NOT_IN[0], schema=NOT_IN[1], description=NOT_IN[2])
+@document(responses=[UNAUTHORIZED])
+def team_keys(team_id):
+    """The team's keys not revoked, whoever made them (owners and admins)."""
+    _team_manager(team_id)
+    return {"items": [keys.describe(key) for key in keys.of_team(team_id)]}
+
+
+@blp.delete("/<id:team_id>/keys/<id:key_id>")
+@blp.response(200, KeySchema)
+@blp.alt_response(403, schema=ErrorSchema, description="forbidden: the owner revokes any, an admin their own")
+@blp.alt_response(NOT_IN[0], schema=NOT_IN[1], description=NOT_IN[2] + "; unknown_key")
+@document(responses=[UNAUTHORIZED])
+def revoke_team_key(team_id, key_id):
+    """Revoke a team key: refused from now on, by every worker and host."""
+    role, actor = _team_manager(team_id, writes=True)
+    key = keys.find(key_id, None, team_id)
+    if role != "owner" and key.user_id != actor:
+        raise NotAllowed("the owner revokes any team key; an admin the ones they made")
+    return keys.revoke(key_id, None)
+
+
+def _team_manager(team_id: int, writes: bool = False) -> tuple[str, int]:
+    actor = _caller(writes)
+    role = teams.must_be_in(team_id, actor).role
+    if role == "member":
+        raise NotAllowed("owners and admins only")
+    return role, actor
 
 
 def _member_wallet(team_id: int) -> int:

@@ -198,12 +198,12 @@ def fail(job_id: str, lease: str, hold: Hold, error: dict, *, retry_in: float | 
 
 
 @retry_conflicts
-def cancel(job_id: str, user_id: int, ended: list | None = None):
+def cancel(job_id: str, user_id: int, ended: list | None = None, wallet_id: int | None = None):
     """Cancel a queued job of the user's and give its hold back; JobRunning or JobFinished
     otherwise. A cancel and a worker's claim queue on the account lock: exactly one wins. The job
     it ended (cancelled, or expired when its hold had run out) is added to `ended`."""
     ended = [] if ended is None else ended
-    job = find(job_id, user_id)
+    job = find(job_id, user_id, wallet_id)
     if job is None:
         raise UnknownJob(f"no job {job_id}")
     with credit_service.holding(hold_of(job)) as held:
@@ -222,10 +222,10 @@ def cancel(job_id: str, user_id: int, ended: list | None = None):
     raise JobFinished(f"job {job_id} has finished")
 
 
-def get(job_id: str, user_id: int | None = None, ended: list | None = None):
+def get(job_id: str, user_id: int | None = None, ended: list | None = None, wallet_id: int | None = None):
     """The job as it is now: one whose hold has run out ends when it is read, not when a worker
     or a sweep next looks at it (and is added to `ended`)."""
-    job = find(job_id, user_id)
+    job = find(job_id, user_id, wallet_id)
     if job is None:
         raise UnknownJob(f"no job {job_id}")
     if job.status in UNFINISHED and _hold_overdue(job):
@@ -258,17 +258,25 @@ def end_if_overdue(job, ended: list | None = None):
         return job
 
 
-def find(job_id: str, user_id: int | None = None):
+def find(job_id: str, user_id: int | None = None, wallet_id: int | None = None):
+    """The job (the user's when `user_id` is given; of that wallet too when `wallet_id` is: an API
+    key sees the jobs of its own wallet only)."""
     query = select(JOBS).where(JOBS.c.id == job_id)
     if user_id is not None:
         query = query.where(JOBS.c.user_id == user_id)
+    if wallet_id is not None:
+        query = query.where(JOBS.c.wallet_id == wallet_id)
     with atomic(write=False) as session:
         return session.execute(query).one_or_none()
 
 
-def page(user_id: int, *, status: str | None, limit: int, before: tuple[datetime, str] | None) -> list:
-    """The user's jobs, newest first, `limit` of them after the cursor `before`."""
+def page(user_id: int, *, status: str | None, limit: int, before: tuple[datetime, str] | None,
+         wallet_id: int | None = None) -> list:
+    """The user's jobs (of `wallet_id` only, when given), newest first, `limit` of them after the
+    cursor `before`."""
     query = select(JOBS).where(JOBS.c.user_id == user_id)
+    if wallet_id is not None:
+        query = query.where(JOBS.c.wallet_id == wallet_id)
     if status is not None:
         query = query.where(JOBS.c.status == status)
     if before is not None:
