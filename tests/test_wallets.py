@@ -169,3 +169,17 @@ def test_a_refund_to_a_frozen_lot_stays_frozen(app, make_user):
     credit_service.void_lot(lot, reason="lost")
     assert credit_service.get_credit_balance(user.id).generation_credits == 0
     ledger_is_clean()
+
+
+def test_a_hold_of_a_closed_cap_keeps_what_it_holds_and_grows_no_more(app, make_user):
+    user = make_user(credits=10)
+    cap = credit_service.create_cap(user.id, {GEN.value: 8})
+    hold = credit_service.reserve(user.id, 2, GEN, spender=Spender(user.id, user.id, user.id, caps=(cap,)))
+    credit_service.close_cap(cap)  # the key revoked while its request runs
+    with credit_service.activate(hold):
+        credit_service.deduct_credits(user.id, 2, GEN)
+        with pytest.raises(InsufficientCredits):
+            credit_service.deduct_credits(user.id, 1, GEN)  # more than it held: refused
+    credit_service.close(hold, succeeded=True)
+    assert credit_service.get_credit_balance(user.id).generation_credits == 8
+    assert credit_service.verify() == []

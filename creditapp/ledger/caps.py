@@ -76,6 +76,9 @@ def grow(session, hold_id: int, credit_type: str, extra: int) -> None:
     CapExceeded with nothing written."""
     counted = session.execute(select(HOLD_CAPS).where(HOLD_CAPS.c.hold_id == hold_id)).all()
     for row in counted:
+        if session.execute(select(CAPS.c.closed_at).where(CAPS.c.id == row.cap_id)).scalar() is not None:
+            # Revoked (or removed) since the hold was taken: what it holds it keeps, nothing more.
+            raise CapExceeded(row.cap_id, 0, 0, extra, credit_type)
         _within(session, row.cap_id, credit_type, row.period_start, extra)
     for row in counted:
         add_to(session, SPEND, {"cap_id": row.cap_id, "credit_type": credit_type, "period_start": row.period_start},
