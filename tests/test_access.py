@@ -276,3 +276,33 @@ def test_a_key_is_not_a_login_and_its_requests_are_its_own(client, make_user, fa
     unknown = client.post("/api/keys", json={"name": "k", "features": ["nope"]}, headers=admin.headers)
     assert unknown.status_code == 422 and "features" in unknown.json["errors"]
     assert credits(admin.id) == 4
+
+
+def test_changes_at_once_are_one_after_the_other_never_a_500(app, client, make_user):
+    """From a black-box run: ten budget changes at once collided on the limits' key, ten adds of
+    one member on the members' (500s); a key made while its admin was removed outlived them."""
+    owner, admin, member = make_user(), make_user(), make_user()
+    team = _team_with(client, owner, (admin, {"role": "admin", "cap": {"generation_credits": 50}}))
+    key = make_key(client, owner)
+
+    def at_once(n, request):
+        return fire_together(n, lambda i: request(app.test_client(), i))
+
+    budgets = at_once(10, lambda c, i: c.patch(f"/api/keys/{key['id']}", json={"budget": {
+        "generation_credits": i, **({"ai_tokens": 5} if i % 2 else {})}}, headers=owner.headers).status_code)
+    assert budgets == [200] * 10
+    final = client.get(f"/api/keys/{key['id']}", headers=owner.headers).json["budget"]
+    assert final in [{"generation_credits": i, **({"ai_tokens": 5} if i % 2 else {})} for i in range(10)]
+    adds = at_once(10, lambda c, i: c.post(f"/api/teams/{team['id']}/members", json={"username": member.username},
+                                           headers=owner.headers).status_code)
+    assert sorted(adds) == [201] + [409] * 9
+
+    def race(c, i):
+        if i == 0:
+            return c.delete(f"/api/teams/{team['id']}/members/{admin.id}", headers=owner.headers).status_code
+        return c.post("/api/keys", json={"name": f"k{i}", "team": team["id"], "budget": {"generation_credits": 5}},
+                      headers=admin.headers).status_code
+
+    assert set(at_once(6, race)) <= {201, 204, 404}
+    assert client.get(f"/api/teams/{team['id']}/keys", headers=owner.headers).json["items"] == []
+    assert client.get(f"/api/teams/{team['id']}/balance", headers=owner.headers).json["generation_credits"] == 50

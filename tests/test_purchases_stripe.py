@@ -339,7 +339,11 @@ def test_bad_requests_change_nothing(client, make_user, fake_stripe):
                                   b'{"id": "evt_1", "type": "checkout.session.completed", "data": {"object": '
                                   b'{"metadata": "no", "client_reference_id": 5, "id": []}}}',
                                   b'{"id": "evt_2", "type": "checkout.session.completed", "data": {"object": '
-                                  b'{"client_reference_id": "purchase:99999999999999999999999", "status": "complete"}}}'])
+                                  b'{"client_reference_id": "purchase:99999999999999999999999", "status": "complete"}}}',
+                                  b'{"id": "evt_nul\\u0000", "type": "charge.refunded", "data": {"object": {}}}',
+                                  b'{"id": "evt_3", "type": "charge.refunded", "created": 1e20, "data": {"object": {}}}',
+                                  b'{"id": "evt_4", "type": "charge.refunded", "data": {"object": {"payment_intent": "'
+                                  + b"p" * 300 + b'"}}}'])
 def test_a_signed_body_of_any_shape_is_a_clear_answer_never_a_500(client, fake_stripe, body):
     from creditapp.payments.providers.stripe_objects import sign
 

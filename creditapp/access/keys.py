@@ -38,11 +38,15 @@ def create(user_id: int, *, name: str, budget: dict[str, int], period: str | Non
     """A new key and its secret (shown this once). A team key spends from the team's wallet and
     is made by its owner or an admin."""
     if team_id is not None:
-        teams.may_budget(team_id, user_id, budget)
+        teams.may_budget(team_id, user_id, budget)  # the answer for a caller who may not (404, 403)
     wallet_id = team_wallet(team_id) if team_id is not None else user_wallet(user_id)
     secret = PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
     with atomic() as session:
+        if team_id is not None:
+            # Again under the member row's lock, in the key's own transaction: a removal or a
+            # demotion committing meanwhile would otherwise miss the key it should revoke.
+            teams.may_budget(team_id, user_id, budget, session=session)
         cap_id = credit_service.create_cap(wallet_id, budget, period=period, period_seconds=period_seconds,
                                            expires_at=expires_at, features=features, session=session)
         key_id = session.execute(insert(KEYS).values(
@@ -100,10 +104,10 @@ def change(key_id: int, user_id: int, *, name: str | None = None, budget: dict[s
     key = find(key_id, user_id)
     if key.revoked_at is not None:
         raise KeyAlreadyRevoked("this API key was revoked")
-    if key.team_id is not None:  # its maker must still be the team's owner or an admin
-        teams.may_budget(key.team_id, user_id, budget if budget is not None else
-                         credit_service.describe_cap(key.cap_id)["limits"])
     with atomic() as session:
+        if key.team_id is not None:  # its maker must still be the team's owner or an admin
+            teams.may_budget(key.team_id, user_id, budget if budget is not None else
+                             credit_service.describe_cap(key.cap_id, session=session)["limits"], session=session)
         values = {}
         if name is not None:
             values["name"] = name

@@ -5,6 +5,7 @@ other admins) and may lower caps, never raise them; members only read. Removing 
 their cap in the same transaction: their next hold from the team's wallet is refused.
 """
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..ledger import Balance, credit_service, procedures, team_wallet
 from ..ledger.clock import utcnow
@@ -87,14 +88,21 @@ def may_add(team_id: int, actor_id: int) -> str:
     return actor
 
 
-def may_budget(team_id: int, actor_id: int, limits: dict[str, int]) -> None:
+def may_budget(team_id: int, actor_id: int, limits: dict[str, int], session=None) -> None:
     """An owner may give a team key or a member any budget; an admin none beyond their own cap
-    (a key of theirs, or a member they add, would otherwise spend past it)."""
-    member = must_be_in(team_id, actor_id)
+    (a key of theirs, or a member they add, would otherwise spend past it). In `session`, under
+    the actor's member row's lock."""
+    if session is None:
+        member = must_be_in(team_id, actor_id)
+    else:
+        member = session.execute(select(MEMBERS).where(MEMBERS.c.team_id == team_id, MEMBERS.c.user_id == actor_id)
+                                 .with_for_update()).one_or_none()
+        if member is None:
+            raise UnknownTeam(f"no team {team_id} of yours")
     if member.role == "member":
         raise NotAllowed("only the team's owner and admins do that")
     if member.role == "admin":
-        own = credit_service.describe_cap(member.cap_id)["limits"]
+        own = credit_service.describe_cap(member.cap_id, session=session)["limits"]
         if not all(credit_type in limits and limits[credit_type] <= amount for credit_type, amount in own.items()):
             raise NotAllowed(f"an admin gives no more than their own cap: {own}")
 
@@ -120,11 +128,15 @@ def add(team_id: int, actor_id: int, user_id: int, *, role: str, cap: dict[str, 
     may_budget(team_id, actor_id, cap)
     if member_of(team_id, user_id) is not None:
         raise AlreadyMember(f"user {user_id} is in team {team_id} already")
-    with atomic() as session:
-        cap_id = credit_service.create_cap(team_wallet(team_id), cap, period=period, period_seconds=period_seconds,
-                                           session=session)
-        session.execute(insert(MEMBERS).values(team_id=team_id, user_id=user_id, role=role, cap_id=cap_id,
-                                               created_at=utcnow()))
+    try:
+        with atomic() as session:
+            may_budget(team_id, actor_id, cap, session=session)
+            cap_id = credit_service.create_cap(team_wallet(team_id), cap, period=period,
+                                               period_seconds=period_seconds, session=session)
+            session.execute(insert(MEMBERS).values(team_id=team_id, user_id=user_id, role=role, cap_id=cap_id,
+                                                   created_at=utcnow()))
+    except IntegrityError:  # the same user added by another request at once
+        raise AlreadyMember(f"user {user_id} is in team {team_id} already") from None
     return member(team_id, actor_id, user_id)
 
 

@@ -3,6 +3,8 @@
 The page's buttons do what a buyer or a bank would (pay by card, pay by bank transfer and settle
 it later, decline) and hand the events Stripe would send, signed, to the same inbox as
 `POST /api/webhooks/test`. Served only with PAYMENTS_PROVIDER=test."""
+import re
+
 from flask import Blueprint, current_app, redirect, request
 from markupsafe import escape
 from werkzeug.exceptions import Conflict, NotFound
@@ -18,6 +20,12 @@ PAGE = """<!doctype html>
 <style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}
 button{{font-size:1rem;margin:.25rem 0;padding:.5rem 1rem;width:100%}}.note{{color:#666}}</style></head>
 <body>{body}</body></html>"""
+
+
+def _checkout_id(checkout_id: str) -> str:
+    if not re.fullmatch(r"cs_test_[0-9a-f]{24}", checkout_id):
+        raise NotFound("no such checkout")
+    return checkout_id
 
 
 def _provider() -> TestProvider:
@@ -41,7 +49,7 @@ def _price(amount: int, currency: str) -> str:
 
 @pages.get("/test/<checkout_id>")
 def checkout(checkout_id):
-    provider = _provider()
+    provider, checkout_id = _provider(), _checkout_id(checkout_id)
     try:
         row = provider.find(checkout_id)
         state = provider.retrieve_checkout(checkout_id)
@@ -66,7 +74,7 @@ def checkout(checkout_id):
 
 @pages.post("/test/<checkout_id>")
 def act(checkout_id):
-    provider = _provider()
+    provider, checkout_id = _provider(), _checkout_id(checkout_id)
     action = request.form.get("action", "")
     if action not in dict(BUTTONS):
         raise Conflict(f"unknown action {action!r}")

@@ -111,7 +111,9 @@ def create(session, *, wallet_id: int, limits: dict[str, int], period: str | Non
 
 def set_limits(session, cap_id: int, limits: dict[str, int]) -> None:
     """Replace the cap's limits: a type left out has no limit. A lower limit applies at once: a
-    spend already past it refuses every further hold of the period."""
+    spend already past it refuses every further hold of the period. Under the cap's row lock:
+    two changes at once apply one after the other, never merged (nor colliding)."""
+    session.execute(select(CAPS.c.id).where(CAPS.c.id == cap_id).with_for_update())
     session.execute(delete(LIMITS).where(LIMITS.c.cap_id == cap_id))
     for credit_type, amount in limits.items():
         session.execute(insert(LIMITS).values(cap_id=cap_id, credit_type=credit_type, amount=amount))

@@ -43,6 +43,8 @@ def verify(body: bytes, header: str | None, secrets: list[str]) -> dict:
             payload = json.loads(text)
         except Exception:
             raise InvalidSignature("the signed body is not an event") from None
+        if _holds_nul(payload):
+            raise InvalidSignature("the signed body holds a NUL character: no provider's event does")
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict) \
                 or not isinstance(payload["data"].get("object"), dict) or not isinstance(payload.get("id"), str) \
                 or not isinstance(payload.get("type"), str):
@@ -51,15 +53,28 @@ def verify(body: bytes, header: str | None, secrets: list[str]) -> dict:
     raise InvalidSignature("no secret verifies the signature (forged, another secret, or older than 300 s)")
 
 
+def _holds_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def _time(value) -> datetime | None:
-    return datetime.fromtimestamp(value, timezone.utc) if isinstance(value, (int, float)) else None
+    """A Unix time, if it is one a provider could send (after 2000, before 2200)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 946684800 <= value < 7258118400:
+        return None
+    return datetime.fromtimestamp(value, timezone.utc)
 
 
 def _id(value) -> str | None:
-    """An id, or an expanded object's id."""
+    """An id, or an expanded object's id (an id past 255 characters is nobody's)."""
     if isinstance(value, dict):
         value = value.get("id")
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and len(value) <= 255 else None
 
 
 def _int(value) -> int | None:
@@ -77,10 +92,10 @@ def _dict(value) -> dict:
 def checkout_state(obj: dict) -> CheckoutState:
     intent = obj.get("payment_intent")
     return CheckoutState(
-        id=_str(obj.get("id")) or "", status=_str(obj.get("status")) or "open",
+        id=_id(obj.get("id")) or "", status=_str(obj.get("status")) or "open",
         payment_status=_str(obj.get("payment_status")) or "unpaid", amount_total=_int(obj.get("amount_total")),
         currency=_str(obj.get("currency")), payment_intent=_id(intent),
-        client_reference_id=_str(obj.get("client_reference_id")), metadata=_dict(obj.get("metadata")),
+        client_reference_id=_id(obj.get("client_reference_id")), metadata=_dict(obj.get("metadata")),
         livemode=bool(obj.get("livemode")),
         # Retrieved with expand[]=payment_intent: a bank transfer that failed says so here.
         payment_intent_status=_str(intent.get("status")) if isinstance(intent, dict) else None,
