@@ -306,3 +306,21 @@ def test_changes_at_once_are_one_after_the_other_never_a_500(app, client, make_u
     assert set(at_once(6, race)) <= {201, 204, 404}
     assert client.get(f"/api/teams/{team['id']}/keys", headers=owner.headers).json["items"] == []
     assert client.get(f"/api/teams/{team['id']}/balance", headers=owner.headers).json["generation_credits"] == 50
+
+
+def test_a_member_removed_and_added_again_keeps_their_cap_and_its_spend(client, make_user):
+    owner, admin, member = make_user(), make_user(), make_user()
+    team = _team_with(client, owner, (admin, {"role": "admin"}),
+                      (member, {"cap": {"generation_credits": 2}, "cap_period": "month"}))
+    headers = {**member.headers, "X-Team": str(team["id"])}
+    assert [generate(client, headers).status_code for _ in range(2)] == [200, 200]
+    base = f"/api/teams/{team['id']}/members"
+    assert client.delete(f"{base}/{member.id}", headers=admin.headers).status_code == 204
+    # The admin cannot raise it by adding them again, nor reset what they spent this period.
+    raised = client.post(base, json={"username": member.username}, headers=admin.headers)
+    assert (raised.status_code, raised.json["error"]) == (403, "forbidden")
+    again = client.post(base, json={"username": member.username, "cap": {"generation_credits": 2}},
+                        headers=admin.headers)
+    assert again.status_code == 201 and again.json["spent"] == {"generation_credits": 2}
+    assert generate(client, headers).json["error"] == "member_cap_exceeded"
+    ledger_is_clean()

@@ -131,8 +131,18 @@ def add(team_id: int, actor_id: int, user_id: int, *, role: str, cap: dict[str, 
     try:
         with atomic() as session:
             may_budget(team_id, actor_id, cap, session=session)
-            cap_id = credit_service.create_cap(team_wallet(team_id), cap, period=period,
-                                               period_seconds=period_seconds, session=session)
+            # Someone removed and added again keeps the cap they spent under, and its spend this
+            # period; only the owner may raise it.
+            cap_id = credit_service.reopen_spent_cap(session, team_wallet(team_id), user_id)
+            if cap_id is not None:
+                before = credit_service.describe_cap(cap_id, session=session)["limits"]
+                if actor == "admin" and not _lower(before, cap):
+                    raise NotAllowed("admins may lower a cap, never raise it (this member's was "
+                                     f"{before} before they were removed)")
+                credit_service.change_cap(cap_id, limits=cap, session=session)
+            else:
+                cap_id = credit_service.create_cap(team_wallet(team_id), cap, period=period,
+                                                   period_seconds=period_seconds, session=session)
             session.execute(insert(MEMBERS).values(team_id=team_id, user_id=user_id, role=role, cap_id=cap_id,
                                                    created_at=utcnow()))
     except IntegrityError:  # the same user added by another request at once

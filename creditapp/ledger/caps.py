@@ -129,6 +129,23 @@ def close(session, cap_id: int, now: datetime) -> None:
     session.execute(update(CAPS).where(CAPS.c.id == cap_id, CAPS.c.closed_at.is_(None)).values(closed_at=now))
 
 
+def reopen(session, cap_id: int) -> None:
+    session.execute(update(CAPS).where(CAPS.c.id == cap_id).values(closed_at=None))
+
+
+def closed_cap_spent_by(session, wallet_id: int, user_id: int) -> int | None:
+    """The latest closed cap on `wallet_id` that `user_id`'s own holds (not a key's) counted in:
+    a member's cap from before they were removed."""
+    from .tables import CreditHold
+
+    holds = CreditHold.__table__
+    return session.execute(
+        select(CAPS.c.id).join(HOLD_CAPS, HOLD_CAPS.c.cap_id == CAPS.c.id).join(holds, holds.c.id == HOLD_CAPS.c.hold_id)
+        .where(holds.c.wallet_id == wallet_id, holds.c.user_id == user_id, holds.c.key_id.is_(None),
+               CAPS.c.closed_at.is_not(None))
+        .order_by(CAPS.c.id.desc()).limit(1)).scalar()
+
+
 def describe(session, cap_id: int, now: datetime) -> dict:
     """The cap now: its limits, its spend this period per credit type and when the period ends."""
     cap = session.execute(select(CAPS).where(CAPS.c.id == cap_id)).one()
@@ -181,6 +198,15 @@ class Caps:
             return close(session, cap_id, utcnow())
         with atomic() as session:
             close(session, cap_id, utcnow())
+
+    def reopen_spent_cap(self, session, wallet_id: int, user_id: int) -> int | None:
+        """Reopen the cap `user_id` last spent from `wallet_id` under (a member removed and added
+        again keeps their period's spend: a remove and re-add resets nothing); None if none."""
+        cap_id = closed_cap_spent_by(session, wallet_id, user_id)
+        if cap_id is not None:
+            session.execute(select(CAPS.c.id).where(CAPS.c.id == cap_id).with_for_update())
+            reopen(session, cap_id)
+        return cap_id
 
     def describe_cap(self, cap_id: int, session=None) -> dict:
         if session is not None:
