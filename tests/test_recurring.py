@@ -90,7 +90,7 @@ def test_the_template_applies_to_every_user_wallet_without_grants_of_its_own(app
     assert credit_service.get_credit_balance(after.id).generation_credits == 4
     credit_service.set_recurring(after.id, "plan:pro", {GEN.value: (50, 0)}, period="day")
     assert credit_service.get_credit_balance(after.id).generation_credits == 4 + 50
-    credit_service.end_recurring(after.id, manual_clock.current + timedelta(days=1))  # at its period's end
+    credit_service.end_recurring(after.id, "plan:pro", manual_clock.current + timedelta(days=1))  # at its period's end
     manual_clock.advance(86400)  # the plan ended: the template again, from the end of the plan
     assert credit_service.get_credit_balance(after.id).generation_credits == 1 + 3
     ledger_is_clean()

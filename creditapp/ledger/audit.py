@@ -92,6 +92,7 @@ class Audit:
             problems += self._lot_problems(session)
             problems += self._cap_problems(session)
             problems += self._duplicate_lots(session)
+            problems += self._allowance_lots(session)
         return problems
 
     def _lot_problems(self, session) -> list[Discrepancy]:
@@ -227,3 +228,16 @@ class Audit:
                 .group_by(L.c.wallet_id, L.c.credit_type, L.c.reference).having(func.count() > 1)
             )
         ]
+
+    def _allowance_lots(self, session) -> list[Discrepancy]:
+        """Two allowance lots of one plan (subscription or default plan), credit type and period:
+        a period granted twice under two names (a period re-anchored, say)."""
+        L = lots.LOTS
+        seen: dict[tuple, int] = {}
+        for r in session.execute(select(L.c.wallet_id, L.c.credit_type, L.c.reference, L.c.expires_at).where(
+                L.c.source == "plan", L.c.reference.contains(":allowance:"))):
+            plan = r.reference.split(f":{r.credit_type}:allowance:")[0]
+            key = (r.wallet_id, r.credit_type, plan, r.expires_at)
+            seen[key] = seen.get(key, 0) + 1
+        return [Discrepancy(wallet_id, credit_type, f"allowance lots of {plan} ending {end.isoformat()}", n, 1)
+                for (wallet_id, credit_type, plan, end), n in seen.items() if n > 1]

@@ -56,7 +56,7 @@ class Reading:
             return Overview(balance, lapsing, {t.value: (row.debt or {}).get(t.value, 0) for t in CreditType})
         if session_id is not None:
             raise ValueError("the session check is part of the ledger call on PostgreSQL only (see checks_sessions)")
-        self._refill_if_due(wallet_id)
+        self.refill_if_due(wallet_id)
         with atomic(write=False) as session:
             now = utcnow()
             return Overview(self._spendable(session, wallet_id, now), lots.expiring(session, wallet_id, now, expiring),
@@ -67,7 +67,7 @@ class Reading:
         found = self.overview(wallet_id, expiring, session_id)
         return found.balance, found.expiring
 
-    def _refill_if_due(self, wallet_id: int) -> None:
+    def refill_if_due(self, wallet_id: int) -> None:
         with atomic(write=False) as session:
             due = session.execute(select(WALLETS.c.refill_due_at).where(WALLETS.c.id == wallet_id)).scalar()
         if due is not None and due <= utcnow():
@@ -78,7 +78,7 @@ class Reading:
         """The wallet's lots in spending order (per credit type), `limit` at a time from `offset`;
         without `include_spent`, only lots with credits still to spend."""
         ctype = credit_type_of(credit_type).value if credit_type is not None else None
-        self._refill_if_due(wallet_id)
+        self.refill_if_due(wallet_id)
         with atomic(write=False) as session:
             self._balance(session, wallet_id)  # raises UnknownUser
             now = utcnow()

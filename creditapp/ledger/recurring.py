@@ -43,6 +43,13 @@ def _covers(row, now: datetime) -> bool:
     return (row.starts_at is None or row.starts_at <= now) and (row.ends_at is None or row.ends_at > now)
 
 
+def _own(row):
+    """The plan lots of `row`'s periods: a free plan's go on from the default plan's (those count),
+    a paid plan's are its own (another's lot that ends at the same moment is not)."""
+    own = LOTS.c.reference.startswith(f"{row.reference}:", autoescape=True)
+    return own if row.explicit else or_(own, LOTS.c.reference.startswith("plan:"))
+
+
 def lot_reference(reference: str, credit_type: str, start: datetime, kind: str = "allowance") -> str:
     return f"{reference}:{credit_type}:{kind}:{start.isoformat()}"
 
@@ -137,13 +144,15 @@ class Recurring:
                         lot_reference(row.reference, row.credit_type, start, "rollover"), {**lot, "source": "rollover"})
 
     def _rollover(self, session, wallet_id: int, row, start: datetime) -> int:
-        if not row.rollover_max:
+        # A grant's first period carries nothing: a new subscription (a new anchor) starts afresh,
+        # while a plan changed mid-period goes on from the period it changed in.
+        if not row.rollover_max or row.period_start is None:
             return 0
         previous_end = session.execute(select(func.max(LOTS.c.expires_at)).where(
             LOTS.c.wallet_id == wallet_id, LOTS.c.credit_type == row.credit_type,
-            LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at <= start)).scalar()
-        if previous_end is None:
-            return 0
+            LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at <= start, _own(row))).scalar()
+        if previous_end is None or (row.explicit and previous_end != start):
+            return 0  # explicit (paid) periods not paid for granted nothing that could roll on
         written_off = (
             select(func.coalesce(-func.sum(LEDGER.c.amount), 0))
             .where(LEDGER.c.lot_id == LOTS.c.id, LEDGER.c.kind == "expire", LEDGER.c.amount < 0)
@@ -151,7 +160,7 @@ class Recurring:
         )
         left = session.execute(select(func.coalesce(func.sum(LOTS.c.remaining - LOTS.c.held + written_off), 0)).where(
             LOTS.c.wallet_id == wallet_id, LOTS.c.credit_type == row.credit_type,
-            LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at == previous_end)).scalar()
+            LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at == previous_end, _own(row))).scalar()
         carried = min(row.rollover_max, left)
         anchor = row.anchor or row.starts_at
         missed = (periods.index_at(anchor, row.period, row.period_seconds, start)
@@ -174,42 +183,64 @@ class Recurring:
         (amount, rollover_max)}) every period from `anchor`; what it had before ends then. With no
         wallet, the templates every user wallet without grants of its own follows are replaced.
         A period that started before `starts_at` is not granted again under the new terms."""
-        periods.check(period, period_seconds)
         with atomic() as session:
-            now = utcnow()
-            starts_at = starts_at or now
-            if wallet_id is not None:
-                self._enter(session, wallet_id)
-            ending = GRANTS.c.wallet_id.is_(None) if wallet_id is None else GRANTS.c.wallet_id == wallet_id
-            if wallet_id is None:
-                session.execute(GRANTS.delete().where(ending))
-            else:
-                session.execute(update(GRANTS).where(
-                    ending, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > starts_at)).values(ends_at=starts_at))
-            granted = (None, None)
-            if wallet_id is not None:
-                current = periods.period_at(anchor or starts_at, period, period_seconds, starts_at)
-                if current[0] < starts_at:
-                    # Starting mid-period: the period under way keeps the lots it has (an upgrade
-                    # adds its difference itself); the new terms grant from the next one.
-                    granted = current
-            for credit_type, (amount, rollover_max) in terms.items():
-                session.execute(insert(GRANTS).values(
-                    wallet_id=wallet_id, credit_type=CreditType(credit_type).value, amount=amount,
-                    rollover_max=rollover_max, priority=priority, period=period, period_seconds=period_seconds,
-                    anchor=anchor, starts_at=None if wallet_id is None else starts_at, ends_at=None,
-                    explicit=explicit, reference=reference, created_at=now,
-                    period_start=granted[0], period_end=granted[1],
-                ))
-            if wallet_id is None:
-                # Every user wallet without grants of its own adopts the new templates at its next write.
-                session.execute(update(WALLETS).where(WALLETS.c.kind == "user", ~select(GRANTS.c.id).where(
-                    GRANTS.c.wallet_id == WALLETS.c.id, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > now),
-                    or_(GRANTS.c.starts_at.is_(None), GRANTS.c.starts_at <= now)).exists()).values(refill_due_at=now))
-            else:
-                wallet = session.execute(select(WALLETS).where(WALLETS.c.id == wallet_id)).one()
-                session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
-                    refill_due_at=self._due_after_change(session, wallet, now)))
+            self._set_recurring(session, wallet_id, reference, terms, period=period, period_seconds=period_seconds,
+                                priority=priority, anchor=anchor, starts_at=starts_at, explicit=explicit)
+
+    def _set_recurring(self, session, wallet_id: int | None, reference: str, terms: dict[str, tuple[int, int]], *,
+                       period: str, period_seconds: int | None = None, priority: int = 10,
+                       anchor: datetime | None = None, starts_at: datetime | None = None,
+                       explicit: bool = False) -> None:
+        periods.check(period, period_seconds)
+        now = utcnow()
+        starts_at = starts_at or now
+        if wallet_id is not None:
+            self._enter(session, wallet_id)
+        ending = GRANTS.c.wallet_id.is_(None) if wallet_id is None else GRANTS.c.wallet_id == wallet_id
+        paid_period = None
+        if explicit and wallet_id is not None:
+            # A paid plan's period is the provider's (its invoice's), not our arithmetic: the new
+            # terms go on in the period the old ones were granted.
+            paid_period = session.execute(select(GRANTS.c.period_start, GRANTS.c.period_end).where(
+                ending, GRANTS.c.reference == reference, GRANTS.c.explicit.is_(True),
+                GRANTS.c.period_end > starts_at, GRANTS.c.period_start <= starts_at).limit(1)).first()
+        if wallet_id is None:
+            session.execute(GRANTS.delete().where(ending))
+        else:
+            session.execute(update(GRANTS).where(
+                ending, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > starts_at)).values(ends_at=starts_at))
+        granted = tuple(paid_period) if paid_period is not None else (None, None)
+        if wallet_id is not None and paid_period is None:
+            current = periods.period_at(anchor or starts_at, period, period_seconds, starts_at)
+            if current[0] < starts_at or (anchor is not None and not explicit
+                                          and self._granted_until(session, wallet_id, current[1])):
+                # Starting mid-period: the period under way keeps the lots it has (an upgrade
+                # adds its difference with top_up_period); the new terms grant from the next one.
+                granted = current
+        for credit_type, (amount, rollover_max) in terms.items():
+            session.execute(insert(GRANTS).values(
+                wallet_id=wallet_id, credit_type=CreditType(credit_type).value, amount=amount,
+                rollover_max=rollover_max, priority=priority, period=period, period_seconds=period_seconds,
+                anchor=anchor, starts_at=None if wallet_id is None else starts_at, ends_at=None,
+                explicit=explicit, reference=reference, created_at=now,
+                period_start=granted[0], period_end=granted[1],
+            ))
+        if wallet_id is None:
+            # Every user wallet without grants of its own adopts the new templates at its next write.
+            session.execute(update(WALLETS).where(WALLETS.c.kind == "user", ~select(GRANTS.c.id).where(
+                GRANTS.c.wallet_id == WALLETS.c.id, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > now),
+                or_(GRANTS.c.starts_at.is_(None), GRANTS.c.starts_at <= now)).exists()).values(refill_due_at=now))
+        else:
+            wallet = session.execute(select(WALLETS).where(WALLETS.c.id == wallet_id)).one()
+            session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
+                refill_due_at=self._due_after_change(session, wallet, now)))
+
+    @staticmethod
+    def _granted_until(session, wallet_id: int, end: datetime) -> bool:
+        """A plan lot ends at `end`: terms changed at the very start of a period the old terms
+        granted already (on a clock that has not moved) keep it, as any change mid-period."""
+        return session.execute(select(LOTS.c.id).where(
+            LOTS.c.wallet_id == wallet_id, LOTS.c.source == "plan", LOTS.c.expires_at == end).limit(1)).first() is not None
 
     def _due_after_change(self, session, wallet, now: datetime) -> datetime | None:
         due = self._next_due(session, wallet, now)
@@ -219,37 +250,90 @@ class Recurring:
         return due
 
     @retry_conflicts
-    def end_recurring(self, wallet_id: int, at: datetime) -> None:
-        """The wallet's grants end at `at` (a plan canceled at its period's end); from then on a
-        user wallet follows the templates, anchored there."""
+    def end_recurring(self, wallet_id: int, reference: str, at: datetime) -> None:
+        """The wallet's grants named `reference` end at `at` (a plan canceled at its period's
+        end); from then on a user wallet follows the templates, anchored there."""
         with atomic() as session:
-            self._enter(session, wallet_id)
-            session.execute(update(GRANTS).where(
-                GRANTS.c.wallet_id == wallet_id, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > at))
-                .values(ends_at=at))
-            wallet = session.execute(select(WALLETS).where(WALLETS.c.id == wallet_id)).one()
-            session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
-                refill_due_at=self._next_due(session, wallet, utcnow())))
+            self._end_recurring(session, wallet_id, reference, at)
+
+    def _end_recurring(self, session, wallet_id: int, reference: str, at: datetime) -> None:
+        self._enter(session, wallet_id)
+        # Only the plan's own: the default plan's, adopted once the plan ended, are not ended again
+        # (a later end would re-anchor them and grant their period twice).
+        session.execute(update(GRANTS).where(
+            GRANTS.c.wallet_id == wallet_id, GRANTS.c.reference == reference,
+            or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > at)).values(ends_at=at))
+        wallet = session.execute(select(WALLETS).where(WALLETS.c.id == wallet_id)).one()
+        session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
+            refill_due_at=self._next_due(session, wallet, utcnow())))
 
     @retry_conflicts
     def grant_period(self, wallet_id: int, reference: str, start: datetime, end: datetime) -> bool:
         """Grant the period [start, end) of the wallet's explicit grants named `reference` (a paid
         plan's invoice, paid): once, whatever repeats. False when it was granted already."""
         with atomic() as session:
-            self._enter(session, wallet_id)
-            now = utcnow()
-            rows = session.execute(select(GRANTS).where(
-                GRANTS.c.wallet_id == wallet_id, GRANTS.c.reference == reference, GRANTS.c.explicit.is_(True),
-                or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > start)).order_by(GRANTS.c.credit_type)).all()
-            granted = False
-            for credit_type in CreditType:
-                for row in rows:
-                    if row.credit_type != credit_type.value or (row.period_start is not None and row.period_start >= start):
-                        continue
-                    self._lock_account(session, wallet_id, credit_type)
-                    self._grant_period(session, wallet_id, row, start, end, now)
-                    granted = True
-            return granted
+            return self._grant_explicit(session, wallet_id, reference, start, end)
+
+    def _grant_explicit(self, session, wallet_id: int, reference: str, start: datetime, end: datetime) -> bool:
+        self._enter(session, wallet_id)
+        now = utcnow()
+        rows = session.execute(select(GRANTS).where(
+            GRANTS.c.wallet_id == wallet_id, GRANTS.c.reference == reference, GRANTS.c.explicit.is_(True),
+            or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > start)).order_by(GRANTS.c.credit_type)).all()
+        granted = False
+        for credit_type in CreditType:
+            for row in rows:
+                if row.credit_type != credit_type.value or (row.period_start is not None and row.period_start >= start):
+                    continue
+                self._lock_account(session, wallet_id, credit_type)
+                self._grant_period(session, wallet_id, row, start, end, now)
+                granted = True
+        return granted
+
+    @retry_conflicts
+    def top_up_period(self, wallet_id: int, reference: str, allowance: dict[str, int], key: str) -> dict[str, int]:
+        """An upgrade mid-period: bring what this period's plan lots were granted up to
+        `allowance` ({credit type: n}), in a lot per credit type ending with the period. Counted
+        from what was granted, not what is left, so going down and up again gives nothing twice;
+        `key` (an invoice, a plan) names it, so a repeat grants nothing. What it granted."""
+        with atomic() as session:
+            return self._top_up(session, wallet_id, reference, allowance, key)
+
+    def _top_up(self, session, wallet_id: int, reference: str, allowance: dict[str, int], key: str) -> dict[str, int]:
+        self._enter(session, wallet_id)
+        now = utcnow()
+        rows = session.execute(select(GRANTS).where(
+            GRANTS.c.wallet_id == wallet_id, GRANTS.c.reference == reference, GRANTS.c.period_end > now,
+            GRANTS.c.period_start <= now, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > now))).all()
+        granted: dict[str, int] = {}
+        for credit_type in CreditType:
+            row = next((row for row in rows if row.credit_type == credit_type.value), None)
+            wanted = allowance.get(credit_type.value, 0)
+            if row is None or wanted <= 0:
+                continue
+            self._lock_account(session, wallet_id, credit_type)
+            so_far = session.execute(select(func.coalesce(func.sum(LOTS.c.amount), 0)).where(
+                LOTS.c.wallet_id == wallet_id, LOTS.c.credit_type == credit_type.value, LOTS.c.source == "plan",
+                LOTS.c.expires_at == row.period_end, _own(row))).scalar()
+            more = wanted - so_far
+            if more <= 0:
+                continue
+            self._grant(session, wallet_id, more, credit_type, f"upgrade {reference}",
+                        lot_reference(reference, credit_type.value, row.period_start, f"upgrade-{key}"),
+                        {"priority": row.priority, "expires_at": row.period_end, "source": "plan"})
+            granted[credit_type.value] = more
+        return granted
+
+    def current_period(self, session, wallet_id: int) -> tuple[datetime, datetime, datetime] | None:
+        """(anchor, start, end) of the period the wallet's grants are in now, if any."""
+        now = utcnow()
+        for row in session.execute(select(GRANTS).where(GRANTS.c.wallet_id == wallet_id)
+                                   .order_by(GRANTS.c.id.desc())).all():
+            if _covers(row, now) and row.period is not None:
+                anchor = row.anchor or row.starts_at
+                start, end = periods.period_at(anchor, row.period, row.period_seconds, now)
+                return anchor, start, end
+        return None
 
     def recurring_of(self, wallet_id: int) -> list[dict]:
         """The wallet's grants in force now, each with its period and what is left of its lots."""
@@ -263,7 +347,7 @@ class Recurring:
                 left = session.execute(select(func.coalesce(func.sum(LOTS.c.remaining - LOTS.c.held), 0)).where(
                     LOTS.c.wallet_id == wallet_id, LOTS.c.credit_type == row.credit_type,
                     LOTS.c.source.in_(PLAN_SOURCES), LOTS.c.expires_at == row.period_end,
-                    LOTS.c.expires_at > now)).scalar() if row.period_end else 0
+                    LOTS.c.expires_at > now, _own(row))).scalar() if row.period_end else 0
                 result.append({"credit_type": row.credit_type, "amount": row.amount, "rollover_max": row.rollover_max,
                                "reference": row.reference, "period_start": row.period_start,
                                "period_end": row.period_end, "explicit": row.explicit, "remaining": left})

@@ -102,6 +102,23 @@ class Writes:
         return {"lot": lots.describe(lots.one(session, lot_id), now), "moved": free, "wallet_id": wallet_id,
                 "balance": ledger._spendable(session, wallet_id, now)}
 
+    # A plan's terms and periods (recurring.py), with the caller's row locked first.
+    def set_recurring(self, wallet_id: int, reference: str, terms: dict[str, tuple[int, int]], **options) -> None:
+        self._ledger._set_recurring(self.session, wallet_id, reference, terms, **options)
+
+    def end_recurring(self, wallet_id: int, reference: str, at: datetime) -> None:
+        self._ledger._end_recurring(self.session, wallet_id, reference, at)
+
+    def grant_period(self, wallet_id: int, reference: str, start: datetime, end: datetime) -> bool:
+        return self._ledger._grant_explicit(self.session, wallet_id, reference, start, end)
+
+    def top_up_period(self, wallet_id: int, reference: str, allowance: dict[str, int], key: str) -> dict[str, int]:
+        return self._ledger._top_up(self.session, wallet_id, reference, allowance, key)
+
+    def current_period(self, wallet_id: int):
+        self._ledger._enter(self.session, wallet_id)
+        return self._ledger.current_period(self.session, wallet_id)
+
     def _open(self, wallet_id: int, credit_type: CreditType) -> None:
         self._ledger._enter(self.session, wallet_id)
         self._ledger._lock_account(self.session, wallet_id, credit_type)
