@@ -166,6 +166,11 @@ class Config:
     # Per source address on the webhook routes: far above a provider's bursts, below a flood.
     WEBHOOK_RATE_LIMIT = os.environ.get("WEBHOOK_RATE_LIMIT") or "6000 per minute"
 
+    # Plans (creditapp/plans): the catalogue (JSON; unset: a free and a paid plan), and the plan every
+    # account is on unless it subscribes to another (unset: none, so accounts have no allowance).
+    PLANS = _json("PLANS")
+    DEFAULT_PLAN = os.environ.get("DEFAULT_PLAN") or None
+
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 

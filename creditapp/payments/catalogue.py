@@ -48,22 +48,23 @@ def check_packs(raw, setting: str = "CREDIT_PACKS") -> dict[str, Pack]:
         unknown = sorted(set(spec) - FIELDS)
         if unknown:
             raise RuntimeError(f"{where}: unknown fields {unknown} (known: {sorted(FIELDS)})")
-        name = _field(spec, where, "name", str, lambda v: 0 < len(v) <= 200, "a name of 1 to 200 characters")
-        credit_type = _field(spec, where, "credit_type", str, lambda v: v in {t.value for t in CreditType},
+        name = setting_field(spec, where, "name", str, lambda v: 0 < len(v) <= 200, "a name of 1 to 200 characters")
+        credit_type = setting_field(spec, where, "credit_type", str, lambda v: v in {t.value for t in CreditType},
                              f"one of {[t.value for t in CreditType]}")
-        credits = _field(spec, where, "credits", int, lambda v: 1 <= v <= MAX_AMOUNT, f"from 1 to {MAX_AMOUNT}")
-        price = _field(spec, where, "price", int, lambda v: 1 <= v <= MAX_PRICE,
+        credits = setting_field(spec, where, "credits", int, lambda v: 1 <= v <= MAX_AMOUNT, f"from 1 to {MAX_AMOUNT}")
+        price = setting_field(spec, where, "price", int, lambda v: 1 <= v <= MAX_PRICE,
                        f"an integer of the currency's minor unit from 1 to {MAX_PRICE}")
-        currency = _field(spec, where, "currency", str, lambda v: len(v) == 3 and v.isalpha() and v.islower(),
+        currency = setting_field(spec, where, "currency", str, lambda v: len(v) == 3 and v.isalpha() and v.islower(),
                           "an ISO 4217 code in lower case, such as \"usd\"")
-        priority = _field(spec, where, "priority", int, lambda v: 0 <= v <= 100, "from 0 to 100", default=50)
-        days = _field(spec, where, "expires_in_days", int, lambda v: 1 <= v <= 36600, "from 1 to 36600",
+        priority = setting_field(spec, where, "priority", int, lambda v: 0 <= v <= 100, "from 0 to 100", default=50)
+        days = setting_field(spec, where, "expires_in_days", int, lambda v: 1 <= v <= 36600, "from 1 to 36600",
                       default=None)
         packs[pack_id] = Pack(pack_id, name, credit_type, credits, price, currency, priority, days)
     return packs
 
 
-def _field(spec: dict, where: str, name: str, kind: type, valid, expected: str, **default):
+def setting_field(spec: dict, where: str, name: str, kind: type, valid, expected: str, **default):
+    """`spec[name]` checked, or RuntimeError naming `where.name`; absent (or null) gives `default`."""
     if name not in spec:
         if default:
             return default["default"]

@@ -14,9 +14,14 @@ CHECKOUT_EVENTS = {
 }
 
 
+# What the plans package applies (to a subscription, not a purchase).
+SUBSCRIPTION_MOVES = {"subscribe", "subscription_expire", "invoice_paid", "invoice_failed", "subscription_update",
+                      "subscription_delete"}
+
+
 @dataclass(frozen=True)
 class Facts:
-    move: str  # pay, process, fail, expire, refund, dispute, dispute_won, dispute_lost, ignore
+    move: str  # pay, process, fail, expire, refund, dispute, dispute_won, dispute_lost, ignore; SUBSCRIPTION_MOVES
     purchase_id: int | None = None
     checkout_id: str | None = None
     payment_intent: str | None = None
@@ -24,6 +29,17 @@ class Facts:
     currency: str | None = None
     amount_refunded: int | None = None  # cumulative
     status: str | None = None
+    # A subscription's and its invoices' (times are Unix seconds: the facts are kept as JSON).
+    subscription_id: int | None = None  # ours
+    provider_subscription: str | None = None
+    invoice_id: str | None = None
+    billing_reason: str | None = None
+    period_start: int | None = None
+    period_end: int | None = None
+    price: str | None = None
+    plan: str | None = None
+    cancel_at_period_end: bool | None = None
+    created: int | None = None  # the event's, to tell an older subscription update from a newer
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -37,8 +53,22 @@ def _reference_id(reference: str | None, kind: str) -> int | None:
     return None
 
 
+def _unix(moment) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+def _ours(metadata: dict, reference: str | None = None) -> int | None:
+    return _reference_id(reference, "subscription") or _reference_id(
+        f"subscription:{metadata.get('creditapp_subscription', '')}", "subscription")
+
+
 def of_checkout(state: CheckoutState, event_type: str | None = None) -> Facts:
     """The move a checkout asks for: from an event of its, or from what the provider says of it now."""
+    if state.mode == "subscription":
+        move = {"complete": "subscribe", "expired": "subscription_expire"}.get(
+            "expired" if event_type == "checkout.session.expired" else state.status, "ignore")
+        return Facts(move, checkout_id=state.id, subscription_id=_ours(state.metadata, state.client_reference_id),
+                     provider_subscription=state.subscription)
     purchase_id = _reference_id(state.client_reference_id, "purchase") or _reference_id(
         f"purchase:{state.metadata.get('purchase_id', '')}", "purchase")
     paid = state.payment_status in ("paid", "no_payment_required")
@@ -74,4 +104,21 @@ def of_event(event: ProviderEvent) -> Facts:
         else:
             move = "dispute_lost" if dispute.status == "lost" else "dispute_won"
         return Facts(move, payment_intent=dispute.payment_intent, status=dispute.status, amount=dispute.amount)
+    if event.type.startswith("customer.subscription.") and event.subscription is not None:
+        sub = event.subscription
+        move = {"customer.subscription.deleted": "subscription_delete"}.get(event.type, "subscription_update")
+        return Facts(move, subscription_id=_ours(sub.metadata), provider_subscription=sub.id, status=sub.status,
+                     cancel_at_period_end=sub.cancel_at_period_end, period_start=_unix(sub.current_period_start),
+                     period_end=_unix(sub.current_period_end), price=sub.price, plan=sub.metadata.get("creditapp_plan"),
+                     created=_unix(event.created))
+    if event.type in ("invoice.paid", "invoice.payment_failed") and event.invoice is not None:
+        invoice = event.invoice
+        if invoice.subscription is None:
+            return Facts("ignore")  # not a subscription's (a one-off invoice)
+        return Facts("invoice_paid" if event.type == "invoice.paid" else "invoice_failed",
+                     subscription_id=_ours(invoice.metadata), provider_subscription=invoice.subscription,
+                     invoice_id=invoice.id, billing_reason=invoice.billing_reason, status=invoice.status,
+                     amount=invoice.amount_paid, currency=invoice.currency, period_start=_unix(invoice.period_start),
+                     period_end=_unix(invoice.period_end), price=invoice.price, plan=invoice.metadata.get("creditapp_plan"),
+                     created=_unix(event.created))
     return Facts("ignore")

@@ -18,7 +18,7 @@ from ..ledger import credit_service
 from ..ledger.clock import utcnow
 from ..ledger.transactions import atomic, retry_conflicts
 from . import machine
-from .facts import Facts, of_event
+from .facts import SUBSCRIPTION_MOVES, Facts, of_event
 from .providers import PaymentProvider, ProviderEvent
 from .tables import PaymentEvent
 
@@ -35,10 +35,16 @@ class Observer(Protocol):
     def amount_mismatch(self, purchase, detail: str) -> None: ...
 
 
+class SubscriptionApplier(Protocol):
+    def apply_event(self, event_row: int) -> str: ...
+
+
 class Inbox:
     def __init__(self, provider: PaymentProvider, *, logger=None):
         self.provider = provider
         self.observer: Observer | None = None
+        # What applies subscriptions' and invoices' events (the plans package), when there are plans.
+        self.subscriptions: SubscriptionApplier | None = None
         self._logger = logger
 
     def receive(self, body: bytes, headers) -> str:
@@ -69,7 +75,8 @@ class Inbox:
             row_id = session.execute(upsert(EVENTS).values(
                 provider=self.provider.name, event_id=event.id, type=event.type, livemode=event.livemode,
                 created=event.created, received_at=utcnow(), status="received", purchase_id=facts.purchase_id,
-                payment_intent=facts.payment_intent, facts=json.dumps(facts.as_dict()),
+                payment_intent=facts.payment_intent, subscription_id=facts.subscription_id,
+                provider_subscription=facts.provider_subscription, facts=json.dumps(facts.as_dict()),
                 body=event.body.decode("utf-8"),
             ).on_conflict_do_nothing(index_elements=["provider", "event_id"]).returning(EVENTS.c.id)).scalar()
             if row_id is not None:
@@ -86,6 +93,12 @@ class Inbox:
         if event.status != "received":
             return "duplicate"
         facts = _facts(event)
+        if facts.move in SUBSCRIPTION_MOVES:
+            if self.subscriptions is not None:
+                return self.subscriptions.apply_event(event_row)
+            with atomic() as session:
+                mark(session, event_row, "ignored", "no plans here")
+            return "ignored"
         purchase_id = event.purchase_id or self._by_intent(facts.payment_intent)
         seen: list = []  # what to tell the observer once the transaction has committed
         with credit_service.writing() as writes:
@@ -183,10 +196,7 @@ class Inbox:
 
     @staticmethod
     def _mark(session, event_row: int, status: str, detail: str, **more) -> None:
-        values = {"status": status, "outcome": detail[:64], **more}
-        if status in ("applied", "ignored"):
-            values["applied_at"] = utcnow()
-        session.execute(update(EVENTS).where(EVENTS.c.id == event_row).values(**values))
+        mark(session, event_row, status, detail, **more)
 
     def _observe(self, what: str, *args) -> None:
         self._tell([(what, *args)])
@@ -199,6 +209,18 @@ class Inbox:
                 self._logger.warning("purchase %s granted nothing: %s", args[0].id, args[1])
             {"event": self.observer.payment_event, "purchase_moved": self.observer.purchase_moved,
              "money_back": self.observer.money_back, "mismatch": self.observer.amount_mismatch}[what](*args)
+
+
+def mark(session, event_row: int, status: str, detail: str, **more) -> None:
+    """What applying a stored event did."""
+    values = {"status": status, "outcome": detail[:64], **more}
+    if status in ("applied", "ignored"):
+        values["applied_at"] = utcnow()
+    session.execute(update(EVENTS).where(EVENTS.c.id == event_row).values(**values))
+
+
+def facts_of(event) -> Facts:
+    return _facts(event)
 
 
 def _facts(event) -> Facts:

@@ -36,6 +36,12 @@ class CheckoutPages:
     def url(self, template: str, purchase_id: int) -> str:
         return template.replace("{PURCHASE_ID}", str(purchase_id)).replace("{PUBLIC_URL}", self.public_url())
 
+    def checkout_expires_at(self) -> datetime:
+        # Counted from the call, a minute inside Stripe's bounds (30 minutes to 24 hours after it
+        # makes the session), so that neither the time spent here nor a skewed clock crosses one.
+        return utcnow() + min(max(timedelta(minutes=self.expires_minutes), timedelta(minutes=31)),
+                              timedelta(hours=24) - timedelta(minutes=1))
+
 
 class Payments:
     def __init__(self, provider: PaymentProvider, packs: dict[str, Pack], pages: CheckoutPages, *, logger=None):
@@ -57,11 +63,7 @@ class Payments:
                                        now + timedelta(minutes=self.pages.expires_minutes))
         except IntegrityError:
             raise UnknownUser(f"no user with id {user_id}") from None  # its wallet is gone
-        # Counted from the call, a minute inside Stripe's bounds (30 minutes to 24 hours after it
-        # makes the session), so that neither the time spent here nor a skewed clock crosses one.
-        at_call = utcnow()
-        expires_at = at_call + min(max(timedelta(minutes=self.pages.expires_minutes), timedelta(minutes=31)),
-                                   timedelta(hours=24) - timedelta(minutes=1))
+        expires_at = self.pages.checkout_expires_at()
         order = CheckoutOrder(
             reference=f"purchase:{purchase_id}", name=pack.name, amount=pack.price, currency=pack.currency,
             success_url=self.pages.url(self.pages.success_url, purchase_id),

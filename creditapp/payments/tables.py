@@ -69,6 +69,9 @@ class PaymentEvent(Base):
         Index("ix_payment_events_payment_intent", "payment_intent",
               postgresql_where=text("status = 'unmatched'"), sqlite_where=text("status = 'unmatched'")),
         Index("ix_payment_events_status_received_at", "status", "received_at"),
+        Index("ix_payment_events_subscription_id_status", "subscription_id", "status"),
+        Index("ix_payment_events_provider_subscription", "provider_subscription",
+              postgresql_where=text("status = 'unmatched'"), sqlite_where=text("status = 'unmatched'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -83,6 +86,8 @@ class PaymentEvent(Base):
     outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
     purchase_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     payment_intent: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    subscription_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # ours (plans)
+    provider_subscription: Mapped[str | None] = mapped_column(String(255), nullable=True)
     facts: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
 
@@ -108,3 +113,30 @@ class TestCheckout(Base):
     metadata_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    mode: Mapped[str] = mapped_column(String(16), default="payment", server_default="payment")
+    subscription_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # a plan's terms (mode subscription)
+
+
+class TestSubscription(Base):
+    """The built-in test provider's subscriptions: what Stripe keeps of one, and what the test
+    page has told it to do at the next renewal."""
+
+    __tablename__ = "test_subscriptions"
+    __test__ = False
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    checkout_id: Mapped[str] = mapped_column(String(64))
+    reference: Mapped[str] = mapped_column(String(64))
+    metadata_json: Mapped[str] = mapped_column(Text)
+    plan: Mapped[str] = mapped_column(String(64))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    period: Mapped[str] = mapped_column(String(8))
+    period_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # active, past_due, canceled
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    fail_renewals: Mapped[bool] = mapped_column(Boolean, default=False)
+    open_invoice: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a renewal not paid yet
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,12 +1,16 @@
-"""Stripe, through the official `stripe` package: Checkout Sessions in `payment` mode, and the
-webhooks Stripe signs. Two calls only: create a session, retrieve one."""
+"""Stripe, through the official `stripe` package: Checkout Sessions in `payment` and
+`subscription` mode, the few subscription changes creditapp asks for (cancel at the period's
+end, change the plan), and the webhooks Stripe signs."""
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import stripe
 
 from . import stripe_objects
-from .base import Checkout, CheckoutOrder, CheckoutState, LivemodeMismatch, ProviderEvent, ProviderUnavailable
+from .base import (
+    Checkout, CheckoutOrder, CheckoutState, LivemodeMismatch, PaymentDeclined, ProviderEvent, ProviderUnavailable,
+    Recurring,
+)
 
 
 class StripeProvider:
@@ -40,6 +44,15 @@ class StripeProvider:
             "cancel_url": order.cancel_url,
             "expires_at": int(order.expires_at.timestamp()),
         }
+        if order.recurring is not None:
+            # The subscription and its invoices carry our metadata (`subscription_data`), so
+            # an invoice that comes before the checkout's completion still finds its subscription.
+            recurring = order.recurring
+            del params["payment_intent_data"]
+            params.update(mode="subscription", subscription_data={"metadata": metadata})
+            params["line_items"] = [{"quantity": 1, "price": recurring.stripe_price} if recurring.stripe_price else
+                                    {"quantity": 1, "price_data": {**params["line_items"][0]["price_data"],
+                                                                   "recurring": {"interval": recurring.interval}}}]
         try:
             session = self._client.v1.checkout.sessions.create(
                 params=params, options={"idempotency_key": order.idempotency_key})
@@ -63,3 +76,37 @@ class StripeProvider:
             raise LivemodeMismatch(f"a {'live' if payload.get('livemode') else 'test'}-mode event for a "
                                    f"{'live' if self.livemode else 'test'}-mode key")
         return stripe_objects.event(payload, body)
+
+    def expire_checkout(self, checkout_id: str) -> None:
+        try:
+            self._client.v1.checkout.sessions.expire(checkout_id)
+        except stripe.InvalidRequestError:
+            pass  # not open any more (paid, or lapsed): nothing to close
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe did not expire checkout {checkout_id}: {exc}") from exc
+
+    def cancel_subscription(self, subscription_id: str, *, at_period_end: bool) -> None:
+        try:
+            self._client.v1.subscriptions.update(subscription_id, params={"cancel_at_period_end": at_period_end})
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe did not change subscription {subscription_id}: {exc}") from exc
+
+    def change_plan(self, subscription_id: str, recurring: Recurring, amount: int, currency: str) -> None:
+        """The subscription's one item to the plan's Price, the difference invoiced now; with
+        `error_if_incomplete` Stripe refuses the change when that invoice cannot be paid, so no
+        plan is changed without its money."""
+        if not recurring.stripe_price:
+            raise ProviderUnavailable(f"plan {recurring.plan!r} has no stripe_price: Stripe changes a "
+                                      "subscription only to a Price made in Stripe")
+        try:
+            current = self._client.v1.subscriptions.retrieve(subscription_id)
+            item = current["items"]["data"][0]["id"]
+            self._client.v1.subscriptions.update(subscription_id, params={
+                "items": [{"id": item, "price": recurring.stripe_price}],
+                "proration_behavior": "always_invoice", "payment_behavior": "error_if_incomplete",
+                "metadata": {"creditapp_plan": recurring.plan},
+            })
+        except stripe.CardError as exc:
+            raise PaymentDeclined(f"Stripe could not charge the upgrade: {exc}") from exc
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe did not change subscription {subscription_id}: {exc}") from exc

@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 
 import stripe
 
-from .base import ChargeState, CheckoutState, DisputeState, InvalidSignature, ProviderEvent
+from .base import (
+    ChargeState, CheckoutState, DisputeState, InvalidSignature, InvoiceState, ProviderEvent, SubscriptionState,
+)
 
 TOLERANCE_SECONDS = 300
 
@@ -99,7 +101,44 @@ def checkout_state(obj: dict) -> CheckoutState:
         livemode=bool(obj.get("livemode")),
         # Retrieved with expand[]=payment_intent: a bank transfer that failed says so here.
         payment_intent_status=_str(intent.get("status")) if isinstance(intent, dict) else None,
+        mode=_str(obj.get("mode")) or "payment", subscription=_id(obj.get("subscription")),
     )
+
+
+def _path(obj, *keys):
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def subscription_state(obj: dict) -> SubscriptionState:
+    """A Subscription; its period is on its items since API version 2025-03-31 (at its top before)."""
+    items = _path(obj, "items", "data")
+    item = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+    return SubscriptionState(
+        id=_id(obj.get("id")) or "", status=_str(obj.get("status")) or "",
+        cancel_at_period_end=obj.get("cancel_at_period_end") is True,
+        current_period_start=_time(item.get("current_period_start", obj.get("current_period_start"))),
+        current_period_end=_time(item.get("current_period_end", obj.get("current_period_end"))),
+        price=_id(item.get("price")), metadata=_dict(obj.get("metadata")))
+
+
+def invoice_state(obj: dict) -> InvoiceState:
+    """An Invoice. The period granted is its subscription line's (`period_start`/`period_end` at
+    the invoice's top are the period *before* a renewal); its subscription and that one's
+    metadata are under `parent.subscription_details` since API version 2025-03-31."""
+    details = _dict(_dict(obj.get("parent")).get("subscription_details")) or _dict(obj.get("subscription_details"))
+    lines = _dict(obj.get("lines")).get("data")
+    lines = [line for line in lines if isinstance(line, dict)] if isinstance(lines, list) else []
+    line = next((line for line in lines if _dict(line.get("period")).get("end")), lines[0] if lines else {})
+    period = _dict(line.get("period"))
+    price = _path(line, "pricing", "price_details", "price") or line.get("price")
+    return InvoiceState(
+        id=_id(obj.get("id")) or "", subscription=_id(details.get("subscription")) or _id(obj.get("subscription")),
+        billing_reason=_str(obj.get("billing_reason")), status=_str(obj.get("status")),
+        amount_paid=_int(obj.get("amount_paid")) or 0, currency=_str(obj.get("currency")),
+        period_start=_time(period.get("start")), period_end=_time(period.get("end")), price=_id(price),
+        metadata=_dict(details.get("metadata")) or _dict(line.get("metadata")))
 
 
 def event(payload: dict, body: bytes) -> ProviderEvent:
@@ -113,6 +152,10 @@ def event(payload: dict, body: bytes) -> ProviderEvent:
             id=_str(obj.get("id")) or "", charge=_id(obj.get("charge")), payment_intent=_id(obj.get("payment_intent")),
             status=_str(obj.get("status")) or "", amount=_int(obj.get("amount")) or 0,
             currency=_str(obj.get("currency")) or "")
+    elif kind.startswith("customer.subscription."):
+        views["subscription"] = subscription_state(obj)
+    elif kind.startswith("invoice."):
+        views["invoice"] = invoice_state(obj)
     elif kind.startswith("charge."):
         views["charge"] = ChargeState(
             id=_str(obj.get("id")) or "", payment_intent=_id(obj.get("payment_intent")),
@@ -136,11 +179,14 @@ def event_body(event_id: str, kind: str, obj: dict, *, livemode: bool = False, c
 
 def session_object(*, id: str, url: str, status: str, payment_status: str, amount: int, currency: str,
                    payment_intent: str | None, reference: str, metadata: dict, expires_at: int,
-                   success_url: str, cancel_url: str, created: int, livemode: bool = False) -> dict:
-    """A Checkout Session in `payment` mode as Stripe's API answers it (the fields creditapp or
-    the SDK read), for the test provider and the fake Stripe server alike."""
+                   success_url: str, cancel_url: str, created: int, livemode: bool = False,
+                   mode: str = "payment", subscription: str | None = None, invoice: str | None = None) -> dict:
+    """A Checkout Session as Stripe's API answers it (the fields creditapp or the SDK read), for
+    the test provider and the fake Stripe server alike. In `subscription` mode it has no payment
+    intent: its first invoice is paid."""
     return {
-        "id": id, "object": "checkout.session", "mode": "payment", "url": url if status == "open" else None,
+        "id": id, "object": "checkout.session", "mode": mode, "url": url if status == "open" else None,
+        "subscription": subscription, "invoice": invoice,
         "status": status, "payment_status": payment_status, "amount_total": amount, "amount_subtotal": amount,
         "currency": currency, "payment_intent": payment_intent, "client_reference_id": reference,
         "metadata": metadata, "expires_at": expires_at, "created": created, "livemode": livemode,
@@ -159,3 +205,40 @@ def dispute_object(*, id: str, charge: str, payment_intent: str, status: str, am
                    livemode: bool = False) -> dict:
     return {"id": id, "object": "dispute", "charge": charge, "payment_intent": payment_intent, "status": status,
             "amount": amount, "currency": currency, "livemode": livemode}
+
+
+def subscription_object(*, id: str, status: str, price: str, amount: int, currency: str, interval: str,
+                        period_start: int, period_end: int, cancel_at_period_end: bool, metadata: dict,
+                        created: int, item: str | None = None, product: str | None = None,
+                        ended_at: int | None = None, livemode: bool = False) -> dict:
+    """A Subscription as API version 2025-09-30 has it: its period on its item."""
+    return {
+        "id": id, "object": "subscription", "status": status, "cancel_at_period_end": cancel_at_period_end,
+        "metadata": metadata, "created": created, "ended_at": ended_at, "livemode": livemode,
+        "items": {"object": "list", "data": [{
+            "id": item or f"si_{id[4:]}", "object": "subscription_item", "quantity": 1,
+            "current_period_start": period_start, "current_period_end": period_end,
+            "price": {"id": price, "object": "price", "unit_amount": amount, "currency": currency,
+                      "product": product or f"prod_{id[4:]}", "recurring": {"interval": interval, "interval_count": 1}},
+        }]},
+    }
+
+
+def invoice_object(*, id: str, subscription: str, billing_reason: str, status: str, amount: int, currency: str,
+                   period_start: int, period_end: int, price: str, metadata: dict, livemode: bool = False) -> dict:
+    """An Invoice of a subscription as API version 2025-09-30 has it (`parent.subscription_details`,
+    the line's `pricing`); `period_start`/`period_end` at its top are the period before, as Stripe's."""
+    return {
+        "id": id, "object": "invoice", "billing_reason": billing_reason, "status": status,
+        "amount_due": amount, "amount_paid": amount if status == "paid" else 0, "currency": currency,
+        "livemode": livemode, "period_start": period_start, "period_end": period_start,
+        "parent": {"type": "subscription_details", "quote_details": None,
+                   "subscription_details": {"subscription": subscription, "metadata": metadata}},
+        "lines": {"object": "list", "data": [{
+            "id": f"il_{id[3:]}", "object": "line_item", "amount": amount, "currency": currency,
+            "period": {"start": period_start, "end": period_end}, "metadata": metadata,
+            "pricing": {"type": "price_details", "price_details": {"price": price, "product": f"prod_{subscription[4:]}"}},
+            "parent": {"type": "subscription_item_details",
+                       "subscription_item_details": {"subscription": subscription}},
+        }]},
+    }

@@ -15,6 +15,7 @@ from ...ledger.transactions import atomic
 from ..tables import TestCheckout
 from . import stripe_objects
 from .base import Checkout, CheckoutOrder, CheckoutState, LivemodeMismatch, ProviderEvent
+from .test_billing import TestBilling
 
 CHECKOUTS = TestCheckout.__table__
 # What a buyer, a bank or an administrator at Stripe can do to a checkout.
@@ -37,7 +38,7 @@ def _ts(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-class TestProvider:
+class TestProvider(TestBilling):
     __test__ = False  # not a test class, whatever its name
     name = "test"
     livemode = False
@@ -56,11 +57,20 @@ class TestProvider:
                     name=order.name, amount=order.amount, currency=order.currency, status="open",
                     payment_status="unpaid", payment_intent=None, amount_refunded=0,
                     success_url=order.success_url, cancel_url=order.cancel_url,
-                    metadata_json=json.dumps(order.metadata), created_at=utcnow(), expires_at=order.expires_at))
+                    metadata_json=json.dumps(order.metadata), created_at=utcnow(), expires_at=order.expires_at,
+                    **self._mode(order)))
                 expires_at = order.expires_at
             else:
                 checkout_id, expires_at = row.id, row.expires_at
         return Checkout(id=checkout_id, url=self._page_url(checkout_id), expires_at=expires_at)
+
+    @staticmethod
+    def _mode(order: CheckoutOrder) -> dict:
+        if order.recurring is None:
+            return {"mode": "payment", "subscription_json": None}
+        period = order.recurring.interval or "seconds"
+        return {"mode": "subscription", "subscription_json": json.dumps({
+            "plan": order.recurring.plan, "period": period, "period_seconds": order.recurring.interval_seconds})}
 
     def find(self, checkout_id: str):
         with atomic(write=False) as session:
@@ -86,12 +96,16 @@ class TestProvider:
             if row is None:
                 raise UnknownCheckout(checkout_id)
             changes, events = self._move(SimpleNamespace(**row._mapping), action, amount)
+            if events and events[0][0] == "subscribe":
+                events = self._subscribe(session, row, events[0][1])
             if changes:
                 session.execute(update(CHECKOUTS).where(CHECKOUTS.c.id == checkout_id).values(**changes))
         return [self._signed(kind, obj) for kind, obj in events]
 
     def _move(self, row, action: str, amount: int | None) -> tuple[dict, list[tuple[str, dict]]]:
         status = self._status(row)
+        if row.mode == "subscription":
+            return self._move_subscription_checkout(row, status, action)
         intent = row.payment_intent or f"pi_test_{secrets.token_hex(12)}"
         after = _with(row, payment_intent=intent)
         if action in ("pay", "transfer"):
@@ -126,6 +140,18 @@ class TestProvider:
             id=f"dp_{intent[3:]}", charge=charge, payment_intent=intent, status=dispute_status, amount=row.amount,
             currency=row.currency))]
 
+    def _move_subscription_checkout(self, row, status: str, action: str):
+        if action == "pay":
+            self._must(status == "open", f"pay: the checkout is {status}")
+            # The subscription is made in act()'s transaction, with the checkout's row locked.
+            return {"status": "complete", "payment_status": "paid"}, [("subscribe", _with(
+                row, status="complete", payment_status="paid"))]
+        if action in ("decline", "expire"):
+            self._must(status == "open", f"{action}: the checkout is {status}")
+            after = _with(row, status="expired")
+            return {"status": "expired"}, [("checkout.session.expired", self._session(after))]
+        raise ActionNotAllowed(f"{action}: not for a subscription's checkout")
+
     @staticmethod
     def _must(condition: bool, why: str) -> None:
         if not condition:
@@ -142,7 +168,7 @@ class TestProvider:
             id=row.id, url=self._page_url(row.id), status=self._status(row), payment_status=row.payment_status,
             amount=row.amount, currency=row.currency, payment_intent=row.payment_intent, reference=row.reference,
             metadata=json.loads(row.metadata_json), expires_at=_ts(row.expires_at), success_url=row.success_url,
-            cancel_url=row.cancel_url, created=_ts(row.created_at))
+            cancel_url=row.cancel_url, created=_ts(row.created_at), mode=row.mode)
 
     def _signed(self, kind: str, obj: dict) -> tuple[bytes, dict]:
         body = stripe_objects.event_body(f"evt_test_{secrets.token_hex(12)}", kind, obj,
