@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from config import Config, check_config, config_from_env
 
 from . import ai, auth, database, logs, metrics, revocation
-from .api import bench, bodies, checkout_pages, docs, purchases, register_blueprints, running
+from .api import bench, bodies, checkout_pages, docs, plans, purchases, register_blueprints, running
 from .api.errors import register_error_handlers, register_jwt_handlers
 from .api.schemas import ErrorSchema
 from .cli import register_commands
@@ -79,6 +79,7 @@ def register_extensions(app: Flask) -> None:
     logs.init_app(app)
     metrics.init_app(app)
     purchases.init_app(app)  # after metrics: the inbox counts what it applies
+    plans.init_app(app)  # after purchases: paid plans use its provider and inbox
     ai.init_app(app)
     job_queue.init_app(app, perform=running.run)
     limiter.init_app(app)

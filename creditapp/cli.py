@@ -16,6 +16,7 @@ from . import users as user_service
 from .jobs import store as job_store
 from .jobs.queue import job_queue
 from .api.schemas import CredentialsSchema, GrantSchema, RefundSchema, VoidSchema
+from .cli_plans import plans_cli
 from .cli_purchases import purchases_cli
 from .exceptions import UsernameTaken
 from .ledger import (
@@ -249,3 +250,4 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(jobs_cli)
     app.cli.add_command(credits_cli)
     app.cli.add_command(purchases_cli)
+    app.cli.add_command(plans_cli)

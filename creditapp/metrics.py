@@ -7,7 +7,7 @@ reports the whole server whichever worker answers (gunicorn.conf.py sets it up).
 """
 import os
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
@@ -84,6 +84,23 @@ class CreditMetrics:
             "(applied, deferred, unmatched, ignored, duplicate, stored)", ["type", "outcome"], registry=registry,
         )
 
+        # Read from the database at each scrape (creditapp.plans.report): the latest wins.
+        self.subscriptions = Gauge(
+            "creditapp_plan_subscriptions", "Subscriptions to a plan, by plan and status", ["plan", "status"],
+            registry=registry, multiprocess_mode="mostrecent")
+        self.allowance = Gauge(
+            "creditapp_plan_credits", "Credits plans have given, by kind (allowance: the periods' lots; rollover: "
+            "what carried into the next period; expired: what lapsed unspent) and credit type",
+            ["kind", "credit_type"], registry=registry, multiprocess_mode="mostrecent")
+
+    def plans_read(self, figures: dict, plans, statuses) -> None:
+        for plan in plans:
+            for status in statuses:
+                self.subscriptions.labels(plan, status).set(figures["subscriptions"].get((plan, status), 0))
+        for kind, key in (("allowance", "granted"), ("rollover", "rollover"), ("expired", "expired")):
+            for credit_type in ("generation_credits", "ai_tokens"):
+                self.allowance.labels(kind, credit_type).set(figures[key].get(credit_type, 0))
+
     # The payments package's observer (creditapp.payments.inbox.Observer).
     def purchase_moved(self, purchase, status: str) -> None:
         self.purchases.labels(purchase.pack, status).inc()
@@ -116,6 +133,19 @@ def init_app(app: Flask) -> None:
         PrometheusMetrics(app, registry=registry, **options)
     app.extensions["creditapp.metrics"] = CreditMetrics(registry)
     app.extensions["creditapp.metrics_registry"] = registry
+
+    @app.before_request
+    def _plans_at_scrape():
+        if request.path == "/metrics" and "creditapp.plans" in app.extensions:
+            from .plans import report
+            from .plans.tables import STATUSES
+
+            try:
+                figures = report.figures()
+            except Exception:  # a database not migrated yet: the rest of /metrics still answers
+                app.logger.exception("plans' metrics not read")
+                return
+            app.extensions["creditapp.metrics"].plans_read(figures, app.extensions["creditapp.plans"].plans, STATUSES)
 
 
 def serve(app: Flask, host: str, port: int) -> None:

@@ -8,7 +8,8 @@ from ..access.errors import UnknownTeam
 from ..ledger import Grant, Refund, UnknownUser, credit_service, team_wallet
 from ..ledger.clock import utcnow
 from ..ledger.tables import MAX_USER_ID
-from . import purchases
+from . import plans, purchases
+from .plan_schemas import SubscriptionChoiceSchema, SubscriptionSchema
 from .bodies import Blueprint
 from .idempotency import idempotent_request
 from .purchase_schemas import AdminPurchaseQuerySchema, PurchasePageSchema
@@ -52,6 +53,25 @@ def grant_team_credits(grant, team_id):
     if team_id > MAX_USER_ID or not teams.exists(team_id):
         raise UnknownTeam(f"no team {team_id}")
     return _grant(admin_id, team_wallet(team_id), grant)
+
+
+@blp.post("/users/<id:user_id>/subscription")
+@blp.arguments(SubscriptionChoiceSchema)
+@blp.response(200, SubscriptionSchema, description="The user's plan now")
+@blp.alt_response(403, schema=ErrorSchema, description="Not an administrator")
+@blp.alt_response(404, schema=ErrorSchema, description="Unknown user")
+@blp.alt_response(409, schema=ErrorSchema, description="subscription_at_provider: the user pays for a plan; "
+                  "it is changed or canceled there")
+@blp.alt_response(422, schema=ErrorSchema, description="unknown_plan")
+@document(responses=[UNAUTHORIZED, INVALID])
+def assign_plan(body, user_id):
+    """Put a user on a plan without payment (staff, partners): an upgrade's difference now, the
+    plan's terms from the next period (administrators only)."""
+    _administrator()
+    if user_id > MAX_USER_ID:
+        raise UnknownUser(f"no user with id {user_id}")
+    users.require_user(user_id)
+    return plans.plans().assign(user_id, body["plan"])
 
 
 def _grant(admin_id: int, wallet_id: int, grant: dict):

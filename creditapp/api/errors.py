@@ -20,6 +20,7 @@ from ..access.errors import (
 from ..payments.errors import (
     InvalidBody, InvalidSignature, LivemodeMismatch, PaymentsUnavailable, UnknownPack, UnknownPurchase,
 )
+from ..plans.errors import NoSubscription, PlanChangeDeclined, SubscriptionAtProvider, UnknownPlan
 from ..ledger.errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
@@ -79,6 +80,10 @@ DOMAIN_ERRORS = {
     InvalidSignature: (400, "invalid_signature"),
     LivemodeMismatch: (400, "livemode_mismatch"),
     InvalidBody: (400, "invalid_body"),
+    UnknownPlan: (422, "unknown_plan"),
+    NoSubscription: (409, "no_subscription"),
+    SubscriptionAtProvider: (409, "subscription_at_provider"),
+    PlanChangeDeclined: (402, "payment_declined"),
 }
 
 
