@@ -14,6 +14,7 @@ from creditapp.ledger.tables import CreditLot
 from creditapp.payments.providers import stripe_objects
 from creditapp.ledger.transactions import atomic
 from creditapp.payments.tables import PaymentEvent, TestSubscription
+from creditapp.plans.tables import PlanInvoice
 from creditapp.testing import ledger_is_clean
 from tests.test_plans import MINUTE, PLANS, credits, path, plan_lots, subscription
 
@@ -163,8 +164,11 @@ def test_an_upgrade_grants_the_difference_now_and_a_downgrade_waits_for_the_next
     assert up.json["remaining"]["generation_credits"] == 300 and credits(user) == 5 - 1 + 300, up.json
     down = client.post("/api/subscription", json={"plan": "pro"}, headers=user.headers)
     assert down.status_code == 200 and down.json["plan"] == "pro" and credits(user) == 304, down.json
+    invoices = db.session.execute(select(func.count()).select_from(PlanInvoice.__table__)).scalar()
     again = client.post("/api/subscription", json={"plan": "max"}, headers=user.headers)
     assert again.status_code == 200 and credits(user) == 304  # this period was granted 300 already
+    # ... and paid for: up again is not invoiced twice.
+    assert db.session.execute(select(func.count()).select_from(PlanInvoice.__table__)).scalar() == invoices
     client.post("/api/subscription", json={"plan": "pro"}, headers=user.headers)
     whole_seconds.advance(MINUTE // 2)
     described = subscription(client, user)
@@ -188,4 +192,36 @@ def test_cancel_keeps_the_allowance_to_the_period_end_then_the_default_plan(app,
     assert (described["plan"], described["status"], described["id"]) == ("free", "active", None), described
     assert credits(user) == 5
     assert client.delete("/api/subscription", headers=user.headers).status_code == 409
+    ledger_is_clean()
+
+
+def test_an_upgrade_on_a_card_that_fails_is_declined_and_grants_nothing(app, client, make_user, whole_seconds):
+    user = make_user()
+    paid = Paid(app, client, user, renews=True)
+    page = f"/checkout/test/subscriptions/{paid.sub}"
+    assert 'id="fail-renewals"' in client.get(page).get_data(as_text=True)
+    assert client.post(page, data={"action": "fail-renewals"}).status_code == 303
+    declined = client.post("/api/subscription", json={"plan": "max"}, headers=user.headers)
+    assert declined.status_code == 402 and declined.json["error"] == "payment_declined", declined.json
+    assert subscription(client, user)["plan"] == "pro" and credits(user) == 105
+    ledger_is_clean()
+
+
+def test_two_checkouts_both_paid_leave_one_subscription_billing(app, client, make_user, whole_seconds):
+    user = make_user()
+    provider = app.extensions["creditapp.payments"].provider
+    first = client.post("/api/subscription", json={"plan": "pro"}, headers=user.headers).json
+    first_checkout = path(first["checkout_url"]).rsplit("/", 1)[1]
+    held_back = provider.act(first_checkout, "pay")  # paid at the provider; its events are late
+    second = client.post("/api/subscription", json={"plan": "max"}, headers=user.headers)
+    assert second.status_code == 201, second.json  # the first could not be expired: it was paid
+    assert client.post(path(second.json["checkout_url"]), data={"action": "pay"}).status_code == 303
+    assert subscription(client, user)["plan"] == "max"
+    for body, headers in held_back:
+        client.post("/api/webhooks/test", data=body, headers=headers)
+    described = subscription(client, user)
+    assert described["plan"] == "pro" and described["id"] == first["pending"]["id"], described
+    replaced = provider.subscription_of_checkout(path(second.json["checkout_url"]).rsplit("/", 1)[1])
+    assert replaced.cancel_at_period_end is True  # the provider bills it no more
+    assert credits(user) == 5 + 300 + 100  # both periods were paid for
     ledger_is_clean()

@@ -124,3 +124,29 @@ def test_stripe_plans_must_bill_by_calendar_interval(database_url, fake_stripe):
     del plans["pro"]["interval"]
     with pytest.raises(RuntimeError, match="Stripe bills by day, week, month or year"):
         make_app(database_url, **fake_stripe.settings, PLANS=plans, DEFAULT_PLAN="free")
+
+
+def test_a_proration_of_two_lines_and_a_renewal_paid_partly_by_balance(app, client, make_user, fake_stripe,
+                                                                      manual_clock):
+    user = make_user()
+    _, sub = subscribed(client, user, fake_stripe)
+    assert client.post("/api/subscription", json={"plan": "max"}, headers=user.headers).status_code == 200
+    deliver(client, fake_stripe.updated(sub))
+    # As Stripe bills a proration: the unused time of the old price credited, the new one charged.
+    body, _ = fake_stripe.invoice(sub, "subscription_update", amount=1500)
+    invoice = json.loads(body)["data"]["object"]
+    credit = {**invoice["lines"]["data"][0], "id": "il_credit", "amount": -1500,
+              "pricing": {"type": "price_details", "price_details": {"price": "price_pro", "product": "prod_x"}}}
+    charge = {**invoice["lines"]["data"][0], "amount": 3000}
+    invoice["lines"]["data"] = [credit, charge]
+    deliver(client, fake_stripe.event("invoice.paid", invoice))
+    described = client.get("/api/subscription", headers=user.headers).json
+    assert described["plan"] == "max" and credits(user) == 505, described
+    # The renewal: 3000 in all, 1000 of it from a credit on the customer's balance.
+    body, _ = fake_stripe.renew(sub)
+    renewal = json.loads(body)["data"]["object"]
+    start = renewal["lines"]["data"][0]["period"]["start"]
+    manual_clock.advance(start + 1 - manual_clock.current.timestamp())
+    deliver(client, fake_stripe.event("invoice.paid", {**renewal, "amount_paid": 2000, "total": 3000}))
+    assert client.get("/api/subscription", headers=user.headers).json["remaining"] == {"generation_credits": 500}
+    ledger_is_clean()

@@ -139,4 +139,6 @@ class TestSubscription(Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
     fail_renewals: Mapped[bool] = mapped_column(Boolean, default=False)
     open_invoice: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a renewal not paid yet
+    # The highest price paid for the period under way (an upgrade's proration is charged above it).
+    period_paid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -14,16 +14,30 @@ from ..ledger.transactions import atomic, retry_conflicts
 from ..payments.facts import Facts
 from ..payments.inbox import EVENTS, WAITING, facts_of, mark
 from . import machine as machines
-from .machine import SUBSCRIPTIONS, Machine
+from .machine import SUBSCRIPTIONS, Machine, Outcome
 
 
 class SubscriptionEvents:
-    def __init__(self, machine: Machine, *, logger=None):
+    def __init__(self, machine: Machine, provider=None, *, logger=None):
         self.machine = machine
+        self.provider = provider
         self._logger = logger
 
-    @retry_conflicts
     def apply_event(self, event_row: int) -> str:
+        outcome = self._apply(event_row)
+        if isinstance(outcome, Outcome) and outcome.superseded and self.provider is not None:
+            # Two checkouts of one account both paid: the one replaced stops billing (its period,
+            # paid, runs out; no provider call is made inside a transaction).
+            try:
+                self.provider.cancel_subscription(outcome.superseded, at_period_end=True)
+            except Exception:
+                if self._logger:
+                    self._logger.exception("subscription %s replaced: not canceled at the provider; cancel it there",
+                                           outcome.superseded)
+        return outcome.status if isinstance(outcome, Outcome) else outcome
+
+    @retry_conflicts
+    def _apply(self, event_row: int):
         with atomic(write=False) as session:
             event = session.execute(select(EVENTS).where(EVENTS.c.id == event_row)).one()
         if event.status != "received":
@@ -47,7 +61,7 @@ class SubscriptionEvents:
             mark(session, event_row, outcome.status, outcome.detail, subscription_id=sub.id)
             if outcome.status == "applied":
                 self._release_waiting(writes, sub.id)
-        return outcome.status
+        return outcome
 
     def release(self, subscription_id: int) -> None:
         """Apply what waits for this subscription and can be applied now (a period begun since)."""

@@ -19,6 +19,7 @@ from sqlalchemy import insert, select, update
 from ..ledger.clock import utcnow
 from ..payments.facts import Facts
 from .catalogue import Plan
+from .errors import UnknownPlan
 from .tables import CURRENT, PlanInvoice, Subscription
 
 SUBSCRIPTIONS = Subscription.__table__
@@ -33,6 +34,9 @@ PROVIDER_STATUSES = {"active": "active", "trialing": "active", "past_due": "past
 class Outcome:
     status: str  # applied, deferred, ignored
     detail: str
+    # A paid subscription this one replaced (two checkouts paid): canceled at the provider too,
+    # after the transaction, so that it bills no more.
+    superseded: str | None = None
 
 
 def reference(subscription_id: int) -> str:
@@ -74,11 +78,21 @@ class Machine:
             return self.plans[facts.plan]
         return self.plans.get(sub.plan)
 
+    def _plan_of_row(self, sub) -> Plan:
+        """The subscription's plan; one taken out of PLANS since cannot be applied (its event waits)."""
+        plan = self.plans.get(sub.plan)
+        if plan is None:
+            raise UnknownPlan(f"plan {sub.plan!r} is no longer in PLANS")
+        return plan
+
     def apply(self, writes, sub, facts: Facts) -> Outcome:
         handler = getattr(self, f"_{facts.move}", None)
         if handler is None:
             return Outcome("ignored", f"not a subscription move: {facts.move}")
-        return handler(writes, sub, facts, utcnow())
+        try:
+            return handler(writes, sub, facts, utcnow())
+        except UnknownPlan as exc:  # kept: applied if the plan comes back to PLANS
+            return Outcome("deferred", str(exc))
 
     # --- the moves -----------------------------------------------------------------------
     def _subscribe(self, writes, sub, facts: Facts, now: datetime) -> Outcome:
@@ -140,14 +154,15 @@ class Machine:
         changes = {"status": "active"}
         if sub.provider_subscription is None and facts.provider_subscription:
             changes["provider_subscription"] = facts.provider_subscription
+        superseded = None
         if sub.status in ("incomplete", "expired"):
-            self._activate(writes, sub, plan, start, now)
+            superseded = self._activate(writes, sub, plan, start, now)
             changes.update(anchor=start, plan=plan.id, ended_at=None)
         if sub.period_start is None or start >= sub.period_start:
             changes.update(period_start=start, period_end=end)
         writes.grant_period(wallet, reference(sub.id), start, end)
         self._update(writes.session, sub.id, now, **changes)
-        return Outcome("applied", f"{sub.status} -> active: period from {start.isoformat()}")
+        return Outcome("applied", f"{sub.status} -> active: period from {start.isoformat()}", superseded)
 
     def _subscription_update(self, writes, sub, facts: Facts, now: datetime) -> Outcome:
         created = _when(facts.created)
@@ -171,7 +186,7 @@ class Machine:
             if facts.cancel_at_period_end:
                 writes.end_recurring(sub.wallet_id, reference(sub.id), sub.period_end or now)
             elif "plan" not in changes:
-                self._set_terms(writes, sub, plan or self.plans[sub.plan], now)
+                self._set_terms(writes, sub, plan or self._plan_of_row(sub), now)
         status = PROVIDER_STATUSES.get(facts.status or "")
         if status == "past_due" and sub.status == "active":
             changes["status"] = status
@@ -204,7 +219,7 @@ class Machine:
 
     def resume(self, writes, sub, now: datetime) -> None:
         """Take a cancellation back before the period's end: the plan's terms go on."""
-        self._set_terms(writes, sub, self.plans[sub.plan], now)
+        self._set_terms(writes, sub, self._plan_of_row(sub), now)
         self._update(writes.session, sub.id, now, cancel_at_period_end=False)
 
     def cancel(self, writes, sub, now: datetime) -> None:
@@ -228,15 +243,19 @@ class Machine:
         writes.set_recurring(sub.wallet_id, reference(sub.id), plan.terms(), period=period, period_seconds=seconds,
                              priority=plan.priority, anchor=anchor, starts_at=now, explicit=sub.provider is not None)
 
-    def _activate(self, writes, sub, plan: Plan, start: datetime, now: datetime) -> None:
+    def _activate(self, writes, sub, plan: Plan, start: datetime, now: datetime) -> str | None:
         """The first paid invoice: the subscription becomes the wallet's current one (ending a free
-        one), its terms start with the invoice's period."""
+        one, or a paid one whose provider subscription it returns), its terms start with the
+        invoice's period."""
         previous = current_of(writes.session, sub.wallet_id, for_update=True)
+        superseded = None
         if previous is not None and previous.id != sub.id:
             self._update(writes.session, previous.id, now, status="canceled", ended_at=now)
+            superseded = previous.provider_subscription
         period, seconds = plan.period
         writes.set_recurring(sub.wallet_id, reference(sub.id), plan.terms(), period=period, period_seconds=seconds,
                              priority=plan.priority, anchor=start, starts_at=min(start, now), explicit=True)
+        return superseded
 
     def _record_invoice(self, session, sub, facts: Facts, plan: Plan | None, status: str, now: datetime,
                         granted: bool = False) -> bool:

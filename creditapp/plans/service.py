@@ -31,7 +31,7 @@ class Plans:
         self.default_plan = plans[default_plan] if default_plan else None
         self.payments = payments  # creditapp.payments.service.Payments, or None: free plans only
         self.machine = Machine(plans, payments.provider.name if payments else "none")
-        self.events = SubscriptionEvents(self.machine, logger=logger)
+        self.events = SubscriptionEvents(self.machine, payments.provider if payments else None, logger=logger)
         if payments is not None:
             payments.inbox.subscriptions = self.events
         self._logger = logger

@@ -107,6 +107,7 @@ def upgrade():
         sa.Column("cancel_at_period_end", sa.Boolean(), nullable=False),
         sa.Column("fail_renewals", sa.Boolean(), nullable=False),
         sa.Column("open_invoice", sa.String(64), nullable=True),
+        sa.Column("period_paid", sa.BigInteger(), nullable=True),
         sa.Column("created_at", when, nullable=False),
     )
 

@@ -130,13 +130,19 @@ def invoice_state(obj: dict) -> InvoiceState:
     details = _dict(_dict(obj.get("parent")).get("subscription_details")) or _dict(obj.get("subscription_details"))
     lines = _dict(obj.get("lines")).get("data")
     lines = [line for line in lines if isinstance(line, dict)] if isinstance(lines, list) else []
-    line = next((line for line in lines if _dict(line.get("period")).get("end")), lines[0] if lines else {})
+    # A proration has a line crediting the old price (negative) and one charging the new: the plan
+    # is the charged one's.
+    periodic = [line for line in lines if _dict(line.get("period")).get("end")]
+    line = max(periodic, key=lambda line: _int(line.get("amount")) or 0) if periodic else (lines[0] if lines else {})
     period = _dict(line.get("period"))
     price = _path(line, "pricing", "price_details", "price") or line.get("price")
     return InvoiceState(
         id=_id(obj.get("id")) or "", subscription=_id(details.get("subscription")) or _id(obj.get("subscription")),
         billing_reason=_str(obj.get("billing_reason")), status=_str(obj.get("status")),
-        amount_paid=_int(obj.get("amount_paid")) or 0, currency=_str(obj.get("currency")),
+        # `total`, not `amount_paid`: a credit on the customer's balance (a downgrade's proration)
+        # pays part of a renewal and is money paid before.
+        amount_paid=_int(obj.get("total") if obj.get("status") == "paid" and obj.get("total") is not None
+                         else obj.get("amount_paid")) or 0, currency=_str(obj.get("currency")),
         period_start=_time(period.get("start")), period_end=_time(period.get("end")), price=_id(price),
         metadata=_dict(details.get("metadata")) or _dict(line.get("metadata")))
 

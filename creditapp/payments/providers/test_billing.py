@@ -50,7 +50,11 @@ class TestBilling:
 
     # --- what the app asks (the PaymentProvider interface) --------------------------------
     def expire_checkout(self, checkout_id: str) -> None:
-        self._send(self.act(checkout_id, "expire"))
+        from .test import ActionNotAllowed
+        try:
+            self._send(self.act(checkout_id, "expire"))
+        except ActionNotAllowed:
+            pass  # not open any more (paid, or lapsed): nothing to close, as Stripe
 
     def cancel_subscription(self, subscription_id: str, *, at_period_end: bool) -> None:
         self._send(self.act_subscription(subscription_id, "cancel" if at_period_end else "resume"))
@@ -62,10 +66,14 @@ class TestBilling:
         now = utcnow()
         with atomic() as session:
             row = session.execute(select(table).where(table.c.id == subscription_id).with_for_update()).one()
-            before = row.amount
+            before = max(row.amount, row.period_paid or 0)  # down and up again: not charged twice
+            if amount > before and row.fail_renewals:  # the card the page set to fail: Stripe refuses
+                from .base import PaymentDeclined
+                raise PaymentDeclined("the test card was declined (the subscription's renewals are set to fail)")
             metadata = {**json.loads(row.metadata_json), "creditapp_plan": recurring.plan}
             session.execute(update(table).where(table.c.id == row.id).values(
-                plan=recurring.plan, amount=amount, metadata_json=json.dumps(metadata)))
+                plan=recurring.plan, amount=amount, metadata_json=json.dumps(metadata),
+                period_paid=max(before, amount) if row.status == "active" else row.period_paid))
             row = session.execute(select(table).where(table.c.id == row.id)).one()
         events = [self._signed("customer.subscription.updated", self._subscription(row))]
         if amount > before and row.status == "active":  # a downgrade's credit goes to the next invoice
@@ -91,7 +99,8 @@ class TestBilling:
             plan=terms["plan"], amount=row.amount, currency=row.currency, period=terms["period"],
             period_seconds=terms["period_seconds"], status="active", period_start=now,
             period_end=periods.nth_start(now, terms["period"], terms["period_seconds"], 1),
-            cancel_at_period_end=False, fail_renewals=False, open_invoice=None, created_at=now))
+            cancel_at_period_end=False, fail_renewals=False, open_invoice=None, period_paid=row.amount,
+            created_at=now))
         sub = session.execute(select(table).where(table.c.id == subscription_id)).one()
         session_object = self._session(after)
         session_object["subscription"] = subscription_id
@@ -124,7 +133,8 @@ class TestBilling:
             if row.status == "past_due" and row.open_invoice:  # the failed renewal, paid now
                 events = [("invoice.paid", self._invoice(row, "subscription_cycle", row.period_start, row.period_end,
                                                          invoice=row.open_invoice))]
-            return {"fail_renewals": False, "status": "active", "open_invoice": None}, events
+            return {"fail_renewals": False, "status": "active", "open_invoice": None,
+                    "period_paid": row.amount if events else row.period_paid}, events
         if action in ("cancel", "resume"):
             after = {**row._mapping, "cancel_at_period_end": action == "cancel"}
             return {"cancel_at_period_end": action == "cancel"}, [
@@ -146,11 +156,12 @@ class TestBilling:
         if row.fail_renewals:
             invoice = f"in_test_{secrets.token_hex(12)}"
             after = _Row({**after._mapping, "status": "past_due", "open_invoice": invoice})
-            return ({"period_start": start, "period_end": end, "status": "past_due", "open_invoice": invoice},
+            return ({"period_start": start, "period_end": end, "status": "past_due", "open_invoice": invoice,
+                     "period_paid": None},
                     [("invoice.payment_failed", self._invoice(after, "subscription_cycle", start, end, invoice=invoice,
                                                               paid=False)),
                      ("customer.subscription.updated", self._subscription(after))])
-        return ({"period_start": start, "period_end": end},
+        return ({"period_start": start, "period_end": end, "period_paid": row.amount},
                 [("invoice.paid", self._invoice(after, "subscription_cycle", start, end))])
 
     # --- Stripe's objects ---------------------------------------------------------------------
