@@ -196,3 +196,21 @@ def test_staff_assign_a_plan_without_payment_by_api_and_cli(app, client, make_us
     assert credits(user) == 5 and credits(other) == 1000
     assert "refilled" in app.test_cli_runner().invoke(args=["plans", "refill"]).output
     ledger_is_clean()
+
+
+class TestWithoutADefaultPlan:
+    @pytest.fixture
+    def creditapp_settings(self):
+        return {"PLANS": PLANS, "DEFAULT_PLAN": None}
+
+    def test_accounts_have_no_allowance_until_a_plan_and_none_after_it(self, app, client, make_user, manual_clock):
+        user = make_user(credits=3)
+        described = subscription(client, user)
+        assert (described["plan"], described["status"], described["remaining"]) == (None, "none", {})
+        assert client.post("/api/subscription", json={"plan": "staff"}, headers=user.headers).status_code == 200
+        assert credits(user) == 1003
+        assert client.delete("/api/subscription", headers=user.headers).json["cancel_at_period_end"] is True
+        manual_clock.advance(MINUTE)
+        described = subscription(client, user)
+        assert (described["plan"], described["status"]) == (None, "canceled") and credits(user) == 3, described
+        ledger_is_clean()

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from creditapp.ledger import credit_service
 from creditapp.ledger.tables import CreditLot
 from creditapp.ledger.transactions import atomic
+from creditapp.plans.tables import Subscription
 from creditapp.testing import ledger_is_clean
 
 LOTS = CreditLot.__table__
@@ -67,4 +68,21 @@ def test_first_requests_of_a_period_and_spends_across_its_boundary(app, make_use
     # What was spent came from the periods' lots; period 2's is what is left of it.
     assert charged <= 40 * len(lots) and left == 40 - sum(1 for a in firsts[36:] if a.status == 200)
     assert sum(1 for answer in spends if answer.status == 200) >= 40  # period 0's were all sold
+    ledger_is_clean()
+
+
+def test_one_account_choosing_plans_at_once_gets_one_subscription_and_one_top_up(app, make_user, live_server):
+    plans = {**PLANS, "plus": {"name": "Plus", "price": 0, "currency": "usd", "interval_seconds": 3600,
+                               "allowance": {"generation_credits": 100}}}
+    plans["free"] = {**PLANS["free"], "interval_seconds": 3600}
+    user = make_user()
+    with live_server(workers=3, threads=8, PLANS=json.dumps(plans), DEFAULT_PLAN="free") as server:
+        answers = server.fire(24, "POST", "/api/subscription", json={"plan": "plus"}, headers=user.headers)
+    assert {answer.status for answer in answers} == {200}, [a.body for a in answers if a.status != 200][:3]
+    with atomic(write=False) as session:
+        rows = session.execute(select(Subscription.__table__)).all()
+        lots = session.execute(select(LOTS.c.amount).where(LOTS.c.wallet_id == user.id, LOTS.c.source == "plan")
+                               .order_by(LOTS.c.id)).scalars().all()
+    assert [(row.plan, row.status) for row in rows] == [("plus", "active")]
+    assert lots == [40, 60]  # the default plan's period, topped up once to plus's 100
     ledger_is_clean()

@@ -97,8 +97,12 @@ class Plans:
                 started, ends = sub.period_start, sub.period_end
         elif self.default_plan is not None:
             plan, status, cancel = self.default_plan, "active", False
-        else:
-            plan, status, cancel = None, "none", False
+        else:  # no plan: "canceled" once one has ended, "none" if there never was one
+            with atomic(write=False) as session:
+                had = session.execute(select(SUBSCRIPTIONS.c.id).where(
+                    SUBSCRIPTIONS.c.wallet_id == wallet, SUBSCRIPTIONS.c.status.in_(("active", "past_due", "canceled")))
+                    .limit(1)).first()
+            plan, status, cancel = None, "canceled" if had else "none", False
         return {
             "id": sub.id if sub is not None and not ended(sub, now) else None,
             "plan": plan.id if plan else None, "name": plan.name if plan else None, "status": status,
