@@ -1,11 +1,11 @@
 """Plans on the built-in test provider: a free default plan granted lazily, a paid plan through
 its checkout page and invoices, rollover, plan changes, cancellation; a moving clock, never a
 sleep. Both databases."""
-import json
 import re
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from creditapp.extensions import db
 from creditapp.ledger import credit_service
@@ -214,3 +214,41 @@ class TestWithoutADefaultPlan:
         described = subscription(client, user)
         assert (described["plan"], described["status"]) == (None, "canceled") and credits(user) == 3, described
         ledger_is_clean()
+
+
+def test_a_hold_at_the_boundary_when_the_database_clock_is_ahead_of_this_host(app, make_user, manual_clock,
+                                                                             database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one clock: this host's")
+    from creditapp.testing.databases import DatabaseClock
+
+    user = make_user()
+    assert credits(user) == 5
+    (end,) = db.session.execute(select(LOTS.c.expires_at).where(LOTS.c.wallet_id == user.id)).scalars().all()
+    manual_clock.advance((end - manual_clock.current).total_seconds() - 0.5)  # this host: just before the end
+    ahead = DatabaseClock(database_url)
+    try:
+        ahead.set(end + timedelta(seconds=0.5))  # the database's: just after it
+        hold = credit_service.reserve(user.id, 5, "generation_credits")  # the new period's 5
+        credit_service.close(hold, succeeded=False)
+    finally:
+        ahead.set(manual_clock.current)
+        ahead.engine.dispose()
+    assert db.session.execute(select(func.count()).select_from(LOTS).where(LOTS.c.wallet_id == user.id)).scalar() == 2
+
+
+def test_a_new_default_plan_applies_from_each_accounts_next_period(app, client, make_user, manual_clock, database_url):
+    from creditapp.testing import make_app
+
+    user = make_user()
+    assert credits(user) == 5
+    manual_clock.advance(MINUTE // 2)
+    for default, expected_now, expected_next in (("staff", 5, 1000), (None, 1000, 0)):
+        other = make_app(database_url, PLANS=PLANS, DEFAULT_PLAN=default)
+        with other.app_context():
+            other.extensions["creditapp.plans"].sync_default()
+            assert credits(user) == expected_now  # the period under way keeps its lot
+            manual_clock.advance(MINUTE)
+            assert credits(user) == expected_next, default
+            ledger_is_clean()
+            db.session.remove()

@@ -150,3 +150,21 @@ def test_a_proration_of_two_lines_and_a_renewal_paid_partly_by_balance(app, clie
     deliver(client, fake_stripe.event("invoice.paid", {**renewal, "amount_paid": 2000, "total": 3000}))
     assert client.get("/api/subscription", headers=user.headers).json["remaining"] == {"generation_credits": 500}
     ledger_is_clean()
+
+
+def test_a_cancel_between_a_renewal_and_its_invoice_keeps_the_period_paid(app, client, make_user, fake_stripe,
+                                                                          manual_clock):
+    user = make_user()
+    _, sub = subscribed(client, user, fake_stripe)
+    renewal = fake_stripe.renew(sub)  # Stripe renews; its invoice is paid an hour later
+    start = fake_stripe.subscriptions[sub]["items"]["data"][0]["current_period_start"]
+    manual_clock.advance(start + 1 - manual_clock.current.timestamp())
+    # The cancel is made before the renewal's subscription.updated has come: our period is the old one.
+    assert client.delete("/api/subscription", headers=user.headers).status_code == 200
+    deliver(client, fake_stripe.updated(sub))  # the new period, canceled at its end
+    described = client.get("/api/subscription", headers=user.headers).json
+    assert (described["plan"], described["cancel_at_period_end"]) == ("pro", True), described
+    deliver(client, renewal)
+    described = client.get("/api/subscription", headers=user.headers).json
+    assert described["remaining"] == {"generation_credits": 300}, described  # 200 and 100 rolled over
+    ledger_is_clean()

@@ -70,7 +70,8 @@ def get_subscription():
 @blp.alt_response(201, schema=SubscriptionSchema, description="A paid plan: send the buyer to `checkout_url`; "
                   "it takes effect when its first invoice is paid")
 @blp.alt_response(402, schema=ErrorSchema, description="payment_declined: the upgrade's difference could not be charged")
-@blp.alt_response(409, schema=ErrorSchema, description="subscription_at_provider: a paid plan runs; cancel it first")
+@blp.alt_response(409, schema=ErrorSchema, description="subscription_at_provider: a paid plan runs and the plan "
+                  "chosen is another free one than the default (the default: the paid one is canceled at its period's end)")
 @blp.alt_response(422, schema=ErrorSchema, description="unknown_plan, or the body is not valid")
 @blp.alt_response(503, schema=ErrorSchema, description="payments_unavailable")
 @document(responses=[UNAUTHORIZED, INVALID])

@@ -116,7 +116,7 @@ class Holds:
                                   feature=feature)
             if row.outcome != "refill":
                 break
-            self.refill(spender.wallet_id)
+            self.refill(spender.wallet_id, due=True)
         if row.outcome == "held":
             return Hold(
                 hold_id=row.hold_id, wallet_id=spender.wallet_id, credit_type=credit_type, amount=amount,

@@ -49,7 +49,7 @@ class Reading:
                 row, lapsing = procedures.balance(wallet_id=wallet_id, session_id=session_id, expiring=expiring)
                 if row.outcome != "refill":
                     break
-                self.refill(wallet_id)
+                self.refill(wallet_id, due=True)
             if row.outcome != "ok":
                 refuse(row, wallet_id)
             balance = Balance(**{t.value: getattr(row, t.value) for t in CreditType})

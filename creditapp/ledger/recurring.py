@@ -55,9 +55,10 @@ def lot_reference(reference: str, credit_type: str, start: datetime, kind: str =
 
 
 class Recurring:
-    def _enter(self, session, wallet_id: int):
+    def _enter(self, session, wallet_id: int, *, due: bool = False):
         """Lock the wallet's row (the first lock of every write to a wallet) and grant what its
-        recurring grants have due. Returns the wallet's row."""
+        recurring grants have due. Returns the wallet's row. `due`: the database's clock says
+        it is due (it may run ahead of this host's): refill as of its due time at the latest."""
         # NO KEY UPDATE: the rows that point at the wallet (a hold's, a ledger row's) take KEY SHARE
         # on it, which a plain FOR UPDATE would wait for while they wait for the account we lock next.
         wallet = session.execute(
@@ -65,16 +66,16 @@ class Recurring:
         if wallet is None:
             raise unknown(wallet_id)
         now = utcnow()
-        if wallet.refill_due_at is not None and wallet.refill_due_at <= now:
-            self._refill(session, wallet, now)
+        if wallet.refill_due_at is not None and (wallet.refill_due_at <= now or due):
+            self._refill(session, wallet, max(now, wallet.refill_due_at))
         return wallet
 
     @retry_conflicts
-    def refill(self, wallet_id: int) -> None:
+    def refill(self, wallet_id: int, *, due: bool = False) -> None:
         """Grant what the wallet's recurring grants have due now (what a hold or a balance read
         does first when `refill_due_at` has passed); `flask plans refill` runs it for tidiness."""
         with atomic() as session:
-            self._enter(session, wallet_id)
+            self._enter(session, wallet_id, due=due)
 
     def _refill(self, session, wallet, now: datetime) -> None:
         wallet_id = wallet.id
@@ -206,6 +207,7 @@ class Recurring:
                 GRANTS.c.period_end > starts_at, GRANTS.c.period_start <= starts_at).limit(1)).first()
         if wallet_id is None:
             session.execute(GRANTS.delete().where(ending))
+            self._retire_copies(session, now)
         else:
             session.execute(update(GRANTS).where(
                 ending, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > starts_at)).values(ends_at=starts_at))
@@ -235,6 +237,22 @@ class Recurring:
             session.execute(update(WALLETS).where(WALLETS.c.id == wallet_id).values(
                 refill_due_at=self._due_after_change(session, wallet, now)))
 
+    def clear_templates(self, session) -> None:
+        """No default plan any more: the wallets that followed it stop at their period's end."""
+        session.execute(GRANTS.delete().where(GRANTS.c.wallet_id.is_(None)))
+        self._retire_copies(session, utcnow())
+
+    @staticmethod
+    def _retire_copies(session, now: datetime) -> None:
+        """The wallets following the templates keep the period under way and adopt the new ones
+        from its end, on the same grid: no period is granted twice, none is cut short."""
+        copies = (GRANTS.c.wallet_id.is_not(None), GRANTS.c.reference.startswith("plan:"),
+                  GRANTS.c.explicit.is_(False), GRANTS.c.ends_at.is_(None))
+        wallets = select(GRANTS.c.wallet_id).where(*copies).scalar_subquery()
+        session.execute(update(WALLETS).where(WALLETS.c.id.in_(wallets)).values(refill_due_at=now))
+        session.execute(update(GRANTS).where(*copies).values(
+            ends_at=func.coalesce(GRANTS.c.period_end, now)))
+
     @staticmethod
     def _granted_until(session, wallet_id: int, end: datetime) -> bool:
         """A plan lot ends at `end`: terms changed at the very start of a period the old terms
@@ -256,8 +274,15 @@ class Recurring:
         with atomic() as session:
             self._end_recurring(session, wallet_id, reference, at)
 
-    def _end_recurring(self, session, wallet_id: int, reference: str, at: datetime) -> None:
+    def _end_recurring(self, session, wallet_id: int, reference: str, at: datetime,
+                       extend_from: datetime | None = None) -> None:
         self._enter(session, wallet_id)
+        if extend_from is not None and extend_from < at:
+            # A paid plan ended at a period's end its provider has since moved: end at the new one.
+            # Explicit grants only (they grant nothing without an invoice), and only those ended then.
+            session.execute(update(GRANTS).where(
+                GRANTS.c.wallet_id == wallet_id, GRANTS.c.reference == reference, GRANTS.c.explicit.is_(True),
+                GRANTS.c.ends_at == extend_from).values(ends_at=at))
         # Only the plan's own: the default plan's, adopted once the plan ended, are not ended again
         # (a later end would re-anchor them and grant their period twice).
         session.execute(update(GRANTS).where(

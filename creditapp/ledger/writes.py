@@ -106,8 +106,11 @@ class Writes:
     def set_recurring(self, wallet_id: int, reference: str, terms: dict[str, tuple[int, int]], **options) -> None:
         self._ledger._set_recurring(self.session, wallet_id, reference, terms, **options)
 
-    def end_recurring(self, wallet_id: int, reference: str, at: datetime) -> None:
-        self._ledger._end_recurring(self.session, wallet_id, reference, at)
+    def clear_templates(self) -> None:
+        self._ledger.clear_templates(self.session)
+
+    def end_recurring(self, wallet_id: int, reference: str, at: datetime, extend_from: datetime | None = None) -> None:
+        self._ledger._end_recurring(self.session, wallet_id, reference, at, extend_from)
 
     def grant_period(self, wallet_id: int, reference: str, start: datetime, end: datetime) -> bool:
         return self._ledger._grant_explicit(self.session, wallet_id, reference, start, end)

@@ -25,7 +25,9 @@ from .tables import CURRENT, PlanInvoice, Subscription
 SUBSCRIPTIONS = Subscription.__table__
 INVOICES = PlanInvoice.__table__
 # Stripe's statuses, as ours: "unpaid" is a past-due subscription Stripe stopped retrying.
-# How far ahead of ours the provider's clock may be: its invoice for a period just begun is granted.
+# How far ahead of ours the provider's clock may be for a subscription's first invoice (its first
+# period rolls nothing over, so granting it a little early counts nothing twice). A renewal's
+# period must have begun here: before, what the last period left is still being spent.
 CLOCK_SKEW = timedelta(minutes=5)
 PROVIDER_STATUSES = {"active": "active", "trialing": "active", "past_due": "past_due", "unpaid": "past_due"}
 
@@ -123,7 +125,8 @@ class Machine:
         start, end = _when(facts.period_start), _when(facts.period_end)
         if not facts.invoice_id or plan is None or start is None or end is None or end <= start:
             return Outcome("ignored", "invoice without a known plan or period")
-        if start > now + CLOCK_SKEW:
+        early = CLOCK_SKEW if facts.billing_reason == "subscription_create" else timedelta(0)
+        if start > now + early:
             # A period that has not begun: granting it now would lend its credits early and roll
             # over from a period still being spent. It waits (GET /api/subscription releases it).
             return Outcome("deferred", f"a period from {start.isoformat()}, not begun")
@@ -181,11 +184,20 @@ class Machine:
             # The period under way keeps what it has; an upgrade's difference comes with its invoice.
             self._set_terms(writes, sub, plan, now)
             changes["plan"] = plan.id
-        if facts.cancel_at_period_end is not None and facts.cancel_at_period_end != sub.cancel_at_period_end:
-            changes["cancel_at_period_end"] = facts.cancel_at_period_end
-            if facts.cancel_at_period_end:
-                writes.end_recurring(sub.wallet_id, reference(sub.id), sub.period_end or now)
-            elif "plan" not in changes:
+        end, provider_end = sub.period_end, _when(facts.period_end)
+        if provider_end is not None and end is not None and provider_end > end:
+            # The provider's period moved on (renewed; its invoice not paid yet): a cancellation
+            # ends with the period under way, not the one before, or that invoice would grant nothing.
+            changes.update(period_start=_when(facts.period_start), period_end=provider_end)
+            if sub.cancel_at_period_end:
+                writes.end_recurring(sub.wallet_id, reference(sub.id), provider_end, extend_from=end)
+            end = provider_end
+        if facts.cancel_at_period_end is not None:
+            if facts.cancel_at_period_end != sub.cancel_at_period_end:
+                changes["cancel_at_period_end"] = facts.cancel_at_period_end
+            if facts.cancel_at_period_end:  # at the provider's period's end (a repeat changes nothing)
+                writes.end_recurring(sub.wallet_id, reference(sub.id), end or now)
+            elif sub.cancel_at_period_end and "plan" not in changes:
                 self._set_terms(writes, sub, plan or self._plan_of_row(sub), now)
         status = PROVIDER_STATUSES.get(facts.status or "")
         if status == "past_due" and sub.status == "active":
@@ -225,9 +237,12 @@ class Machine:
     def cancel(self, writes, sub, now: datetime) -> None:
         """At the period's end; the allowance stays until then and the default plan follows."""
         end = sub.period_end
-        if sub.provider is None:
-            period = writes.current_period(sub.wallet_id)
-            end = period[2] if period else now
+        if sub.provider is not None:
+            # The provider's event ends the grants, at its period's end: ours may be a renewal behind.
+            self._update(writes.session, sub.id, now, cancel_at_period_end=True)
+            return
+        period = writes.current_period(sub.wallet_id)
+        end = period[2] if period else now
         writes.end_recurring(sub.wallet_id, reference(sub.id), end or now)
         self._update(writes.session, sub.id, now, cancel_at_period_end=True, period_end=end)
 

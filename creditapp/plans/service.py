@@ -64,7 +64,7 @@ class Plans:
             if have == want:
                 return False
             if plan is None:
-                session.execute(delete(GRANTS).where(GRANTS.c.wallet_id.is_(None)))
+                writes.clear_templates()
                 return True
             period, seconds = plan.period
             writes.set_recurring(None, f"plan:{plan.id}", plan.terms(), period=period, period_seconds=seconds,
@@ -196,6 +196,8 @@ class Plans:
         return plan
 
     def _change_paid(self, user_id: int, sub, plan: Plan) -> tuple[dict, int]:
+        if plan.free and self.default_plan is not None and plan.id == self.default_plan.id:
+            return self.cancel(user_id), 200  # the default plan follows a cancellation at the period's end
         if plan.free:
             raise SubscriptionAtProvider(
                 f"the paid plan {sub.plan} runs at the provider: cancel it (DELETE /api/subscription); "
@@ -220,7 +222,8 @@ class Plans:
                 SUBSCRIPTIONS.c.checkout_id.is_not(None)).order_by(SUBSCRIPTIONS.c.id.desc())).first()
         if open_one is not None:
             if open_one.plan == plan.id and open_one.updated_at > now - timedelta(minutes=payments.pages.expires_minutes):
-                return self.describe(user_id)  # the same checkout again: one subscription, not two
+                # The same checkout again: one subscription, not two.
+                return self.describe(user_id) | {"checkout_url": open_one.checkout_url}
             try:
                 payments.provider.expire_checkout(open_one.checkout_id)
             except ProviderUnavailable as exc:
@@ -295,6 +298,8 @@ class Plans:
         if sub is not None and ended(sub, utcnow()):
             def close(writes, locked):
                 if locked.status in ("active", "past_due") and ended(locked, utcnow()):
+                    # Its grants too, should the provider's events about it never come.
+                    writes.end_recurring(locked.wallet_id, machines.reference(locked.id), locked.period_end)
                     machines.Machine._update(writes.session, locked.id, utcnow(), status="canceled",
                                              ended_at=locked.period_end, cancel_at_period_end=False)
             self._locked(sub.id, close)
