@@ -25,9 +25,9 @@ from .tables import CURRENT, PlanInvoice, Subscription
 SUBSCRIPTIONS = Subscription.__table__
 INVOICES = PlanInvoice.__table__
 # Stripe's statuses, as ours: "unpaid" is a past-due subscription Stripe stopped retrying.
-# How far ahead of ours the provider's clock may be for a subscription's first invoice (its first
-# period rolls nothing over, so granting it a little early counts nothing twice). A renewal's
-# period must have begun here: before, what the last period left is still being spent.
+# How far ahead of ours the provider's clock may be for a first invoice or a proration (neither
+# rolls anything over, so granting a little early counts nothing twice). A renewal's period must
+# have begun here: before, what the last period left is still being spent.
 CLOCK_SKEW = timedelta(minutes=5)
 PROVIDER_STATUSES = {"active": "active", "trialing": "active", "past_due": "past_due", "unpaid": "past_due"}
 
@@ -125,7 +125,7 @@ class Machine:
         start, end = _when(facts.period_start), _when(facts.period_end)
         if not facts.invoice_id or plan is None or start is None or end is None or end <= start:
             return Outcome("ignored", "invoice without a known plan or period")
-        early = CLOCK_SKEW if facts.billing_reason == "subscription_create" else timedelta(0)
+        early = timedelta(0) if facts.billing_reason == "subscription_cycle" else CLOCK_SKEW
         if start > now + early:
             # A period that has not begun: granting it now would lend its credits early and roll
             # over from a period still being spent. It waits (GET /api/subscription releases it).
