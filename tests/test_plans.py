@@ -252,3 +252,15 @@ def test_a_new_default_plan_applies_from_each_accounts_next_period(app, client, 
             assert credits(user) == expected_next, default
             ledger_is_clean()
             db.session.remove()
+
+
+def test_a_refill_the_database_asked_for_after_another_write_did_it_grants_nothing_more(app, client, make_user,
+                                                                                       manual_clock):
+    # Two holds at a boundary both hear `refill`; the first refills and sets the next due time.
+    # The second's refill must not take that next time (the next period) as the boundary.
+    user = make_user()
+    assert credits(user) == 5
+    credit_service.refill(user.id, due=True)
+    assert db.session.execute(select(func.count()).select_from(LOTS).where(LOTS.c.wallet_id == user.id)).scalar() == 1
+    assert credits(user) == 5
+    ledger_is_clean()

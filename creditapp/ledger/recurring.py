@@ -17,7 +17,7 @@ missed period follows from the one before: R' = min(rollover_max, allowance + R)
 changing after a few periods); the missed periods' own lots would all have lapsed, and are not
 made.
 """
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, or_, select, update
 
@@ -33,6 +33,10 @@ GRANTS = CreditRecurringGrant.__table__
 WALLETS = Wallet.__table__
 LOTS = lots.LOTS
 PLAN_SOURCES = ("plan", "rollover")
+# How far the database's clock may run ahead of this host's when it says a refill is due. Beyond
+# it, the due time is not the boundary the database saw: another write refilled meanwhile and set
+# the next one (refilling as of that would grant a period early).
+CLOCK_SKEW = timedelta(seconds=30)
 
 
 def templates_exist(session) -> bool:
@@ -66,7 +70,8 @@ class Recurring:
         if wallet is None:
             raise unknown(wallet_id)
         now = utcnow()
-        if wallet.refill_due_at is not None and (wallet.refill_due_at <= now or due):
+        if wallet.refill_due_at is not None and (
+                wallet.refill_due_at <= now or (due and wallet.refill_due_at <= now + CLOCK_SKEW)):
             self._refill(session, wallet, max(now, wallet.refill_due_at))
         return wallet
 
