@@ -152,6 +152,19 @@ def test_a_proration_of_two_lines_and_a_renewal_paid_partly_by_balance(app, clie
     ledger_is_clean()
 
 
+def test_an_upgrade_right_after_a_first_invoice_from_a_clock_ahead_of_ours_is_topped_up(
+        app, client, make_user, fake_stripe, manual_clock):
+    manual_clock.advance(-60)  # Stripe's clock a minute ahead: the paid period starts after our now
+    user = make_user()
+    _, sub = subscribed(client, user, fake_stripe)
+    assert credits(user) == 205
+    assert client.post("/api/subscription", json={"plan": "max"}, headers=user.headers).status_code == 200
+    deliver(client, fake_stripe.updated(sub))
+    deliver(client, fake_stripe.invoice(sub, "subscription_update", amount=1500))
+    assert credits(user) == 505
+    ledger_is_clean()
+
+
 def test_a_cancel_between_a_renewal_and_its_invoice_keeps_the_period_paid(app, client, make_user, fake_stripe,
                                                                           manual_clock):
     user = make_user()

@@ -206,10 +206,11 @@ class Recurring:
         paid_period = None
         if explicit and wallet_id is not None:
             # A paid plan's period is the provider's (its invoice's), not our arithmetic: the new
-            # terms go on in the period the old ones were granted.
+            # terms go on in the period the old ones were granted, begun here or not (a first
+            # invoice from a clock ahead of ours is granted a little early).
             paid_period = session.execute(select(GRANTS.c.period_start, GRANTS.c.period_end).where(
                 ending, GRANTS.c.reference == reference, GRANTS.c.explicit.is_(True),
-                GRANTS.c.period_end > starts_at, GRANTS.c.period_start <= starts_at).limit(1)).first()
+                GRANTS.c.period_end > starts_at).order_by(GRANTS.c.period_start).limit(1)).first()
         if wallet_id is None:
             session.execute(GRANTS.delete().where(ending))
             self._retire_copies(session, now)
@@ -332,9 +333,11 @@ class Recurring:
     def _top_up(self, session, wallet_id: int, reference: str, allowance: dict[str, int], key: str) -> dict[str, int]:
         self._enter(session, wallet_id)
         now = utcnow()
+        # The period under way, or one not begun here yet: a provider's (or the database's) clock
+        # ahead of ours had it granted a little early.
         rows = session.execute(select(GRANTS).where(
             GRANTS.c.wallet_id == wallet_id, GRANTS.c.reference == reference, GRANTS.c.period_end > now,
-            GRANTS.c.period_start <= now, or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > now))).all()
+            or_(GRANTS.c.ends_at.is_(None), GRANTS.c.ends_at > now)).order_by(GRANTS.c.period_start)).all()
         granted: dict[str, int] = {}
         for credit_type in CreditType:
             row = next((row for row in rows if row.credit_type == credit_type.value), None)
