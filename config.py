@@ -129,6 +129,23 @@ class Config:
     # When set, the stub appends one line per call: lets tests count calls across workers.
     AI_STUB_CALL_LOG = os.environ.get("AI_STUB_CALL_LOG") or None
     AI_STUB_RESULT_LOG = os.environ.get("AI_STUB_RESULT_LOG") or None  # a line per result it returned
+    AI_STUB_TOKEN_MS = _int("AI_STUB_TOKEN_MS", 0)  # between the pieces of a streamed completion
+
+    # "stub" (the quick start's and the tests') or "openai": any OpenAI-compatible server (OpenAI,
+    # vLLM, Ollama, LiteLLM...) through the official SDK, with its retries off: a retry is a new
+    # charge decision, the guard's, not one hidden in a client.
+    AI_PROVIDER = os.environ.get("AI_PROVIDER") or "stub"
+    OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY") or ""
+    OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None  # unset: OpenAI's
+    OPENAI_MODEL = os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
+    OPENAI_IMAGE_MODEL = os.environ.get("OPENAI_IMAGE_MODEL") or "gpt-image-1"
+    # A whole call (or, streaming, the wait for each piece), at most; never longer than nine tenths
+    # of CREDIT_HOLD_TTL_SECONDS, so that no answer comes after its hold has expired.
+    AI_TIMEOUT_SECONDS = _float("AI_TIMEOUT_SECONDS", 120)
+    # Streams ("stream": true): a comment this often while the provider is silent (keeps proxies
+    # and clients from timing out), and an end (charged for what was delivered) after this long.
+    STREAM_PING_SECONDS = _float("STREAM_PING_SECONDS", 10)
+    STREAM_MAX_SECONDS = _float("STREAM_MAX_SECONDS", 300)
 
     # Jobs (`Prefer: respond-async`): the broker workers take them from, redis://... or amqp://...;
     # empty: an embedded queue, with a worker of JOBS_EMBEDDED_THREADS threads in the server.
@@ -225,12 +242,25 @@ def check_config(config) -> None:
             "runs, and a retry with the same Idempotency-Key would be charged again"
         )
     _check_jobs(config)
+    _check_ai(config)
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:
             raise RuntimeError(
                 f"JWT_SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production"
             )
+
+
+def _check_ai(config) -> None:
+    provider = config["AI_PROVIDER"]
+    if provider not in ("stub", "openai"):
+        raise RuntimeError(f"AI_PROVIDER must be stub or openai, got {provider!r}")
+    if provider == "openai" and not config["OPENAI_API_KEY"]:
+        raise RuntimeError("OPENAI_API_KEY must be set with AI_PROVIDER=openai (any string for a local "
+                           "server that takes none)")
+    for name in ("AI_TIMEOUT_SECONDS", "STREAM_PING_SECONDS", "STREAM_MAX_SECONDS"):
+        if not 0 < config[name] <= MAX_HOLD_TTL_SECONDS:
+            raise RuntimeError(f"{name} must be above 0 and at most {MAX_HOLD_TTL_SECONDS}, got {config[name]}")
 
 
 def _check_jobs(config) -> None:

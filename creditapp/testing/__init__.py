@@ -18,6 +18,9 @@ Enable it in a conftest.py with `pytest_plugins = ["creditapp.testing"]`. It giv
   the same instant, and `ai_calls()`;
 - `fake_stripe`: a local server that speaks Stripe's API for Checkout Sessions, and signs the
   events Stripe would send (`fake_stripe.settings` points the app at it);
+- `fake_openai`: a local server that speaks OpenAI's API for chat completions, streamed or not,
+  and images, with knobs for slow, failing, cut or hanging answers (`fake_openai.settings` points
+  the app at it);
 - `ledger_is_clean()`: asserts that `credit_service.verify()` finds nothing wrong.
 """
 import os
@@ -158,6 +161,16 @@ def fake_stripe():
         yield fake
 
 
+@pytest.fixture
+def fake_openai():
+    """A local OpenAI-compatible API (creditapp.testing.fake_openai); give the app
+    `fake_openai.settings` (through `creditapp_settings`) to generate through it."""
+    from .fake_openai import fake_openai_server
+
+    with fake_openai_server() as fake:
+        yield fake
+
+
 @pytest.fixture(name="job_queue")
 def job_queue_fixture(app):
     """The app's job queue: `job_queue.drain()` runs, in the test's thread, every job submitted
@@ -264,8 +277,13 @@ class Answer:
 
 
 class LiveServer:
-    def __init__(self, url: str, calls_log: Path):
-        self.url, self._calls_log = url, calls_log
+    def __init__(self, url: str, calls_log: Path, pid: int | None = None):
+        self.url, self._calls_log, self.pid = url, calls_log, pid  # pid: gunicorn's arbiter
+
+    def worker_pids(self) -> list[int]:
+        """The arbiter's children: its workers now."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [int(child) for child in children]
 
     def fire(self, n: int, method: str, path: str, *, json=None, data: bytes | None = None,
              headers=None) -> list[Answer]:
@@ -288,19 +306,20 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(database_url, tmp_path, request):
-    """`with live_server(**settings) as server:` a real gunicorn server (2 workers of 4 threads)
-    on the test's database, running the ini option `creditapp_wsgi` (settings: environment
-    variables, such as AI_STUB_LATENCY_MS or AI_STUB_FAILURE_RATE)."""
+    """`with live_server(**settings) as server:` a real gunicorn server (2 workers of 4 threads,
+    or `worker_class="gevent"`: of 4 connections each, or `threads`) on the test's database,
+    running the ini option `creditapp_wsgi` (settings: environment variables, such as
+    AI_STUB_LATENCY_MS or AI_STUB_FAILURE_RATE)."""
     target = request.config.getini("creditapp_wsgi")
 
     @contextmanager
-    def start(workers: int = 2, threads: int = 4, **settings) -> Iterator[LiveServer]:
+    def start(workers: int = 2, threads: int = 4, worker_class: str = "gthread", **settings) -> Iterator[LiveServer]:
         calls = tmp_path / f"ai-calls-{uuid.uuid4().hex[:6]}.log"
         env = server_env(database_url, AI_STUB_CALL_LOG=calls, **settings)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(request.config.rootpath),
                                                           env.get("PYTHONPATH")]))
         with gunicorn(env, workers=workers, threads=threads, log_path=tmp_path / "gunicorn.log", app=target,
-                      cwd=request.config.rootpath) as server:
-            yield LiveServer(server.url, calls)
+                      cwd=request.config.rootpath, worker_class=worker_class) as server:
+            yield LiveServer(server.url, calls, server.pid)
 
     return start

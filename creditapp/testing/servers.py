@@ -47,7 +47,8 @@ def server_env(database_url: str, **settings) -> dict:
     """The environment of a test server: this one's, minus what must not leak in (another
     database, the stub's or the jobs' settings), plus `settings`."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DATABASE_URL", "AI_STUB_", "JOBS_", "JOB_", "GUNICORN_BIND", "GUNICORN_WORKERS"))}
+           if not k.startswith(("DATABASE_URL", "AI_", "OPENAI_", "STREAM_", "JOBS_", "JOB_", "GUNICORN_BIND",
+                                  "GUNICORN_WORKER"))}
     env.update(CREDITAPP_ENV="testing", DATABASE_URL=database_url)
     env.update({key: str(value) for key, value in settings.items()})
     return env
@@ -95,19 +96,21 @@ class Server:
 def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | None = None, *,
              app: str = "wsgi:app", cwd: Path = ROOT, config_file: Path | None = None,
              ready: Callable[[Server, subprocess.Popen], None] | None = None, log_mode: str = "w",
-             timeout: float = 30) -> Iterator[Server]:
+             timeout: float = 30, worker_class: str = "gthread") -> Iterator[Server]:
     """Yields a Server running `app` once `ready(server, process)` returns (by default: /healthz
     answers 200); stops it (the arbiter and its workers) on exit.
 
     Without `config_file`, one client per thread (so that simultaneous requests really spread
     over the workers); with it (gunicorn.conf.py, as the benchmarks run), its settings, with
-    `workers` and the bind given here."""
+    `workers` and the bind given here. `worker_class` gevent: greenlets, up to `threads` connections
+    at once per worker."""
     port = free_port()
     log = open(log_path, log_mode) if log_path else subprocess.DEVNULL
     command = [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     if config_file is None:
-        command += ["--threads", str(threads), "--graceful-timeout", "5", "--worker-connections", str(threads),
+        command += ["--worker-class", worker_class, "--graceful-timeout", "5", "--worker-connections", str(threads),
                     "--timeout", "60"]
+        command += ["--threads", str(threads)] if worker_class == "gthread" else []
     else:
         command += ["-c", str(config_file)]
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
