@@ -1,8 +1,10 @@
 """Recommended gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app`.
 
-AI calls are slow and hold no database connection, so each worker serves many requests at once
-in threads (gthread); the database pool only needs to cover the short transactions around the
-call. Every setting can be overridden from the environment.
+AI calls are slow and hold no database connection, so each worker serves many requests at once:
+in threads (gthread, the default), or in greenlets (`GUNICORN_WORKER_CLASS=gevent`: thousands of
+slow generations and streams in flight per worker, each costing a greenlet rather than a thread).
+The database pool only needs to cover the short transactions around the call. Every setting can be
+overridden from the environment.
 """
 import multiprocessing
 import os
@@ -11,11 +13,20 @@ import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+if worker_class not in ("gthread", "gevent"):
+    raise RuntimeError(f"GUNICORN_WORKER_CLASS must be gthread or gevent, got {worker_class!r}")
 threads = int(os.environ.get("GUNICORN_THREADS", 50))
-# A keep-alive client stays on the worker that accepted it: without this cap one worker can hold
-# most of the connections while the others idle (bench/ measured 119 of 200 on one worker).
-worker_connections = threads
+if worker_class == "gevent":
+    # Connections (each a greenlet) a worker serves at once, keep-alive ones included.
+    worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", 1000))
+else:
+    # Connections a worker accepts: one being served per thread, and as many again kept alive
+    # between requests. Not more: a keep-alive client stays on the worker that accepted it, and
+    # without a cap one worker held 119 of 200 connections while the others idled (bench/). Not
+    # fewer: with no room beyond the threads (this was `threads` once) gunicorn keeps nothing alive
+    # and answers every request `Connection: close`.
+    worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", 2 * threads))
 # Longer than the slowest AI call; a worker killed by this timeout leaves its holds to expire.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 120))
 graceful_timeout = 30

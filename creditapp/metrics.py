@@ -40,6 +40,19 @@ class CreditMetrics:
         self.ai_failures = Counter(
             "creditapp_ai_failures", "AI provider calls that failed", ["feature"], registry=registry,
         )
+        self.streams = Counter(
+            "creditapp_streams", "Streamed completions that ended, by outcome (completed, client_gone, "
+            "provider_failed, timed_out, usage_exceeded_hold, reservation_expired)", ["feature", "outcome"],
+            registry=registry,
+        )
+        self.stream_tokens = Counter(
+            "creditapp_stream_delivered_tokens", "Completion tokens streams delivered, as the app counts them",
+            ["feature"], registry=registry,
+        )
+        self.stream_first_token = Histogram(
+            "creditapp_stream_first_token_seconds", "From the stream's start to its first piece of text",
+            ["feature"], buckets=AI_BUCKETS, registry=registry,
+        )
 
         self.jobs = Counter(
             "creditapp_jobs", "Jobs that ended, by feature and outcome (succeeded, failed, expired, cancelled), "

@@ -4,6 +4,7 @@ from ..features import cost_of
 from ..ledger import CreditType
 from .bodies import Blueprint
 from .paid import charge_and_answer, paid_feature
+from .streaming import streamed_completion
 from .schemas import (
     CompleteSchema, CompletionResponseSchema, GenerateSchema, GenerationResponseSchema, HairstyleSchema,
     ImageSchema, UpscaleSchema,
@@ -42,10 +43,25 @@ def _worst_case(params: dict, price: int) -> int:
     return (count_tokens(params["prompt"]) + params["max_tokens"]) * price
 
 
+# Each server-sent event, as SSE parsers (and schemathesis) read one: its `data` is one JSON object.
+STREAMED = {"responses": {200: {"content": {"text/event-stream": {
+    "schema": {"type": "object", "required": ["data"], "properties": {
+        "data": {"type": "string", "description": 'one JSON object: {"type": "delta", "text"}, then '
+                                                  '{"type": "done", "charged", "balance", "usage"} or '
+                                                  '{"type": "error", "error", "message", "charged", "balance"}'},
+        "event": {"type": "string"}}},
+    "example": 'data: {"type":"delta","text":"lorem"}\n\ndata: {"type":"done","charged":{"credit_type":"ai_tokens",'
+               '"amount":12},"balance":{"generation_credits":0,"ai_tokens":988},"usage":{"prompt_tokens":7,'
+               '"completion_tokens":5,"total_tokens":12}}\n\n'}}}}}
+
+
 @paid_feature(blp, "/ai/complete", name="ai_complete", credit_type=CreditType.AI_TOKENS, price=1, unit="token",
-              hold=_worst_case, request=CompleteSchema, response=CompletionResponseSchema)
+              hold=_worst_case, request=CompleteSchema, response=CompletionResponseSchema, doc=STREAMED)
 def complete(params):
-    """Complete a prompt; holds the worst case, charges the tokens actually used."""
+    """Complete a prompt; holds the worst case, charges the tokens actually used. With `"stream":
+    true`, answers `text/event-stream` (see creditapp.api.streaming)."""
+    if params.get("stream"):
+        return streamed_completion(params)
     completion = ai_service.complete(params["prompt"], params["max_tokens"])
     usage = {
         "prompt_tokens": completion.prompt_tokens,

@@ -120,9 +120,12 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 available=hold.available_before, hold_id=hold.hold_id, wallet_id=spent_by.wallet_id,
             )
             answered = key is not None
+            g.credit_hold = hold
 
             @after_this_request
             def close_hold(response):
+                if g.get("credit_hold_streamed") and response.is_streamed:
+                    return response  # the stream closes it when it ends (creditapp.api.streaming)
                 return _close(hold, response, answered)
 
             try:
@@ -142,6 +145,23 @@ def require_credits(amount: Amount, credit_type) -> Callable:
         return _documented(paid_limit(guarded), credit_type)
 
     return decorator
+
+
+def hold_for_stream() -> Hold:
+    """The request's hold, for a view that answers with a stream: the stream closes it when it
+    ends (creditapp.api.streaming), not the guard when the view returns."""
+    g.credit_hold_streamed = True
+    g.credit_log["outcome"] = "streaming"  # how it ends: the stream's own log line
+    return g.credit_hold
+
+
+def close_streamed(hold: Hold, answer: str | None) -> str | None:
+    """Close a stream's hold: charged what was added to it with `answer` (its final body, stored
+    for the Idempotency-Key) or, with None, given back whole. None when it closed as asked, else
+    the error code of why nothing was charged (reservation_expired, database_unavailable)."""
+    response = Response(answer, status=200, mimetype="application/json") if answer is not None else None
+    closed = _close(hold, response, hold.key is not None)
+    return None if closed is response else closed.get_json()["error"]
 
 
 def prefers_async() -> bool:

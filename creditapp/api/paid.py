@@ -29,14 +29,15 @@ HoldFor = Callable[[dict, int], int]
 
 def paid_feature(blp: Blueprint, path: str, *, name: str, credit_type, price: int, request, response,
                  unit: str = "request", hold: HoldFor | None = None, method: str = "POST",
-                 location: str | None = None) -> Callable:
+                 location: str | None = None, doc: dict | None = None) -> Callable:
     """Declare the paid feature `name` served at `path` on `blp` (see the module's docstring).
 
     `price` is the default price per `unit` ("request", or "token" for a feature that charges
     what it used); CREDIT_COSTS[name] overrides it. The hold is the price, or `hold(params,
     price)` for a feature whose charge is known only after the AI call (hold the worst case,
     then charge what was used with `charge_and_answer(result, amount)`). `request` is read from
-    the JSON body, or from the query string for GET and DELETE (`location` says otherwise)."""
+    the JSON body, or from the query string for GET and DELETE (`location` says otherwise). `doc`
+    is merged into the route's OpenAPI entry (another content type of an answer, say)."""
     credit_type = CreditType(credit_type)
     method = method.upper()
     location = location or ("query" if method in ("GET", "DELETE") else "json")
@@ -51,6 +52,7 @@ def paid_feature(blp: Blueprint, path: str, *, name: str, credit_type, price: in
         guarded = require_credits(amount, credit_type)(view)
         guarded = blp.response(200, response)(guarded)
         guarded = blp.arguments(request, location=location)(guarded)
+        guarded = blp.doc(**doc)(guarded) if doc else guarded
         return blp.route(path, methods=[method])(_authenticated_first(guarded))
 
     return decorator

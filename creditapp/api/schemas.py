@@ -22,6 +22,15 @@ class StrictInteger(fields.Integer):
         return super()._validated(value)
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: not 1, "true" or "yes"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class _UnicodeOnly:
     """JSON may carry lone UTF-16 surrogates ("\\ud800") that no database or hash can take, and
     NUL characters that PostgreSQL text refuses: both are a 422 on every database."""
@@ -288,6 +297,9 @@ class UpscaleSchema(ImageSchema):
 class CompleteSchema(Schema):
     prompt = _text(8000)
     max_tokens = StrictInteger(required=True, validate=validate.Range(min=1, max=4096))
+    stream = StrictBoolean(load_default=False, metadata={
+        "description": "Answer `text/event-stream`: `delta` events as text arrives, then `done` (or `error`); "
+                       "charged the provider's usage, or, ended early, the prompt and the text delivered"})
 
 
 class ChargedSchema(Schema):
