@@ -29,7 +29,10 @@ else:
     worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", 2 * threads))
 # Longer than the slowest AI call; a worker killed by this timeout leaves its holds to expire.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 120))
-graceful_timeout = 30
+# A stopping worker (a deploy, a HUP, max_requests) lets its requests finish: streams too, which
+# run up to STREAM_MAX_SECONDS and, cut, would leave their text unpaid and their holds to expire.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT",
+                                      max(30, float(os.environ.get("STREAM_MAX_SECONDS") or 300) + 10)))
 keepalive = 5
 # Recycle workers now and then so that a slow leak cannot grow without bound.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))

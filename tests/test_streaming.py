@@ -11,6 +11,8 @@ from creditapp.exceptions import GenerationFailed
 from creditapp.ledger import credit_service
 from creditapp.testing import ledger_is_clean
 
+from .test_observability import metric
+
 URL = "/api/ai/complete"
 PROMPT = "write a short poem about the sea"  # 7 tokens as the app counts
 
@@ -237,3 +239,44 @@ def test_before_the_first_byte_a_stream_answers_as_any_paid_request(app, client,
     assert bad.status_code == 422 and "stream" in bad.json["errors"], bad.json
     assert client.post(URL, json={"prompt": PROMPT, "max_tokens": 5, "stream": True}).status_code == 401
     assert provider.opened == [] and tokens(user) == 5
+
+
+def test_streams_are_counted_by_outcome_with_their_tokens_and_first_token_time(app, client, make_user, provider):
+    user = make_user(tokens=200)
+    before = client.get("/metrics").get_data(as_text=True)
+    provider.script, provider.usage = ["one ", "two "], Usage(7, 2)
+    parse(stream(client, user).get_data())
+    provider.script = ["one ", GenerationFailed("cut")]
+    parse(stream(client, user).get_data())
+    text = client.get("/metrics").get_data(as_text=True)
+
+    def moved(name, **labels):
+        return metric(text, name, **labels) - metric(before, name, **labels)
+
+    assert moved("creditapp_streams_total", feature="ai_complete", outcome="completed") == 1
+    assert moved("creditapp_streams_total", feature="ai_complete", outcome="provider_failed") == 1
+    assert moved("creditapp_stream_delivered_tokens_total", feature="ai_complete") == 3
+    assert moved("creditapp_stream_first_token_seconds_count", feature="ai_complete") == 2
+
+
+def test_an_answer_heavy_with_punctuation_is_not_cut_and_nonsense_usage_is_not_charged(
+        app, client, make_user, provider):
+    user = make_user(tokens=100)
+    # Four pieces, but 9 tokens to the stand-in tokenizer: the provider's max_tokens (4) is trusted.
+    provider.script, provider.usage = ["```", "|---|", "py", "x"], Usage(7, 4)
+    events = parse(stream(client, user, max_tokens=4).get_data())
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == "```|---|pyx"
+    assert events[-1]["type"] == "done" and events[-1]["charged"]["amount"] == 11
+    provider.script, provider.usage = ["one ", "two "], Usage(None, -3)  # a server's nulls
+    events = parse(stream(client, user).get_data())
+    assert events[-1]["type"] == "done" and events[-1]["charged"]["amount"] == count_tokens(PROMPT) + 2
+    assert tokens(user) == 100 - 11 - (count_tokens(PROMPT) + 2)
+    ledger_is_clean()
+
+
+def test_a_stream_cannot_be_a_job(app, client, make_user, provider):
+    user = make_user(tokens=100)
+    answer = client.post(URL, json={"prompt": PROMPT, "max_tokens": 5, "stream": True},
+                         headers={**user.headers, "Prefer": "respond-async"})
+    assert answer.status_code == 422 and "stream" in answer.json["errors"], answer.json
+    assert tokens(user) == 100 and provider.opened == []

@@ -52,9 +52,10 @@ class OpenAICompatibleProvider:
         except openai.OpenAIError as exc:
             raise _failed(exc) from exc
         text = "".join(choice.message.content or "" for choice in answer.choices[:1])
-        if answer.usage is not None:
-            return Completion(text, answer.usage.prompt_tokens, answer.usage.completion_tokens)
-        # No usage (some servers send none): counted as a stream's delivered text is (README).
+        usage = answer.usage
+        if usage is not None and all(type(n) is int and n >= 0 for n in (usage.prompt_tokens, usage.completion_tokens)):
+            return Completion(text, usage.prompt_tokens, usage.completion_tokens)
+        # No usage (some servers send none, or nulls): counted as a stream's delivered text is (README).
         return Completion(text, count_tokens(prompt), count_tokens(text) if text else 0)
 
     def stream(self, prompt: str, max_tokens: int) -> "OpenAIStream":

@@ -159,6 +159,10 @@ def close_streamed(hold: Hold, answer: str | None) -> str | None:
     """Close a stream's hold: charged what was added to it with `answer` (its final body, stored
     for the Idempotency-Key) or, with None, given back whole. None when it closed as asked, else
     the error code of why nothing was charged (reservation_expired, database_unavailable)."""
+    if hold.closed:  # the ledger ended it already (an extension found it expired)
+        _closed(hold, charged=0)
+        g.credit_log["outcome"] = "reservation_expired"
+        return "reservation_expired"
     response = Response(answer, status=200, mimetype="application/json") if answer is not None else None
     closed = _close(hold, response, hold.key is not None)
     return None if closed is response else closed.get_json()["error"]

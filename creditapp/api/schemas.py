@@ -2,6 +2,7 @@
 import re
 from datetime import timezone
 
+from flask import has_request_context
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from ..jobs.tables import STATUSES as JOB_STATUSES
@@ -299,7 +300,16 @@ class CompleteSchema(Schema):
     max_tokens = StrictInteger(required=True, validate=validate.Range(min=1, max=4096))
     stream = StrictBoolean(load_default=False, metadata={
         "description": "Answer `text/event-stream`: `delta` events as text arrives, then `done` (or `error`); "
-                       "charged the provider's usage, or, ended early, the prompt and the text delivered"})
+                       "charged the provider's usage, or, ended early, the prompt and the text delivered. "
+                       "Not with `Prefer: respond-async` (a job has no stream to read)"})
+
+    @validates_schema
+    def _not_a_job(self, data, **kwargs):
+        from .guard import prefers_async  # the guard imports these schemas
+
+        if data.get("stream") and has_request_context() and prefers_async():
+            raise ValidationError({"stream": ["A stream cannot be a job: leave out Prefer: respond-async, "
+                                              "or ask without stream and poll the job."]})
 
 
 class ChargedSchema(Schema):
@@ -328,9 +338,17 @@ class CompletionResultSchema(Schema):
     text = fields.String(dump_only=True)
 
 
+class StreamEndSchema(Schema):
+    outcome = fields.String(dump_only=True, metadata={
+        "description": "completed, client_gone, provider_failed, timed_out or usage_exceeded_hold"})
+    delivered_tokens = fields.Integer(dump_only=True)
+
+
 class CompletionResponseSchema(GenerationResponseSchema):
     result = fields.Nested(CompletionResultSchema, dump_only=True)
     usage = fields.Nested(UsageSchema, dump_only=True)
+    stream = fields.Nested(StreamEndSchema, dump_only=True, metadata={
+        "description": "A stream's final answer, replayed for its Idempotency-Key: how it ended"})
 
 
 class ErrorSchema(Schema):

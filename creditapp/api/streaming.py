@@ -30,6 +30,7 @@ from ..metrics import metrics
 from .guard import close_streamed, hold_for_stream
 
 log = logging.getLogger("creditapp.access")
+MAX_TOKENS = 10**9  # more than any completion: a usage above it is nonsense
 FEATURE = "ai_complete"
 PING = b": ping\n\n"
 MESSAGES = {
@@ -77,6 +78,8 @@ class Relay:
         self.prompt_tokens, self.max_tokens = count_tokens(params["prompt"]), params["max_tokens"]
         self.ping = config["STREAM_PING_SECONDS"]
         self.ttl = config["CREDIT_HOLD_TTL_SECONDS"]
+        # How often the relay looks at the hold and the clock, provider silent or not.
+        self.wake = min(self.ping, self.ttl / 8)
         self.started = time.monotonic()
         self.deadline = self.started + config["STREAM_MAX_SECONDS"]
         self.pieces: queue.Queue = queue.Queue()
@@ -97,8 +100,9 @@ class Relay:
     def events(self):
         reader = threading.Thread(target=self._read, name="creditapp-stream", daemon=True)
         reader.start()
+        timeout = self._write_timeout()
         try:
-            usage, error = None, None
+            usage, error, wrote = None, None, time.monotonic()
             while True:
                 error = self._keep_hold()
                 if error:
@@ -108,10 +112,11 @@ class Relay:
                     error = "stream_timed_out"
                     break
                 try:
-                    kind, value = self.pieces.get(timeout=min(self.ping, self.deadline - now))
+                    kind, value = self.pieces.get(timeout=min(self.wake, self.deadline - now))
                 except queue.Empty:
-                    if time.monotonic() < self.deadline:
+                    if time.monotonic() - wrote >= self.ping and time.monotonic() < self.deadline:
                         yield PING  # a client that has gone fails this write
+                        wrote = time.monotonic()
                     continue
                 if kind == "end":
                     usage = value
@@ -123,16 +128,33 @@ class Relay:
                 if self._client_gone():
                     error = "client_gone"
                     break
-                piece = self._within_hold(value)
-                if piece:
-                    yield event({"type": "delta", "text": piece})
-                    self._delivered(piece)  # the server wrote it: it asks for the next one
-                if piece != value:
-                    break  # more than max_tokens: the provider overran what was held
+                if self._overran(value):
+                    break  # more than max_tokens by every count: the provider overran what was held
+                yield event({"type": "delta", "text": value})
+                self._delivered(value)  # the server wrote it: it asks for the next one
+                wrote = time.monotonic()
             yield event(self._end(error, usage))
         finally:
-            self.stream.close()
+            try:
+                self.stream.close()
+                if timeout is not None:
+                    self.client.settimeout(timeout[0])
+            except Exception:
+                pass
             self._end("client_gone", None)  # nothing if it ended already
+
+    def _write_timeout(self):
+        """A client that stops reading (and keeps its connection) must not block a write for
+        longer than the hold can wait: the write fails, and the stream ends charged for what was
+        delivered while the hold still stands. The socket's own timeout comes back at the end."""
+        if self.client is None:
+            return None
+        try:
+            previous = self.client.gettimeout()
+            self.client.settimeout(max(1.0, min(30.0, self.ttl / 4)))
+            return (previous,)
+        except Exception:
+            return None
 
     def abandoned(self) -> None:
         """The server closed the answer: if its stream never started (no request context is left
@@ -142,8 +164,10 @@ class Relay:
         self.finished = True
         with self.app.app_context():
             try:
+                self.stream.close()
                 credit_service.close(self.hold, succeeded=False)
                 metrics().open_holds.dec()
+                metrics().count("released", FEATURE, self.hold.credit_type.value, self.hold.amount)
             except Exception:
                 self.app.logger.exception("hold %s stays until it expires", self.hold.hold_id)
             metrics().streams.labels(FEATURE, "client_gone").inc()
@@ -155,19 +179,20 @@ class Relay:
         if self.client is None:
             return False
         try:
-            readable, _, _ = select.select([self.client], [], [], 0)
-            return bool(readable) and self.client.recv(1, socket.MSG_PEEK) == b""
+            # poll, not select: a gevent worker's connections pass descriptor 1024.
+            poller = select.poll()
+            poller.register(self.client, select.POLLIN)
+            if not poller.poll(0):
+                return False
+            return self.client.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
 
-    def _within_hold(self, piece: str) -> str:
-        """`piece`, or the part of it that keeps the delivered count within max_tokens."""
-        if delivered_tokens(self.text + piece, self.count + 1) <= self.max_tokens:
-            return piece
-        words = piece.split(" ")
-        while words and delivered_tokens(self.text + " ".join(words), self.count + 1) > self.max_tokens:
-            words.pop()
-        return " ".join(words)
+    def _overran(self, piece: str) -> bool:
+        """Whether `piece` takes the delivered text past max_tokens by both counts: one count alone
+        (punctuation is a token each to the stand-in tokenizer) must not cut a fair answer short."""
+        text = self.text + piece
+        return min(self.count + 1, count_tokens(text)) > self.max_tokens
 
     def _delivered(self, piece: str) -> None:
         if self.first_token is None:
@@ -194,21 +219,20 @@ class Relay:
             return "reservation_expired"
         except Exception:
             current_app.logger.exception("could not extend the hold %s of a stream", self.hold.hold_id)
-            return "stream_timed_out" if left < min(5.0, self.ttl / 4) else None
+            return "stream_timed_out" if left < self.ttl / 4 else None
 
     def _end(self, error: str | None, usage) -> dict:
         """Charge and close the hold, once, whichever ending comes first; the last event."""
         if not self.ended.acquire(blocking=False):
             return {}
         self.finished = True
-        hold, delivered = self.hold, delivered_tokens(self.text, self.count)
-        counted = {"prompt_tokens": self.prompt_tokens if delivered else 0, "completion_tokens": delivered}
-        if error is None and usage is not None:
-            counted = usage.as_dict()
-            charge = usage.total_tokens * self.price
-        else:
-            charge = min(hold.amount, (counted["prompt_tokens"] + delivered) * self.price)
-        counted["total_tokens"] = counted["prompt_tokens"] + counted["completion_tokens"]
+        hold = self.hold
+        delivered = min(self.max_tokens, delivered_tokens(self.text, self.count))
+        app_count = {"prompt_tokens": self.prompt_tokens if delivered else 0, "completion_tokens": delivered}
+        early = min(hold.amount, (app_count["prompt_tokens"] + delivered) * self.price)
+        counted, charge = app_count, early
+        if error is None and _sane(usage):
+            counted, charge = usage.as_dict(), usage.total_tokens * self.price
         if error == "reservation_expired":
             charge = 0
         balance, closed = None, None
@@ -220,16 +244,20 @@ class Relay:
                     # The provider's usage outgrew the hold and the balance: the text is out, so
                     # it is charged as an early end is (never more than the hold).
                     metrics().usage_exceeded.labels(FEATURE, hold.credit_type.value).inc()
-                    error = "usage_exceeded_hold"
-                    charge = min(hold.amount, (self.prompt_tokens + delivered) * self.price) if delivered else 0
+                    error, counted, charge = "usage_exceeded_hold", app_count, early
                     balance = credit_service.deduct_credits(hold.wallet_id, charge, hold.credit_type)
-            charged = {"credit_type": hold.credit_type.value, "amount": charge}
-            answer = {"result": {"text": self.text}, "charged": charged, "balance": balance.as_dict(),
-                      "usage": counted, "stream": {"outcome": OUTCOMES[error], "delivered_tokens": delivered}}
+            counted = {**counted, "total_tokens": counted["prompt_tokens"] + counted["completion_tokens"]}
+            answer = {"result": {"text": self.text}, "charged": {"credit_type": hold.credit_type.value, "amount": charge},
+                      "balance": balance.as_dict(), "usage": counted,
+                      "stream": {"outcome": OUTCOMES[error], "delivered_tokens": delivered}}
             closed = close_streamed(hold, json.dumps(answer) if charge else None)
         except Exception:
             current_app.logger.exception("could not close the hold %s of a stream", hold.hold_id)
             closed = "database_unavailable"
+            try:
+                close_streamed(hold, None)  # give it back; failing that, it expires charging nothing
+            except Exception:
+                pass
         if closed is not None:  # nothing was charged after all
             error, charge = closed, 0
             try:
@@ -246,5 +274,15 @@ class Relay:
         charged = {"credit_type": hold.credit_type.value, "amount": charge}
         shown = balance.as_dict() if balance is not None else None
         if error is None:
-            return {"type": "done", "charged": charged, "balance": shown, "usage": counted}
+            return {"type": "done", "charged": charged, "balance": shown,
+                    "usage": {**counted, "total_tokens": counted["prompt_tokens"] + counted["completion_tokens"]}}
         return {"type": "error", "error": error, "message": MESSAGES[error], "charged": charged, "balance": shown}
+
+
+def _sane(usage) -> bool:
+    """A provider's usage the ledger can charge: whole numbers, none negative (a server may send
+    nulls or nonsense; then the app's own count is charged)."""
+    if usage is None:
+        return False
+    values = (usage.prompt_tokens, usage.completion_tokens)
+    return all(type(v) is int and 0 <= v <= MAX_TOKENS for v in values)
