@@ -15,6 +15,7 @@ from .api.schemas import ErrorSchema
 from .cli import register_commands
 from .database import engine_options
 from .extensions import api, cors, db, jwt, limiter, migrate
+from .redis_pools import blocking_pool
 from .features import check_costs, check_signup_grants
 from .jobs import queue as job_queue
 from .ledger import credit_service
@@ -82,6 +83,9 @@ def register_extensions(app: Flask) -> None:
     plans.init_app(app)  # after purchases: paid plans use its provider and inbox
     ai.init_app(app)
     job_queue.init_app(app, perform=running.run)
+    storage = app.config.get("RATELIMIT_STORAGE_URI") or ""
+    if storage.startswith(("redis://", "rediss://")) and not app.config.get("RATELIMIT_STORAGE_OPTIONS"):
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {"connection_pool": blocking_pool(storage)}
     limiter.init_app(app)
     if app.config["CORS_ORIGINS"]:
         cors.init_app(

@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .redis_pools import blocking_pool
 from .ledger.clock import utcnow
 from .ledger.transactions import atomic, read
 from .models import RevokedSession
@@ -38,7 +39,7 @@ class DatabaseBlocklist:
 
 class RedisBlocklist:
     def __init__(self, url: str):
-        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis.Redis(connection_pool=blocking_pool(url, socket_timeout=2, socket_connect_timeout=2))
 
     def revoke(self, sid: str, user_id: int, until: datetime) -> None:
         seconds = max(1, int((until - utcnow()).total_seconds()))

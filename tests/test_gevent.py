@@ -7,6 +7,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import requests
 
 from creditapp.ai import count_tokens
@@ -81,4 +82,24 @@ def test_streams_from_an_openai_compatible_provider(app, make_user, live_server,
     while credit_service.get_credit_balance(user.id).ai_tokens != expected and time.monotonic() < deadline:
         time.sleep(0.05)
     assert credit_service.get_credit_balance(user.id).ai_tokens == expected
+    ledger_is_clean()
+
+
+def test_hundreds_in_flight_share_the_rate_limiters_redis_without_errors(app, make_user, live_server):
+    """redis-py's default pool fails past 100 connections (MaxConnectionsError, a 500); the
+    limiter's and the blocklist's pools wait for a free connection instead."""
+    from creditapp.testing.brokers import BROKERS
+    from creditapp.testing.databases import missing
+
+    try:
+        redis.Redis.from_url(BROKERS["redis"], socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        missing("CREDITAPP_REQUIRE_BROKERS", "redis", str(exc))
+    user = make_user(credits=1000)
+    with live_server(workers=1, worker_class="gevent", threads=400, AI_STUB_LATENCY_MS=1000,
+                     RATELIMIT_STORAGE_URI=BROKERS["redis"], RATELIMIT_KEY_PREFIX=f"gevent-{user.id}-",
+                     TOKEN_BLOCKLIST_URL=BROKERS["redis"]) as server:
+        answers = server.fire(300, "POST", "/api/generate", json={"prompt": "a lighthouse"}, headers=user.headers)
+    assert [a.status for a in answers] == [200] * 300, sorted({(a.status, str(a.json)[:80]) for a in answers})
+    assert credit_service.get_credit_balance(user.id).generation_credits == 700
     ledger_is_clean()
