@@ -98,3 +98,21 @@ def machine_busy(before: CpuSnapshot) -> tuple[float, float]:
     elapsed = total - before.machine[1]
     busy -= before.machine[0]
     return busy / TICKS, (busy / elapsed if elapsed else 0.0)
+
+
+def connections_per_process(pids: list[int], port: int) -> dict[int, int]:
+    """How many established TCP connections to local `port` each process holds (from
+    /proc/net/tcp and the processes' file descriptors): how a server's workers share its clients."""
+    established = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+            established.add(fields[9])
+    counts = {}
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        counts[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in established)
+    return counts

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .scenarios import DatabaseRun
+from .streams import WORKER_CLASSES
 
 HEADER = f"{'scenario':<58} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}"
 
@@ -83,7 +84,32 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
               _div(jobs.get("completions_per_s"), jobs.get("expected_per_s")), ">= 0.9"),
         Ratio("s8 queue wait p50", jobs.get("queue_wait_p50_s"), "", " s"),
         Ratio("s8 queue wait p99", jobs.get("queue_wait_p99_s"), "", " s"),
+        *_concurrency_ratios(run.concurrency),
     ]
+
+
+def _concurrency_ratios(c: dict) -> list[Ratio]:
+    """s11 and s12 are judged under gevent; gthread's figures stand next to them, as they come."""
+    s11, s12, ka, out = c.get("s11", {}), c.get("s12", {}), c.get("keepalive", {}), []
+    for wc in WORKER_CLASSES:
+        if r := s11.get(wc):
+            out.append(Ratio(f"s11 completions/s / ({s11['connections']} / {s11['latency_s']} s), {wc}",
+                             _div(r["per_s"], s11["expected_per_s"]), ">= 0.9" if wc == "gevent" else ""))
+    for wc in WORKER_CLASSES:
+        if r := s12.get(wc):
+            gevent = wc == "gevent"
+            out += [Ratio(f"s12 streams complete (done) / started, {wc}", _div(r["complete"], r["streams"]),
+                          ">= 1" if gevent else ""),
+                    Ratio(f"s12 p99 per-token delay added by creditapp, {wc}", r["delay_vs_sent_ms"]["p99"],
+                          "< 100" if gevent else "", " ms"),
+                    Ratio(f"s12 streams with charged != usage, {wc}", r["charged_not_usage"], "<= 0")]
+    for wc in WORKER_CLASSES:
+        on, off = ka.get(f"ka-{wc}"), ka.get(f"ka-{wc}-off")
+        if on:
+            out.append(Ratio(f"keep-alive on: Connection: close answers, {wc}", on["connection_close"], "<= 0"))
+        if on and off:
+            out.append(Ratio(f"keep-alive on / off requests/s, {wc}", _div(on["rps"], off["rps"]), ""))
+    return out
 
 
 def _mib(kib) -> str:
@@ -102,7 +128,10 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
 
     print(f"\n{'ratio':<50} {'value':>10}  {'target':<9} result")
     for ratio in ratios(run):
-        value = f"{ratio.value:.3g}{ratio.unit}" if ratio.value is not None else "n/a"
+        if ratio.value is None:
+            value = "n/a"
+        else:  # 1593 ms, not 1.59e+03 ms
+            value = (f"{ratio.value:.3g}" if abs(ratio.value) < 1000 else f"{ratio.value:.0f}") + ratio.unit
         verdict = {True: "ok", False: "MISS", None: "-"}[ratio.passed()]
         if smoke and ratio.target:
             verdict = "- (smoke: not judged)"
@@ -116,6 +145,7 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
 
     if run.jobs:
         print(_jobs_line(run.jobs))
+    _print_concurrency(run.concurrency)
 
     if run.peak_rss_kib:
         peaks = ", ".join(_mib(v) for v in run.peak_rss_kib.values())
@@ -141,6 +171,7 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
 
     print(f"\n{'CPU seconds during each run':<30} {'wall':>6} {'wrk':>6} {'gunicorn':>9} "
           f"{'postgres':>9} {'jobs':>6} {'other':>6} {'machine busy':>13}")
+    print("(wrk: the load generator, bench/aioload.py's for s11 and s12; jobs: s8's workers, s12's fake AI)")
     for m in run.measurements:
         c = m.cpu
         print(f"{m.key:<30} {c['wall_s']:>6.1f} {c['wrk_s']:>6.2f} {c['gunicorn_s']:>9.2f} "
@@ -168,6 +199,75 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
 
     for v in run.verify:
         print(f"verify {v['database']}: {'clean' if v['clean'] else 'FAILED'}: {v['output']}")
+
+
+def _table(title: str, columns: list[tuple[str, dict]], rows: list[tuple[str, object]]) -> None:
+    columns = [(name, r) for name, r in columns if r]
+    if not columns:
+        return
+    print(f"\n{title}")
+    print(f"{'':<50}" + "".join(f"{name:>25}" for name, _ in columns))
+    for label, cell in rows:
+        print(f"{label:<50}" + "".join(f"{cell(r):>25}" for _, r in columns))
+
+
+def _per_worker(r: dict) -> str:
+    return "+".join(map(str, r.get("connections_per_worker") or ())) or "-"
+
+
+def _ms(d: dict, *keys: str, scale: float = 1.0) -> str:
+    return " / ".join("n/a" if d.get(k) is None else f"{d[k] / scale:.1f}" for k in keys)
+
+
+def _print_concurrency(c: dict) -> None:
+    if s11 := c.get("s11"):
+        _table(f"s11: {s11['connections']} clients, POST /api/generate, AI {s11['latency_s']} s: target >= 0.9 x "
+               f"{s11['expected_per_s']:.0f}/s under gevent (gthread's cap: workers x threads / latency = "
+               f"{s11['gthread_cap_per_s']:.0f}/s)",
+               [(wc, s11.get(wc)) for wc in WORKER_CLASSES], [
+                   ("completions/s in the steady window", lambda r: f"{r['per_s']:.1f} in {r['window_s']} s"),
+                   (f"  / {s11['expected_per_s']:.0f}", lambda r: f"{r['per_s'] / s11['expected_per_s']:.3f}"),
+                   ("answers by status", lambda r: " ".join(f"{k}:{v}" for k, v in r["statuses"].items()) or "none"),
+                   ("socket errors", lambda r: str(sum(r["errors"].values()))),
+                   ("no answer when the run ended (+ drain)", lambda r: str(r["unfinished"])),
+                   ("latency p50 / p99 / max s", lambda r: _ms(r["latency_ms"], "p50", "p99", "max", scale=1000)),
+                   ("most PostgreSQL connections", lambda r: str(r["peak_db_connections"] or "-")),
+                   ("connections per worker, most uneven sample", _per_worker),
+                   ("CPU s: gunicorn / load generator", lambda r: f"{r['cpu']['gunicorn_s']:.1f} / {r['cpu']['wrk_s']:.1f}"),
+               ])
+    if s12 := c.get("s12"):
+        _table(f"s12: {s12['streams']} streams of {s12['tokens']} tokens at {s12['tokens_per_second']:g}/s "
+               f"({s12['stream_s']:g} s), started over {s12['ramp_s']:g} s: targets under gevent: all complete, "
+               f"p99 delay per token after the fake sent it < 100 ms, charged = usage",
+               [("direct to the fake", s12.get("direct"))] + [(wc, s12.get(wc)) for wc in WORKER_CLASSES], [
+                   ("complete (done, every token) / started", lambda r: f"{r['complete']} / {r['streams']}"),
+                   ("outcomes", lambda r: " ".join(f"{k}:{v}" for k, v in r["outcomes"].items())),
+                   ("charged != usage / streams done", lambda r: f"{r['charged_not_usage']} / {r['checked_charges']}"
+                    if r["target"] == "app" else "-"),
+                   ("open at once: most / all for s", lambda r: f"{r['max_open']} / {r['all_open_s']:.1f}"),
+                   ("token delay after the fake sent it p50/p99/max ms",
+                    lambda r: _ms(r["delay_vs_sent_ms"], "p50", "p99", "max")),
+                   ("token delay after the fake's schedule p50/p99 ms",
+                    lambda r: _ms(r["delay_vs_schedule_ms"], "p50", "p99")),
+                   ("  the fake's own lateness p50 / p99 ms", lambda r: _ms(r["fake_late_ms"], "p50", "p99")),
+                   ("client send to request at the fake p50/p99 ms",
+                    lambda r: _ms(r["before_provider_ms"], "p50", "p99")),
+                   ("first token p50 / p99 ms", lambda r: _ms(r["first_token_ms"], "p50", "p99")),
+                   ("stream p50 / p99 s", lambda r: _ms(r["duration_ms"], "p50", "p99", scale=1000)),
+                   ("pings", lambda r: str(r["pings"])),
+                   ("connections per worker, most uneven sample", _per_worker),
+               ])
+    if ka := c.get("keepalive"):
+        each = f"{ka['probe_connections']} connections x {ka['probe_requests_each']} requests"
+        _table(f"keep-alive: GET /api/credits/balance, wrk requests/s; probe: {each} one after another",
+               [(f"{r['worker_class']} {r['keepalive']}", r) for k, r in ka.items() if isinstance(r, dict)], [
+                   ("requests/s (wrk)", lambda r: f"{r['rps']:.1f}"),
+                   ("p99 ms (wrk)", lambda r: f"{r['p99_ms']:.1f}"),
+                   ("errors (wrk)", lambda r: str(r["errors"])),
+                   ("connections per worker, most uneven sample", _per_worker),
+                   ("probe: answers saying Connection: close", lambda r: f"{r['connection_close']} / {r['requests']}"),
+                   ("probe: TCP connections / requests reusing one", lambda r: f"{r['tcp_connections']} / {r['reused']}"),
+               ])
 
 
 def _jobs_line(jobs: dict) -> str:
@@ -199,6 +299,7 @@ def write_json(path: Path, meta: dict, runs: list[DatabaseRun], skipped: dict) -
                 "profile": run.profile,
                 "round_trips": run.round_trips,
                 "jobs": run.jobs,
+                "concurrency": run.concurrency,
                 "verify": run.verify,
             }
             for run in runs

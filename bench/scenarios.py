@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import jobs, procstats, profiling, wrk
+from . import jobs, procstats, profiling, streams, wrk
 from .dbsetup import BenchDatabase, open_database
 from .servers import Server, gunicorn, server_env
 from .tokens import write_tokens
@@ -72,6 +72,7 @@ class DatabaseRun:
     profile: dict | None = None
     round_trips: dict = field(default_factory=dict)
     jobs: dict | None = None  # scenario 8, from the jobs table (bench/jobs.py figures())
+    concurrency: dict = field(default_factory=dict)  # s11, s12, keep-alive (bench/streams.py)
 
     def get(self, key: str) -> Measurement | None:
         return next((m for m in self.measurements if m.key == key), None)
@@ -163,6 +164,7 @@ class Runner:
             self.simple("s0-s6", "floor, AI takes 1000 ms", generate, latency_ms=1000,
                         connections=self.s.s6_connections, duration=self.s.s6_duration, app=FLOOR)
         self.scenario_8(generate)
+        streams.run_scenarios(self, tokens)  # s11, s12, keep-alive
         if self.s.wants("rt"):
             self.round_trips(generate, Load("GET", "/api/credits/balance", None, tokens))
         if self.s.soak and self.s.wants("memory"):

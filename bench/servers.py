@@ -35,9 +35,12 @@ def limiter_storage() -> str:
 
 def server_env(database_url: str, jwt_secret: str, *, workers: int, latency_ms: int,
                limiter_storage: str = "memory://") -> dict:
-    # The stub's failure rate and call log, or another database, must not leak in from outside.
+    # The AI's settings (the stub's failure rate, another provider), another database, or a worker
+    # class and command-line settings for gunicorn must not leak in from outside: the scenarios
+    # that want them (bench/streams.py) set them.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AI_STUB_", "DATABASE_URL", "GUNICORN_BIND", "GUNICORN_WORKERS"))}
+           if not k.startswith(("AI_", "OPENAI_", "STREAM_", "DATABASE_URL", "GUNICORN_BIND", "GUNICORN_WORKER",
+                                  "GUNICORN_CMD_ARGS"))}
     env.update(
         CREDITAPP_ENV="development",
         DATABASE_URL=database_url,

@@ -271,7 +271,9 @@ def fake_openai_server() -> Iterator[FakeOpenAI]:
         thread.join(10)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, wrap=None) -> None:
+    """Serve a fake under gevent until SIGTERM; `wrap(fake)` is the WSGI app served, if given (a
+    benchmark's stopwatch around it)."""
     # Patched here, not at import: tests import this module and keep real threads. The package's
     # imports came first, so patching changes their modules in place; ssl is left alone (this
     # server speaks plain HTTP, and ssl cannot be patched once imported).
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     fake = FakeOpenAI()
     fake.tokens_per_second, fake.completion_tokens = args.tokens_per_second, args.completion_tokens
     fake.first_token_delay = args.first_token_delay
-    server = WSGIServer(("127.0.0.1", args.port), fake, log=None, backlog=4096)
+    server = WSGIServer(("127.0.0.1", args.port), wrap(fake) if wrap else fake, log=None, backlog=4096)
     server.start()
     fake.url = f"http://127.0.0.1:{server.server_port}/v1"
 
