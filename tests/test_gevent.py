@@ -4,6 +4,7 @@ embedded queue and streams from an OpenAI-compatible provider all work under its
 import http.client
 import json
 import time
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -97,7 +98,7 @@ def test_hundreds_in_flight_share_the_rate_limiters_redis_without_errors(app, ma
         missing("CREDITAPP_REQUIRE_BROKERS", "redis", str(exc))
     user = make_user(credits=1000)
     with live_server(workers=1, worker_class="gevent", threads=400, AI_STUB_LATENCY_MS=1000,
-                     RATELIMIT_STORAGE_URI=BROKERS["redis"], RATELIMIT_KEY_PREFIX=f"gevent-{user.id}-",
+                     RATELIMIT_STORAGE_URI=BROKERS["redis"], RATELIMIT_KEY_PREFIX=f"gevent-{uuid.uuid4().hex}-",
                      TOKEN_BLOCKLIST_URL=BROKERS["redis"]) as server:
         answers = server.fire(300, "POST", "/api/generate", json={"prompt": "a lighthouse"}, headers=user.headers)
     assert [a.status for a in answers] == [200] * 300, sorted({(a.status, str(a.json)[:80]) for a in answers})

@@ -1,4 +1,5 @@
 """Rate limits (Flask-Limiter) and request size limits."""
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -36,7 +37,11 @@ def make_user(app, name, credits=0):
 def limited_app(request, database_url):
     storage = "memory://"
     if request.param == "redis":
-        storage = "redis://127.0.0.1:6379/14"
+        # A Redis database per pytest-xdist worker (gw0 10, gw1 9, ...), flushed: tests in
+        # parallel repeat user ids (each has a database of its own), and the brokers' queues
+        # live in database 14.
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+        storage = f"redis://127.0.0.1:6379/{10 - worker % 8}"
         try:
             redis.Redis.from_url(storage, socket_connect_timeout=1).flushdb()
         except redis.RedisError as exc:
