@@ -143,8 +143,11 @@ def test_an_administrator_logs_in_and_sees_the_figures(client, make_user, fake_a
 def test_the_verify_button_needs_the_csrf_token_and_stores_the_run(client, make_user, manual_clock):
     admin = make_user(admin=True)
     log_in(client, admin)
-    forged = client.post("/admin/verify", data={})
-    assert forged.status_code in (303, 401) and verify_runs.last() is None
+    for forged in ({}, {"csrf_token": "not-the-token"}):
+        refused = client.post("/admin/verify", data=forged)
+        assert refused.status_code == 403 and "Nothing was changed" in refused.get_data(as_text=True)
+    assert client.post("/admin/verify", headers={"Accept": "application/json"}).status_code == 401
+    assert verify_runs.last() is None
     ran = client.post("/admin/verify", data={"csrf_token": csrf(client)})
     assert ran.status_code == 303 and ran.headers["Location"] == "/admin/#health"
     run = verify_runs.last()

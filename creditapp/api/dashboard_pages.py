@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, redirect, render_template, request
 from flask_jwt_extended import create_access_token, get_jwt, set_access_cookies, unset_jwt_cookies, verify_jwt_in_request
-from flask_jwt_extended.exceptions import JWTExtendedException
+from flask_jwt_extended.exceptions import CSRFError, JWTExtendedException
 from jwt import PyJWTError
 
 from .. import users
@@ -62,10 +62,16 @@ def guard():
         user_id = token_user_id()
         if request.endpoint not in ANY_USER:
             users.require_admin(user_id)
+    except CSRFError:
+        if _wants_json():
+            raise
+        # A valid session, but the form did not come from one of its pages: change nothing.
+        return _page("refused.html", 403, stale=True)
     except (JWTExtendedException, PyJWTError, InvalidIdentity, UnknownUser):
         if _wants_json():
             raise  # the app's handlers answer with the envelope (401)
-        return redirect(f"/admin/login?{urlencode({'next': request.full_path.rstrip('?')})}", code=303)
+        back = request.full_path.rstrip("?") if request.method == "GET" else "/admin/"
+        return redirect(f"/admin/login?{urlencode({'next': back})}", code=303)
     except NotAdmin:
         if _wants_json():
             raise

@@ -6,7 +6,7 @@ from datetime import datetime
 from .figures import Series
 
 WIDTH, HEIGHT = 720, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 36
+LEFT, RIGHT, TOP, BOTTOM = 56, 32, 16, 36
 # Distinguishable on white and for the common colour blindnesses (Okabe–Ito).
 COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00", "#56b4e9", "#f0e442", "#000000")
 
@@ -78,7 +78,8 @@ def line_chart(days: list[datetime], series: list[Series]) -> Chart:
         for n, s in enumerate(series)
     ]
     y_ticks = [Tick(y(v), f"{v:,}") for v in sorted({top_value * k // 4 for k in range(5)})]
-    x_ticks = [Tick(x(i), days[i].strftime("%d %b")) for i in range(0, len(days), 7)]
+    # Weekly labels counted back from today, so the last day is always labelled.
+    x_ticks = [Tick(x(i), days[i].strftime("%d %b")) for i in reversed(range(len(days) - 1, -1, -7))]
     return Chart(WIDTH, HEIGHT, LEFT, right, TOP, bottom, lines, y_ticks, x_ticks)
 
 
