@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import column, func, select, table
+from sqlalchemy import case, column, func, literal, select, table
 
 from ..jobs.tables import JOBS
 from ..ledger import UnknownUser, credit_service
@@ -63,41 +63,41 @@ class Tile:
 
 
 def tiles(now: datetime | None = None) -> list[Tile]:
-    """Today, 7 and 30 days."""
+    """Today, 7 and 30 days: three queries (usage, lots, purchases), each one pass over 30 days."""
     now = now or utcnow()
+    starts = [window_start(now, days) for _label, days in WINDOWS]
     with atomic(write=False) as session:
-        return [_tile(session, label, window_start(now, days), now) for label, days in WINDOWS]
+        usage = _windowed(session, USAGE.c.hour, USAGE.c.credit_type,
+                          (USAGE.c.requests, USAGE.c.failed, USAGE.c.charged, USAGE.c.refunded), starts, now)
+        # A rollover lot carries last period's credits into the next: nothing new was granted.
+        granted = _windowed(session, LOTS.c.created_at, LOTS.c.credit_type, (LOTS.c.amount,), starts, now,
+                            LOTS.c.source != "rollover")
+        paid = _windowed(session, PURCHASES.c.paid_at, PURCHASES.c.currency,
+                         (literal(1), PURCHASES.c.price, PURCHASES.c.refunded), starts, now)
+    return [
+        Tile(label=label, start=start, granted=_per_type(granted[w]),
+             charged=_per_type((r[0], r[3]) for r in usage[w]), refunded=_per_type((r[0], r[4]) for r in usage[w]),
+             requests=sum(r[1] for r in usage[w]), failed=sum(r[2] for r in usage[w]),
+             purchases=sum(r[1] for r in paid[w]),
+             revenue={r[0]: r[2] for r in paid[w] if r[1]}, refunds={r[0]: r[3] for r in paid[w] if r[1]})
+        for w, ((label, _days), start) in enumerate(zip(WINDOWS, starts))
+    ]
+
+
+def _windowed(session, moment, key, values, starts: list[datetime], now: datetime, *where) -> list[list[tuple]]:
+    """Per window start, [(key, sum of each of `values`)] over rows with `moment` from that start
+    to `now`: conditional sums, so the longest window is read once for all."""
+    sums = [func.sum(case((moment >= start, value), else_=0)) for start in starts for value in values]
+    rows = session.execute(
+        select(key, *sums).where(moment >= min(starts), moment <= now, *where).group_by(key)).all()
+    n = len(values)
+    return [[(r[0], *(int(v or 0) for v in r[1 + w * n:1 + (w + 1) * n])) for r in rows] for w in range(len(starts))]
 
 
 def _per_type(rows) -> dict[str, int]:
     found = dict.fromkeys(CREDIT_TYPES, 0)
     found.update({credit_type: int(total or 0) for credit_type, total in rows})
     return found
-
-
-def _tile(session, label: str, start: datetime, now: datetime) -> Tile:
-    usage = session.execute(
-        select(USAGE.c.credit_type, func.sum(USAGE.c.requests), func.sum(USAGE.c.failed),
-               func.sum(USAGE.c.charged), func.sum(USAGE.c.refunded))
-        .where(USAGE.c.hour >= start, USAGE.c.hour <= now).group_by(USAGE.c.credit_type)
-    ).all()
-    # A rollover lot carries last period's credits into the next: nothing new was granted.
-    granted = session.execute(
-        select(LOTS.c.credit_type, func.sum(LOTS.c.amount))
-        .where(LOTS.c.created_at >= start, LOTS.c.created_at <= now, LOTS.c.source != "rollover")
-        .group_by(LOTS.c.credit_type)
-    ).all()
-    paid = session.execute(
-        select(PURCHASES.c.currency, func.count(), func.sum(PURCHASES.c.price), func.sum(PURCHASES.c.refunded))
-        .where(PURCHASES.c.paid_at >= start, PURCHASES.c.paid_at <= now).group_by(PURCHASES.c.currency)
-    ).all()
-    return Tile(
-        label=label, start=start, granted=_per_type(granted),
-        charged=_per_type((r[0], r[3]) for r in usage), refunded=_per_type((r[0], r[4]) for r in usage),
-        requests=sum(int(r[1] or 0) for r in usage), failed=sum(int(r[2] or 0) for r in usage),
-        purchases=sum(int(r[1]) for r in paid),
-        revenue={r[0]: int(r[2] or 0) for r in paid}, refunds={r[0]: int(r[3] or 0) for r in paid},
-    )
 
 
 @dataclass(frozen=True)
