@@ -188,6 +188,12 @@ class Config:
     PLANS = _json("PLANS")
     DEFAULT_PLAN = os.environ.get("DEFAULT_PLAN") or None
 
+    # --- The dashboard (/admin/) ---
+    # Its login is the JWT cookie mode whatever JWT_TOKEN_LOCATION says for the API; its forms
+    # carry the double-submit CSRF token as a field (no script on the page), which flask-jwt-extended
+    # checks only with this on. The token must still match the one inside the JWT.
+    JWT_CSRF_CHECK_FORM = True
+
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 

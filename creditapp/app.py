@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from config import Config, check_config, config_from_env
 
 from . import ai, auth, database, logs, metrics, revocation
-from .api import bench, bodies, checkout_pages, docs, plans, purchases, register_blueprints, running
+from .api import bench, bodies, checkout_pages, dashboard_pages, docs, plans, purchases, register_blueprints, running
 from .api.errors import register_error_handlers, register_jwt_handlers
 from .api.schemas import ErrorSchema
 from .cli import register_commands
@@ -49,6 +49,7 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
         # Plain Flask blueprint: kept out of the API document.
         app.register_blueprint(bench.blp)
     app.register_blueprint(checkout_pages.pages)  # HTML, not the API: answers 404 unless PAYMENTS_PROVIDER=test
+    app.register_blueprint(dashboard_pages.pages)  # HTML for administrators at /admin/, not the API
     register_error_handlers(app)
     register_commands(app)
     return app

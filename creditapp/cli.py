@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from . import metrics
+from .dashboard import verify_runs
 from .access import teams
 from . import users as user_service
 from .jobs import store as job_store
@@ -165,8 +166,9 @@ def prune_idempotency() -> None:
 
 @credits_cli.command("verify")
 def verify() -> None:
-    """Check every balance against the ledger; exits 1 when any differs."""
-    problems = credit_service.verify()
+    """Check every balance against the ledger; exits 1 when any differs. The result is stored
+    for the dashboard."""
+    _run, problems = verify_runs.run("cli")
     for problem in problems:
         click.echo(str(problem), err=True)
     if problems:

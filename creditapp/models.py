@@ -6,6 +6,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .access import tables as access_tables  # noqa: F401  (teams, members, keys: in the one metadata)
+from .dashboard import tables as dashboard_tables  # noqa: F401  (verify runs: in the one metadata)
 from .extensions import db
 from .payments import tables as payment_tables  # noqa: F401  (purchases, the inbox: in the one metadata)
 from .plans import tables as plan_tables  # noqa: F401  (subscriptions, invoices: in the one metadata)

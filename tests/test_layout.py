@@ -74,3 +74,17 @@ def test_every_module_imports_first_on_its_own():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "", result.stdout
+
+
+def test_the_dashboard_figures_load_no_web_module_and_read_only_the_tables_they_show():
+    loaded = web_modules_loaded_by("creditapp.dashboard.figures, creditapp.dashboard.chart, "
+                                   "creditapp.dashboard.verify_runs")
+    assert loaded == "[]", f"the dashboard's figures load web modules: {loaded}"
+    allowed = {"ledger", "payments", "jobs"}  # balances through the ledger; purchases' and jobs' tables
+    for path in (PACKAGE / "dashboard").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                target = (node.module or "").split(".")
+                assert target[0] in allowed, f"{path.name} imports {ast.unparse(node)}"
+                if target[0] in ("payments", "jobs"):
+                    assert target[1:] == ["tables"], f"{path.name} imports {ast.unparse(node)}"
