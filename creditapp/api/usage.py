@@ -8,14 +8,14 @@ from ..auth import current_key, current_user_id, require_login
 from ..ledger import credit_service, team_wallet
 from .admin import _administrator as administrator
 from .bodies import Blueprint
-from .openapi import INVALID, UNAUTHORIZED, document
+from .openapi import UNAUTHORIZED, document
 from .schemas import ErrorSchema
 from .spending import team_header
-from .usage_schemas import OwnUsageQuerySchema, UsageQuerySchema, UsageReportSchema
+from .usage_schemas import OwnUsageQuerySchema, RangeErrorSchema, UsageQuerySchema, UsageReportSchema
 
 blp = Blueprint("usage", __name__, url_prefix="/api", description="Usage reports.")
 blp.before_request(require_login())
-RANGE = (422, ErrorSchema, "validation_error (a field), invalid_range (from not before to, an offset not in "
+RANGE = (422, RangeErrorSchema, "validation_error (a field), invalid_range (from not before to, an offset not in "
                            "whole minutes), too_many_buckets (more than `max_buckets` points)")
 
 
@@ -23,7 +23,7 @@ RANGE = (422, ErrorSchema, "validation_error (a field), invalid_range (from not 
 @blp.arguments(UsageQuerySchema, location="query")
 @blp.response(200, UsageReportSchema)
 @blp.alt_response(403, schema=ErrorSchema, description="Not an administrator")
-@document(responses=[UNAUTHORIZED, INVALID, RANGE])
+@document(responses=[UNAUTHORIZED, RANGE])
 def admin_usage(query):
     """Paid requests, charges, refunds and failures per hour or day, by feature, user, credit
     type, team or key, over every wallet (administrators only)."""
@@ -35,7 +35,7 @@ def admin_usage(query):
 @blp.arguments(OwnUsageQuerySchema, location="query")
 @blp.response(200, UsageReportSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="unknown_team: X-Team names a team the caller is not in")
-@document(responses=[UNAUTHORIZED, INVALID, RANGE])
+@document(responses=[UNAUTHORIZED, RANGE])
 def own_usage(query):
     """The same report for the caller's wallet (an API key's; a team's with `X-Team`), by
     feature or credit type."""

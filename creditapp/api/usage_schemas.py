@@ -6,7 +6,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from ..ledger.reports import BUCKETS, GROUPS
 from ..ledger.tables import CREDIT_TYPES, MAX_USER_ID
-from .schemas import QueryInteger, Text
+from .schemas import ErrorSchema, QueryInteger, Text
 
 OWN_GROUPS = ("feature", "credit_type")
 
@@ -97,3 +97,8 @@ class UsageReportSchema(Schema):
     series = fields.List(fields.Nested(UsageSeriesSchema),
                          metadata={"description": "One per group with any usage in the range, the most charged first"})
     totals = fields.Nested(UsageTotalsSchema)
+
+
+class RangeErrorSchema(ErrorSchema):
+    buckets = fields.Integer(metadata={"description": "too_many_buckets: the points the range would have"})
+    max_buckets = fields.Integer(metadata={"description": "too_many_buckets: the most allowed"})
