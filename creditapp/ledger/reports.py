@@ -14,7 +14,7 @@ Credits of different types are never added together: every series is of one cred
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import BigInteger, and_, case, cast, extract, func, literal_column, or_, select
+from sqlalchemy import BigInteger, and_, case, cast, func, literal_column, or_, select, text
 
 from .clock import utcnow
 from .errors import InvalidRange, TooManyBuckets
@@ -24,6 +24,7 @@ from .transactions import atomic
 BUCKETS = {"hour": 3600, "day": 86400}
 GROUPS = {"feature": "feature", "user": "user_id", "credit_type": "credit_type", "team": "team_id", "key": "key_id"}
 MAX_BUCKETS = 1000  # points per series: 41 days of hours, 2.7 years of days
+REPORT_WORK_MEM = "64MB"
 DEFAULT_RANGE = timedelta(days=30)
 HOUR = timedelta(hours=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -97,7 +98,7 @@ def _merged(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, 
 
 def _epoch(column, dialect: str):
     if dialect == "postgresql":
-        return cast(func.floor(extract("epoch", column)), BigInteger)
+        return cast(func.floor(func.date_part("epoch", column)), BigInteger)
     return cast(func.strftime("%s", column), BigInteger)
 
 
@@ -115,9 +116,17 @@ def _dimensions(table) -> dict:
             "credit_type": HOLDS.c.credit_type, "wallet": HOLDS.c.wallet_id}
 
 
+def _bucket(moment, plan_: Plan, dialect: str):
+    """The bucket of `moment`: its start on PostgreSQL (date_bin, much cheaper per row than
+    arithmetic on its epoch), its index elsewhere."""
+    if dialect == "postgresql":
+        return func.date_bin(timedelta(seconds=plan_.stride), moment, EPOCH + timedelta(seconds=plan_.grid0))
+    return (_epoch(moment, dialect) - plan_.grid0) // plan_.stride
+
+
 def _grouped(table, groups, moment, plan_: Plan, dialect: str, filters: dict, figures: list):
     dims = _dimensions(table)
-    bucket = ((_epoch(moment, dialect) - plan_.grid0) // plan_.stride).label("g_bucket")
+    bucket = _bucket(moment, plan_, dialect).label("g_bucket")
     columns = [dims[name].label(f"g_{name}") for name in groups]
     return (select(*columns, bucket, *figures)
             .where(*[dims[name] == value for name, value in filters.items()])
@@ -130,6 +139,9 @@ def _within(column, intervals):
 
 def _rows(session, plan_: Plan, groups: list[str], filters: dict) -> list:
     dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # A year by user is tens of thousands of groups: hashed in memory, not sorted on disk.
+        session.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
     rows = []
     if plan_.whole is not None:
         query = _grouped(USAGE, groups, USAGE.c.hour, plan_, dialect, filters, [
@@ -183,10 +195,14 @@ class Reports:
         with atomic(write=False) as session:
             rows = _rows(session, plan_, groups, filters)
         sums: dict[tuple, list[list[int]]] = {}
+        width, first, stride = len(groups), EPOCH + timedelta(seconds=plan_.grid0), timedelta(seconds=plan_.stride)
         for row in rows:
-            points = sums.setdefault(tuple(row[:len(groups)]), [[0, 0, 0, 0] for _ in plan_.starts])
-            point = points[row.g_bucket]
-            for i, value in enumerate(row[len(groups) + 1:]):
+            key = tuple(row[:width])
+            if key not in sums:
+                sums[key] = [[0, 0, 0, 0] for _ in plan_.starts]
+            slot = row[width]  # an index, or a start (PostgreSQL)
+            point = sums[key][slot if isinstance(slot, int) else (slot - first) // stride]
+            for i, value in enumerate(row[width + 1:]):
                 point[i] += int(value or 0)
         totals = {"requests": 0, "failed": 0, "charged": dict.fromkeys(CREDIT_TYPES, 0),
                   "refunded": dict.fromkeys(CREDIT_TYPES, 0)}
