@@ -14,7 +14,7 @@ Credits of different types are never added together: every series is of one cred
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import BigInteger, and_, case, cast, func, literal_column, or_, select, text
+from sqlalchemy import BigInteger, DateTime, and_, case, cast, func, literal_column, or_, select, text
 
 from .clock import utcnow
 from .errors import InvalidRange, TooManyBuckets
@@ -120,7 +120,8 @@ def _bucket(moment, plan_: Plan, dialect: str):
     """The bucket of `moment`: its start on PostgreSQL (date_bin, much cheaper per row than
     arithmetic on its epoch), its index elsewhere."""
     if dialect == "postgresql":
-        return func.date_bin(timedelta(seconds=plan_.stride), moment, EPOCH + timedelta(seconds=plan_.grid0))
+        return func.date_bin(timedelta(seconds=plan_.stride), moment, EPOCH + timedelta(seconds=plan_.grid0),
+                             type_=DateTime(timezone=True))  # psycopg's own datetimes: no per-row conversion
     return (_epoch(moment, dialect) - plan_.grid0) // plan_.stride
 
 
@@ -131,6 +132,11 @@ def _grouped(table, groups, moment, plan_: Plan, dialect: str, filters: dict, fi
     return (select(*columns, bucket, *figures)
             .where(*[dims[name] == value for name, value in filters.items()])
             .group_by(*[literal_column(f"g_{name}") for name in groups], literal_column("g_bucket")))
+
+
+def _sum(column):
+    # An integer, not PostgreSQL's numeric sum of bigints (a Decimal to convert per row).
+    return cast(func.sum(column), BigInteger)
 
 
 def _within(column, intervals):
@@ -145,19 +151,18 @@ def _rows(session, plan_: Plan, groups: list[str], filters: dict) -> list:
     rows = []
     if plan_.whole is not None:
         query = _grouped(USAGE, groups, USAGE.c.hour, plan_, dialect, filters, [
-            func.sum(USAGE.c.requests), func.sum(USAGE.c.charged), func.sum(USAGE.c.refunded),
-            func.sum(USAGE.c.failed)]).where(USAGE.c.hour >= plan_.whole[0], USAGE.c.hour < plan_.whole[1])
+            _sum(USAGE.c.requests), _sum(USAGE.c.charged), _sum(USAGE.c.refunded), _sum(USAGE.c.failed)]).where(USAGE.c.hour >= plan_.whole[0], USAGE.c.hour < plan_.whole[1])
         if plan_.cut_hour is not None:
             query = query.where((_epoch(USAGE.c.hour, dialect) - plan_.cut_hour) % 86400 != 0)
         rows += session.execute(query).all()
     if plan_.exact:
         closed = HOLDS.c.closed_at
         rows += session.execute(_grouped(HOLDS, groups, closed, plan_, dialect, filters, [
-            func.count(), func.sum(HOLDS.c.settled_amount), NOTHING,
-            func.sum(case((HOLDS.c.settled_amount == 0, 1), else_=0))]).where(_within(closed, plan_.exact))).all()
+            func.count(), _sum(HOLDS.c.settled_amount), NOTHING,
+            _sum(case((HOLDS.c.settled_amount == 0, 1), else_=0))]).where(_within(closed, plan_.exact))).all()
         written = LEDGER.c.created_at
         rows += session.execute(_grouped(HOLDS, groups, written, plan_, dialect, filters, [
-            NOTHING, NOTHING, func.sum(LEDGER.c.amount), NOTHING])
+            NOTHING, NOTHING, _sum(LEDGER.c.amount), NOTHING])
             .select_from(LEDGER.join(HOLDS, HOLDS.c.id == LEDGER.c.hold_id))
             .where(LEDGER.c.kind == "refund", _within(written, plan_.exact))).all()
     return rows
@@ -194,30 +199,42 @@ class Reports:
                                                    ("credit_type", credit_type)) if value is not None}
         with atomic(write=False) as session:
             rows = _rows(session, plan_, groups, filters)
-        sums: dict[tuple, list[list[int]]] = {}
-        width, first, stride = len(groups), EPOCH + timedelta(seconds=plan_.grid0), timedelta(seconds=plan_.stride)
-        for row in rows:
-            key = tuple(row[:width])
-            if key not in sums:
-                sums[key] = [[0, 0, 0, 0] for _ in plan_.starts]
-            slot = row[width]  # an index, or a start (PostgreSQL)
-            point = sums[key][slot if isinstance(slot, int) else (slot - first) // stride]
-            for i, value in enumerate(row[width + 1:]):
-                point[i] += int(value or 0)
-        totals = {"requests": 0, "failed": 0, "charged": dict.fromkeys(CREDIT_TYPES, 0),
-                  "refunded": dict.fromkeys(CREDIT_TYPES, 0)}
-        series = []
-        for key, points in sums.items():
-            ctype = key[groups.index("credit_type")]
-            requests, charged, refunded, failed = (sum(p[i] for p in points) for i in range(4))
-            totals["requests"] += requests
-            totals["failed"] += failed
-            totals["charged"][ctype] += charged
-            totals["refunded"][ctype] += refunded
-            series.append(((-charged, -requests, repr(key)), {
-                "group": _group(groups, key),
-                "points": [{"start": begins, **dict(zip(FIGURES, point))} for begins, point in zip(plan_.starts, points)],
-            }))
-        zone = plan_.starts[0].tzinfo
-        return {"from": start.astimezone(zone), "to": end.astimezone(zone), "bucket": bucket,
-                "series": [entry for _order, entry in sorted(series, key=lambda item: item[0])], "totals": totals}
+        return _report(plan_, groups, rows, start, end, bucket)
+
+
+def _report(plan_: Plan, groups: list[str], rows, start: datetime, end: datetime, bucket: str) -> dict:
+    """The rows' figures added up per group and point (a year by user is tens of thousands of
+    rows: kept to list indexing)."""
+    count, width = len(plan_.starts), len(groups)
+    first, stride = EPOCH + timedelta(seconds=plan_.grid0), timedelta(seconds=plan_.stride)
+    sums: dict[tuple, tuple[list[int], ...]] = {}
+    slots: dict[datetime, int] = {}
+    for row in rows:
+        key = tuple(row[:width])
+        figures = sums.get(key)
+        if figures is None:
+            figures = sums[key] = ([0] * count, [0] * count, [0] * count, [0] * count)
+        slot = row[width]  # an index, or a start (PostgreSQL)
+        if not isinstance(slot, int):
+            if slot not in slots:
+                slots[slot] = (slot - first) // stride
+            slot = slots[slot]
+        for figure, value in zip(figures, row[width + 1:]):
+            figure[slot] += value or 0
+    totals = {"requests": 0, "failed": 0, "charged": dict.fromkeys(CREDIT_TYPES, 0),
+              "refunded": dict.fromkeys(CREDIT_TYPES, 0)}
+    series = []
+    for key, (requests, charged, refunded, failed) in sums.items():
+        ctype = key[groups.index("credit_type")]
+        totals["requests"] += sum(requests)
+        totals["failed"] += sum(failed)
+        totals["charged"][ctype] += sum(charged)
+        totals["refunded"][ctype] += sum(refunded)
+        series.append(((-sum(charged), -sum(requests), repr(key)), {
+            "group": _group(groups, key),
+            "points": [{"start": begins, "requests": r, "charged": c, "refunded": g, "failed": f}
+                       for begins, r, c, g, f in zip(plan_.starts, requests, charged, refunded, failed)],
+        }))
+    zone = plan_.starts[0].tzinfo
+    return {"from": start.astimezone(zone), "to": end.astimezone(zone), "bucket": bucket,
+            "series": [entry for _order, entry in sorted(series, key=lambda item: item[0])], "totals": totals}
