@@ -117,11 +117,11 @@ def _dimensions(table) -> dict:
 
 
 def _bucket(moment, plan_: Plan, dialect: str):
-    """The bucket of `moment`: its start on PostgreSQL (date_bin, much cheaper per row than
-    arithmetic on its epoch), its index elsewhere."""
+    """The index of `moment`'s point. PostgreSQL bins it with date_bin first: much cheaper per
+    row than arithmetic on its epoch, and an integer comes back, not a time to convert."""
     if dialect == "postgresql":
-        return func.date_bin(timedelta(seconds=plan_.stride), moment, EPOCH + timedelta(seconds=plan_.grid0),
-                             type_=DateTime(timezone=True))  # psycopg's own datetimes: no per-row conversion
+        moment = func.date_bin(timedelta(seconds=plan_.stride), moment, EPOCH + timedelta(seconds=plan_.grid0),
+                               type_=DateTime(timezone=True))
     return (_epoch(moment, dialect) - plan_.grid0) // plan_.stride
 
 
@@ -206,19 +206,13 @@ def _report(plan_: Plan, groups: list[str], rows, start: datetime, end: datetime
     """The rows' figures added up per group and point (a year by user is tens of thousands of
     rows: kept to list indexing)."""
     count, width = len(plan_.starts), len(groups)
-    first, stride = EPOCH + timedelta(seconds=plan_.grid0), timedelta(seconds=plan_.stride)
     sums: dict[tuple, tuple[list[int], ...]] = {}
-    slots: dict[datetime, int] = {}
     for row in rows:
         key = tuple(row[:width])
         figures = sums.get(key)
         if figures is None:
             figures = sums[key] = ([0] * count, [0] * count, [0] * count, [0] * count)
-        slot = row[width]  # an index, or a start (PostgreSQL)
-        if not isinstance(slot, int):
-            if slot not in slots:
-                slots[slot] = (slot - first) // stride
-            slot = slots[slot]
+        slot = row[width]
         for figure, value in zip(figures, row[width + 1:]):
             figure[slot] += value or 0
     totals = {"requests": 0, "failed": 0, "charged": dict.fromkeys(CREDIT_TYPES, 0),
