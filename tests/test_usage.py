@@ -12,12 +12,14 @@ from types import SimpleNamespace
 from urllib.parse import urlencode
 
 import pytest
+import requests
 from sqlalchemy import select
 
 from creditapp.ledger import CreditType, credit_service, team_wallet
 from creditapp.ledger.tables import TEAM_WALLETS, CreditHold, CreditUsage, LedgerEntry
 from creditapp.ledger.transactions import atomic
 from creditapp.testing import ledger_is_clean
+from creditapp.testing.servers import fire_together
 
 from .test_access import key_headers, make_key
 
@@ -340,3 +342,26 @@ def test_only_administrators_and_logged_in_callers_read_reports(client, make_use
     assert client.get("/api/credits/usage").status_code == 401
     key = make_key(client, make_user(admin=True))
     assert client.get("/api/admin/usage", headers=key_headers(key)).json["error"] == "login_token_required"
+
+
+def test_requests_and_refunds_at_once_keep_the_rollup_equal_to_the_ledger(live_server, client, make_user):
+    """A real server, 24 paid requests of one wallet at the same instant (one in four failing),
+    then 6 refunds at once: the rollup counted every one, in its transaction."""
+    admin, user = make_user(admin=True), make_user(credits=30)
+    with live_server(AI_STUB_FAILURE_RATE="0.25") as server:
+        answers = server.fire(24, "POST", "/api/generate", json={"prompt": "x"}, headers=user.headers)
+        assert {a.status for a in answers} <= {200, 502} and any(a.status == 200 for a in answers)
+        rows = client.get("/api/credits/transactions?limit=100", headers=user.headers).json["items"]
+        charges = sorted({row["hold_id"] for row in rows if row["kind"] == "settle"})[:6]
+        refunds = fire_together(len(charges), lambda i: requests.post(
+            f"{server.url}/api/admin/charges/{charges[i]}/refund", json={"reason": "at once"},
+            headers=admin.headers, timeout=60).status_code)
+        assert refunds == [200] * len(charges)
+    model, rollup = ledger_model()
+    assert rollup == model
+    report = query(client, admin, group_by="feature").json
+    assert report["totals"]["requests"] == 24
+    assert report["totals"]["failed"] == sum(a.status == 502 for a in answers)
+    assert report["totals"]["charged"][GEN] == sum(a.status == 200 for a in answers)
+    assert report["totals"]["refunded"][GEN] == len(charges)
+    ledger_is_clean()
