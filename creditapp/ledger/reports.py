@@ -20,6 +20,7 @@ from .clock import utcnow
 from .errors import InvalidRange, TooManyBuckets
 from .tables import CREDIT_TYPES, TEAM_WALLETS, CreditHold, CreditUsage, LedgerEntry
 from .transactions import atomic
+from .usage import hour_of
 
 BUCKETS = {"hour": 3600, "day": 86400}
 GROUPS = {"feature": "feature", "user": "user_id", "credit_type": "credit_type", "team": "team_id", "key": "key_id"}
@@ -28,7 +29,6 @@ REPORT_WORK_MEM = "64MB"
 DEFAULT_RANGE = timedelta(days=30)
 HOUR = timedelta(hours=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-FIGURES = ("requests", "charged", "refunded", "failed")
 USAGE, HOLDS, LEDGER = CreditUsage.__table__, CreditHold.__table__, LedgerEntry.__table__
 NOTHING = literal_column("0")
 
@@ -51,10 +51,6 @@ class Plan:
 def seconds(moment: datetime) -> int:
     """Whole seconds since the epoch, rounded down."""
     return (moment - EPOCH) // timedelta(seconds=1)
-
-
-def hour_of(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def plan(start: datetime, end: datetime, bucket: str) -> Plan:
