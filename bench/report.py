@@ -85,6 +85,10 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
         Ratio("s8 queue wait p50", jobs.get("queue_wait_p50_s"), "", " s"),
         Ratio("s8 queue wait p99", jobs.get("queue_wait_p99_s"), "", " s"),
         *_concurrency_ratios(run.concurrency),
+        *[Ratio(f"s13 usage report, a year by day, group_by={name}, p50", r["p50_s"], f"< {run.usage['target_s']}",
+                " s") for name in ("feature", "user") if (r := run.usage.get(name))],
+        *[Ratio(f"s13 usage report by {name}: totals differing from the ledger", 0 if r["exact"] else 1, "<= 0")
+          for name in ("feature", "user") if (r := run.usage.get(name))],
     ]
 
 
@@ -145,6 +149,9 @@ def print_database(run: DatabaseRun, settings, smoke: bool) -> None:
 
     if run.jobs:
         print(_jobs_line(run.jobs))
+    if run.usage:
+        u = run.usage
+        print(f"s13: {u['ledger_rows']:,} ledger rows, {u['rollup_rows']:,} rollup rows, seeded in {u['seed_s']:.1f} s")
     _print_concurrency(run.concurrency)
 
     if run.peak_rss_kib:
@@ -300,6 +307,7 @@ def write_json(path: Path, meta: dict, runs: list[DatabaseRun], skipped: dict) -
                 "round_trips": run.round_trips,
                 "jobs": run.jobs,
                 "concurrency": run.concurrency,
+                "usage": run.usage,
                 "verify": run.verify,
             }
             for run in runs

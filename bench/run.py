@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also record one worker with py-spy during an extra scenario-3 run "
                              "(20 s; needs .venv/bin/pip install py-spy)")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenarios to run, e.g. s0,s3,rt (s0…s12, rt for round trips, memory, "
+                        help="comma-separated scenarios to run, e.g. s0,s3,rt (s0…s13, rt for round trips, memory, "
                              "keepalive); default all")
     parser.add_argument("--jobs-workers", type=int, default=2, metavar="N",
                         help="scenario 8: `flask jobs worker` processes (default 2)")

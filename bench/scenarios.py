@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import jobs, procstats, profiling, streams, wrk
+from . import jobs, procstats, profiling, streams, usage, wrk
 from .dbsetup import BenchDatabase, open_database
 from .servers import Server, gunicorn, server_env
 from .tokens import write_tokens
@@ -73,6 +73,7 @@ class DatabaseRun:
     round_trips: dict = field(default_factory=dict)
     jobs: dict | None = None  # scenario 8, from the jobs table (bench/jobs.py figures())
     concurrency: dict = field(default_factory=dict)  # s11, s12, keep-alive (bench/streams.py)
+    usage: dict = field(default_factory=dict)  # s13 (bench/usage.py)
 
     def get(self, key: str) -> Measurement | None:
         return next((m for m in self.measurements if m.key == key), None)
@@ -346,6 +347,7 @@ def run_database(kind: str, settings: Settings) -> DatabaseRun:
         runner.main_scenarios()
         run.verify.append(runner._verify(database, "main database"))
         runner.scale()
+        usage.run(runner)  # s13, on a database of its own
     finally:
         database.drop()
     return run

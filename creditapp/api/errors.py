@@ -25,6 +25,7 @@ from ..ledger.errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
 )
+from ..ledger.errors import InvalidRange, TooManyBuckets
 
 HTTP_CODES = {
     400: "bad_request",
@@ -84,6 +85,7 @@ DOMAIN_ERRORS = {
     NoSubscription: (409, "no_subscription"),
     SubscriptionAtProvider: (409, "subscription_at_provider"),
     PlanChangeDeclined: (402, "payment_declined"),
+    InvalidRange: (422, "invalid_range"),
 }
 
 
@@ -144,6 +146,10 @@ def handle_expiry_not_in_the_future(exc: ExpiryNotInTheFuture):
                           errors={"expires_at": ["Must be in the future."]})
 
 
+def handle_too_many_buckets(exc: TooManyBuckets):
+    return error_response(422, "too_many_buckets", str(exc), buckets=exc.buckets, max_buckets=exc.limit)
+
+
 def handle_validation_error(exc: ValidationError):
     """A schema loaded inside a view (rather than with @blp.arguments) fails the same way."""
     return error_response(
@@ -172,6 +178,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(RefundExceedsCharge, handle_refund_exceeds_charge)
     app.register_error_handler(BudgetExceeded, handle_budget_exceeded)
     app.register_error_handler(ExpiryNotInTheFuture, handle_expiry_not_in_the_future)
+    app.register_error_handler(TooManyBuckets, handle_too_many_buckets)
     app.register_error_handler(SessionRevoked, token_revoked)
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))

@@ -103,25 +103,26 @@ class LedgerCore:
 
     def _ledger(
         self, session, wallet_id, credit_type, kind, amount, held_change, after,
-        *, hold_id=None, reason=None, reference=None, lot_id=None, debt_change=0,
+        *, hold_id=None, reason=None, reference=None, lot_id=None, debt_change=0, now=None,
     ) -> int:
         balance_after, held_after = after[0], after[1]
         return session.execute(sql.INSERT_LEDGER, {
             "wallet_id": wallet_id, "credit_type": credit_type.value, "kind": kind, "amount": amount,
             "held_change": held_change, "debt_change": debt_change, "balance_after": balance_after,
             "held_after": held_after, "hold_id": hold_id, "lot_id": lot_id, "reason": reason,
-            "reference": reference, "created_at": utcnow(),
+            "reference": reference, "created_at": now or utcnow(),
         }).scalar_one()
 
-    def _rows(self, session, wallet_id, credit_type, changes, after, *, hold_id=None, reason=None) -> None:
+    def _rows(self, session, wallet_id, credit_type, changes, after, *, hold_id=None, reason=None, now=None) -> None:
         """One ledger row per (kind, lot, change of available, change of held), in order, ending at
-        `after`, the account's state that the caller's single account update left."""
+        `after`, the account's state that the caller's single account update left. `now` is the
+        time the caller decided at (the usage rollup counts that hour): the rows' time too."""
         available = after[0] - sum(c[2] for c in changes)
         held = after[1] - sum(c[3] for c in changes)
         for kind, lot_id, d_available, d_held in changes:
             available, held = available + d_available, held + d_held
             self._ledger(session, wallet_id, credit_type, kind, d_available, d_held, (available, held),
-                         hold_id=hold_id, reason=reason, lot_id=lot_id)
+                         hold_id=hold_id, reason=reason, lot_id=lot_id, now=now)
 
     def _spendable(self, session, wallet_id: int, now: datetime) -> Balance:
         """The balance less what lots past their expiry still count (until a write expires them)."""
@@ -172,7 +173,7 @@ class LedgerCore:
             + [("freeze", p.lot_id, 0, -p.amount) for p in ending.frozen]
         )
         row = self._move(session, wallet_id, credit_type, sum(c[2] for c in changes), sum(c[3] for c in changes))
-        self._rows(session, wallet_id, credit_type, changes, row, hold_id=hold_id, reason=reason)
+        self._rows(session, wallet_id, credit_type, changes, row, hold_id=hold_id, reason=reason, now=now)
         if hold.amount > charge:
             caps.give_back(session, hold_id, credit_type.value, hold.amount - charge)
         usage.count(session, now, wallet_id, hold.user_id, hold.key_id, hold.feature, credit_type.value,

@@ -109,3 +109,17 @@ class CapExceeded(CapRefused):
     def __init__(self, cap_id: int, limit: int, spent: int, required: int, credit_type: str):
         super().__init__(cap_id, f"{required} {credit_type} required, {limit - spent} left of {limit} this period")
         self.limit, self.spent, self.required, self.credit_type = limit, spent, required, credit_type
+
+
+class InvalidRange(LedgerError):
+    """A usage report's range is not one: `from` not before `to`, or a time without its offset."""
+
+
+class TooManyBuckets(InvalidRange):
+    """A usage report would have more points per series than MAX_BUCKETS: a longer bucket or a shorter range."""
+
+    def __init__(self, buckets: int, limit: int):
+        super().__init__(f"the range has {buckets} buckets, at most {limit} are allowed: "
+                         "a shorter range or day buckets")
+        self.buckets = buckets
+        self.limit = limit

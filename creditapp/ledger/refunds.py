@@ -49,7 +49,7 @@ class Refunds:
             changes = [("refund", part.lot_id, part.amount, 0) for part, _gone in parts]
             changes += [(gone, part.lot_id, -part.amount, 0) for part, gone in parts if gone]
             row = self._move(session, wallet_id, credit_type, sum(c[2] for c in changes), 0)
-            self._rows(session, wallet_id, credit_type, changes, row, hold_id=hold_id, reason=reason)
+            self._rows(session, wallet_id, credit_type, changes, row, hold_id=hold_id, reason=reason, now=now)
             caps.give_back(session, hold_id, credit_type.value, amount)
             usage.count(session, now, wallet_id, hold.user_id, hold.key_id, hold.feature, credit_type.value,
                         refunded=amount)

@@ -11,7 +11,8 @@ each small enough to read at once:
 - refunds.py: refunds of charges;
 - recurring.py: recurring grants (a plan's allowance, rollover), granted by the write that needs them;
 - caps.py: caps on what a key or a team member spends per period, counted by holds;
-- audit.py: `verify`.
+- audit.py: `verify`;
+- reports.py: usage reports (from the hourly rollup of usage.py and the ledger).
 """
 from .audit import Audit, Discrepancy
 from .caps import Caps
@@ -21,12 +22,13 @@ from .holds import Holds
 from .reading import LedgerPage, Overview, Reading
 from .recurring import Recurring
 from .refunds import Refunds
+from .reports import Reports
 from .types import Balance
 
 __all__ = ["CreditService", "Discrepancy", "LedgerPage", "Overview", "credit_service", "open_accounts"]
 
 
-class CreditService(Reading, Granting, Holds, Refunds, Recurring, Caps, Audit, LedgerCore):
+class CreditService(Reading, Granting, Holds, Refunds, Recurring, Caps, Audit, Reports, LedgerCore):
     """Every ledger operation, on the database the ledger is bound to (transactions.py)."""
 
 

@@ -155,6 +155,9 @@ class CreditHold(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
             sqlite_where=text("idempotency_key IS NOT NULL"),
         ),
+        # A usage report reads the closes of the parts of hours it cuts (reports.py).
+        Index("ix_credit_holds_closed_at", "closed_at", postgresql_where=text("closed_at IS NOT NULL"),
+              sqlite_where=text("closed_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -197,6 +200,9 @@ class LedgerEntry(Base):
         Index("ix_ledger_entries_wallet_id_id", "wallet_id", "id"),
         Index("uq_ledger_entries_wallet_id_reference", "wallet_id", "reference", unique=True,
               postgresql_where=text("reference IS NOT NULL"), sqlite_where=text("reference IS NOT NULL")),
+        # ... and the refunds of those parts of hours.
+        Index("ix_ledger_entries_refund_created_at", "created_at", postgresql_where=text("kind = 'refund'"),
+              sqlite_where=text("kind = 'refund'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
