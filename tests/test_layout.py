@@ -50,6 +50,15 @@ def test_payments_load_no_web_module_and_reach_balances_only_through_the_ledger(
                     assert target == "ledger", f"{path.name} imports {ast.unparse(node)}"
 
 
+def test_webhooks_load_no_web_module_and_reach_only_the_ledger():
+    loaded = web_modules_loaded_by("creditapp.webhooks.outbox")
+    assert loaded == "[]", f"webhooks load web modules: {loaded}"
+    for path in (PACKAGE / "webhooks").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert (node.module or "").split(".")[0] == "ledger", f"{path.name} imports {ast.unparse(node)}"
+
+
 def test_the_ledger_imports_only_itself_from_creditapp():
     for path in (PACKAGE / "ledger").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
