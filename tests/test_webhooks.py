@@ -7,6 +7,7 @@ import json
 import pytest
 
 from creditapp.ledger.clock import utcnow
+from creditapp.testing.servers import fire_together
 from creditapp.ledger.transactions import atomic
 from creditapp.webhooks import addresses, outbox
 from creditapp.webhooks.queue import webhook_queue
@@ -248,3 +249,22 @@ def test_a_patched_endpoint_gets_what_it_subscribes_to_and_a_deleted_one_nothing
     sweep()
     assert len(webhook_receiver.received) == 1
     assert client.get("/api/admin/webhooks", headers=admin.headers).json["items"] == []
+
+
+def test_sweeps_running_at_once_deliver_each_event_once(app, client, admin, webhook_receiver):
+    """Fan-out and claims lock their rows: six sweeps started at the same instant make one
+    delivery per event and send each once."""
+    endpoint = subscribe(client, admin, webhook_receiver)
+    for n in range(30):
+        emit("purchase.paid", purchase_id=n)
+
+    def sweep_in_a_thread(_i):
+        with app.app_context():
+            return sweep()
+
+    counts = fire_together(6, sweep_in_a_thread)
+    assert sum(c["dispatched"] for c in counts) == 30
+    got = webhook_receiver.verified()
+    assert sorted(r.payload["data"]["purchase_id"] for r in got) == list(range(30))
+    assert len({r.webhook_id for r in got}) == 30 == len(webhook_receiver.received)
+    assert {d["status"] for d in deliveries(client, admin, endpoint["id"])} == {"succeeded"}
