@@ -48,7 +48,7 @@ def test_sql_can_emit_with_three_columns_and_ids_are_never_reused(app):
 
 def test_dispatch_soon_runs_after_a_session_that_emitted_commits_and_not_after_a_rollback(app):
     calls = []
-    outbox.bind_dispatcher(lambda: calls.append("dispatch"))
+    previous = outbox.bind_dispatcher(lambda: calls.append("dispatch"))
     try:
         with pytest.raises(RuntimeError), atomic() as session:
             outbox.emit(session, "job.failed", {}, at=utcnow())
@@ -60,4 +60,4 @@ def test_dispatch_soon_runs_after_a_session_that_emitted_commits_and_not_after_a
             outbox.emit(session, "job.failed", {}, at=utcnow())
         assert calls == ["dispatch"]
     finally:
-        outbox.bind_dispatcher(None)
+        outbox.bind_dispatcher(previous)

@@ -58,10 +58,12 @@ def _json_default(value):
     raise TypeError(f"not JSON: {value!r}")
 
 
-def bind_dispatcher(dispatcher: Callable[[], None] | None) -> None:
-    """What `dispatch_soon` calls: the app binds one that queues a dispatch on its job queue."""
+def bind_dispatcher(dispatcher: Callable[[], None] | None) -> Callable[[], None] | None:
+    """What `dispatch_soon` calls: the app binds one that queues a dispatch on its job queue.
+    Returns the one bound before."""
     global _dispatcher
-    _dispatcher = dispatcher
+    previous, _dispatcher = _dispatcher, dispatcher
+    return previous
 
 
 def dispatch_soon() -> None:
