@@ -194,6 +194,16 @@ class Config:
     # checks only with this on. The token must still match the one inside the JWT.
     JWT_CSRF_CHECK_FORM = True
 
+    # Outgoing webhooks (creditapp/webhooks): seconds before each attempt (Standard Webhooks'
+    # schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), one attempt's timeout, private
+    # and loopback addresses allowed as endpoints (tests only), how long an endpoint may fail every
+    # attempt before it is disabled, and how often each worker process sweeps the outbox.
+    WEBHOOK_RETRY_SCHEDULE = os.environ.get("WEBHOOK_RETRY_SCHEDULE") or "0,5,300,1800,7200,18000,36000,36000"
+    WEBHOOK_TIMEOUT_SECONDS = _float("WEBHOOK_TIMEOUT_SECONDS", 15)
+    WEBHOOK_ALLOW_PRIVATE = _bool("WEBHOOK_ALLOW_PRIVATE", False)
+    WEBHOOK_DISABLE_AFTER_DAYS = _float("WEBHOOK_DISABLE_AFTER_DAYS", 5)
+    WEBHOOK_SWEEP_SECONDS = _float("WEBHOOK_SWEEP_SECONDS", 30)
+
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 
@@ -249,6 +259,7 @@ def check_config(config) -> None:
         )
     _check_jobs(config)
     _check_ai(config)
+    _check_webhooks(config)
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:
@@ -301,6 +312,14 @@ def _check_jobs(config) -> None:
             "attempts of JOB_TIME_LIMIT_SECONDS with their backoff): that must be positive and shorter "
             f"than IDEMPOTENCY_TTL_SECONDS ({config['IDEMPOTENCY_TTL_SECONDS']}), or a retry with the "
             "job's Idempotency-Key could submit it again")
+
+
+def _check_webhooks(config) -> None:
+    """WEBHOOK_RETRY_SCHEDULE is checked where it is read (creditapp/webhooks/settings.py)."""
+    for name, top in (("WEBHOOK_TIMEOUT_SECONDS", 300), ("WEBHOOK_DISABLE_AFTER_DAYS", 3650),
+                      ("WEBHOOK_SWEEP_SECONDS", 3600)):
+        if not 0 < config[name] <= top:
+            raise RuntimeError(f"{name} must be above 0 and at most {top}, got {config[name]}")
 
 
 class TestingConfig(Config):

@@ -10,6 +10,7 @@ from .dashboard import tables as dashboard_tables  # noqa: F401  (verify runs: i
 from .extensions import db
 from .payments import tables as payment_tables  # noqa: F401  (purchases, the inbox: in the one metadata)
 from .plans import tables as plan_tables  # noqa: F401  (subscriptions, invoices: in the one metadata)
+from .webhooks import tables as webhook_tables  # noqa: F401  (the outbox, endpoints, deliveries: in the one metadata)
 from .ledger.clock import utcnow
 from .ledger.tables import UTCDateTime
 
