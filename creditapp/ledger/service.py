@@ -11,6 +11,7 @@ each small enough to read at once:
 - refunds.py: refunds of charges;
 - recurring.py: recurring grants (a plan's allowance, rollover), granted by the write that needs them;
 - caps.py: caps on what a key or a team member spends per period, counted by holds;
+- thresholds.py: low-balance alerts' thresholds (alerts.py decides the alerts, in each write);
 - audit.py: `verify`.
 """
 from .audit import Audit, Discrepancy
@@ -21,12 +22,13 @@ from .holds import Holds
 from .reading import LedgerPage, Overview, Reading
 from .recurring import Recurring
 from .refunds import Refunds
+from .thresholds import Thresholds
 from .types import Balance
 
 __all__ = ["CreditService", "Discrepancy", "LedgerPage", "Overview", "credit_service", "open_accounts"]
 
 
-class CreditService(Reading, Granting, Holds, Refunds, Recurring, Caps, Audit, LedgerCore):
+class CreditService(Reading, Granting, Holds, Refunds, Recurring, Caps, Thresholds, Audit, LedgerCore):
     """Every ledger operation, on the database the ledger is bound to (transactions.py)."""
 
 

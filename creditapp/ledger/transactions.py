@@ -59,6 +59,18 @@ database = Database()
 committing: ContextVar[bool] = ContextVar("creditapp_committing", default=False)
 
 
+_LAST_STEPS = "creditapp.last_steps"
+
+
+def before_commit(session: Session, step: Callable[[Session], None]) -> None:
+    """Run `step(session)` once at the end of this transaction, inside it, just before its COMMIT
+    (what must be decided from the transaction's final state, such as a low-balance alert); a
+    transaction that rolls back runs none."""
+    steps = session.info.setdefault(_LAST_STEPS, [])
+    if step not in steps:
+        steps.append(step)
+
+
 @contextmanager
 def atomic(write: bool = True) -> Iterator[Session]:
     """One transaction on the current session; commits on success, rolls back on error."""
@@ -68,11 +80,17 @@ def atomic(write: bool = True) -> Iterator[Session]:
         # silently merged into this one.
         session.rollback()
     committing.set(False)
-    with session.begin():
-        if write:
-            session.connection(execution_options={_WRITE_OPTION: True})
-        yield session
-        committing.set(True)
+    session.info.pop(_LAST_STEPS, None)
+    try:
+        with session.begin():
+            if write:
+                session.connection(execution_options={_WRITE_OPTION: True})
+            yield session
+            for step in session.info.pop(_LAST_STEPS, ()):
+                step(session)
+            committing.set(True)
+    finally:
+        session.info.pop(_LAST_STEPS, None)
 
 
 # PostgreSQL's serialization_failure and deadlock_detected: the transaction did nothing and may
