@@ -188,6 +188,16 @@ class Config:
     PLANS = _json("PLANS")
     DEFAULT_PLAN = os.environ.get("DEFAULT_PLAN") or None
 
+    # Outgoing webhooks (creditapp/webhooks): seconds before each attempt (Standard Webhooks'
+    # schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), one attempt's timeout, private
+    # and loopback addresses allowed as endpoints (tests only), how long an endpoint may fail every
+    # attempt before it is disabled, and how often each worker process sweeps the outbox.
+    WEBHOOK_RETRY_SCHEDULE = os.environ.get("WEBHOOK_RETRY_SCHEDULE") or "0,5,300,1800,7200,18000,36000,36000"
+    WEBHOOK_TIMEOUT_SECONDS = _float("WEBHOOK_TIMEOUT_SECONDS", 15)
+    WEBHOOK_ALLOW_PRIVATE = _bool("WEBHOOK_ALLOW_PRIVATE", False)
+    WEBHOOK_DISABLE_AFTER_DAYS = _float("WEBHOOK_DISABLE_AFTER_DAYS", 5)
+    WEBHOOK_SWEEP_SECONDS = _float("WEBHOOK_SWEEP_SECONDS", 30)
+
     # Low balance alerts (balance.low) and lot.expiring notices: the default threshold per credit
     # type, "generation_credits=5,ai_tokens=1000" (unset: no alert unless a wallet sets its own;
     # checked at start by check_config), and how many days before a lot expires its notice goes.
@@ -249,6 +259,7 @@ def check_config(config) -> None:
         )
     _check_jobs(config)
     _check_ai(config)
+    _check_webhooks(config)
     config["LOW_BALANCE_THRESHOLDS"] = low_balance_thresholds(config["LOW_BALANCE_THRESHOLDS"])
     if not 0 <= config["LOT_EXPIRING_DAYS"] <= 366:
         raise RuntimeError(f"LOT_EXPIRING_DAYS must be from 0 (no notices) to 366, got {config['LOT_EXPIRING_DAYS']}")
@@ -337,6 +348,16 @@ def _check_jobs(config) -> None:
             "attempts of JOB_TIME_LIMIT_SECONDS with their backoff): that must be positive and shorter "
             f"than IDEMPOTENCY_TTL_SECONDS ({config['IDEMPOTENCY_TTL_SECONDS']}), or a retry with the "
             "job's Idempotency-Key could submit it again")
+
+
+def _check_webhooks(config) -> None:
+    """WEBHOOK_RETRY_SCHEDULE is checked where it is read (creditapp/webhooks/settings.py)."""
+    if not 0 < config["WEBHOOK_TIMEOUT_SECONDS"] <= 300:
+        raise RuntimeError(f"WEBHOOK_TIMEOUT_SECONDS must be above 0 and at most 300, got {config['WEBHOOK_TIMEOUT_SECONDS']}")
+    if not 0 < config["WEBHOOK_DISABLE_AFTER_DAYS"]:
+        raise RuntimeError(f"WEBHOOK_DISABLE_AFTER_DAYS must be above 0, got {config['WEBHOOK_DISABLE_AFTER_DAYS']}")
+    if not 0 < config["WEBHOOK_SWEEP_SECONDS"] <= 3600:
+        raise RuntimeError(f"WEBHOOK_SWEEP_SECONDS must be above 0 and at most 3600, got {config['WEBHOOK_SWEEP_SECONDS']}")
 
 
 class TestingConfig(Config):

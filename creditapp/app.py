@@ -20,6 +20,7 @@ from .features import check_costs, check_signup_grants
 from .jobs import queue as job_queue
 from .ledger import credit_service
 from .webhooks import outbox
+from .webhooks import queue as webhook_queue
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
@@ -87,6 +88,7 @@ def register_extensions(app: Flask) -> None:
     plans.init_app(app)  # after purchases: paid plans use its provider and inbox
     ai.init_app(app)
     job_queue.init_app(app, perform=running.run)
+    webhook_queue.init_app(app, app.extensions["creditapp.jobs"])  # on the jobs' broker and workers
     storage = app.config.get("RATELIMIT_STORAGE_URI") or ""
     if storage.startswith(("redis://", "rediss://")) and not app.config.get("RATELIMIT_STORAGE_OPTIONS"):
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"connection_pool": blocking_pool(storage)}

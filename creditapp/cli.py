@@ -18,6 +18,8 @@ from .jobs.queue import job_queue
 from .api.schemas import CredentialsSchema, GrantSchema, RefundSchema, VoidSchema
 from .cli_plans import plans_cli
 from .cli_purchases import purchases_cli
+from .cli_webhooks import webhooks_cli
+from .webhooks.queue import webhook_queue
 from .exceptions import UsernameTaken
 from .ledger import (
     AlreadyRefunded, Balance, CreditType, ExpiryNotInTheFuture, LotAlreadyVoided, NotACharge, NotRefundable,
@@ -215,6 +217,7 @@ def jobs_worker(threads: int, metrics_port: int, metrics_host: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     worker.start()
+    webhook_queue().start_sweeper()
     click.echo(f"worker: {threads} threads on {queue.actor.queue_name} ({_redacted(queue.url)}), pid {os.getpid()}",
                err=True)
     stopping.wait()
@@ -251,3 +254,4 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(credits_cli)
     app.cli.add_command(purchases_cli)
     app.cli.add_command(plans_cli)
+    app.cli.add_command(webhooks_cli)

@@ -2,7 +2,7 @@
 from flask_smorest import Api
 
 from ..extensions import api
-from . import admin, alerts, auth, credits, generate, health, jobs, keys, plans, purchases, teams
+from . import admin, alerts, auth, credits, generate, health, jobs, keys, plans, purchases, teams, webhooks
 from .bodies import IdConverter
 
 api.register_converter(IdConverter, lambda _converter: {"type": "integer", "minimum": 1})
@@ -12,4 +12,5 @@ def register_blueprints(api: Api) -> None:
     for module in (auth, credits, alerts, admin, generate, jobs, purchases, plans, keys, teams):
         api.register_blueprint(module.blp)
     api.register_blueprint(purchases.hooks)
+    api.register_blueprint(webhooks.blp)
     api.register_blueprint(health.blp)

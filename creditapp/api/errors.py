@@ -21,6 +21,8 @@ from ..payments.errors import (
     InvalidBody, InvalidSignature, LivemodeMismatch, PaymentsUnavailable, UnknownPack, UnknownPurchase,
 )
 from ..plans.errors import NoSubscription, PlanChangeDeclined, SubscriptionAtProvider, UnknownPlan
+from ..webhooks.errors import EndpointDisabled, InvalidEndpointUrl, UnknownDelivery, UnknownEndpoint
+from ..webhooks.outbox import UnknownEventType
 from ..ledger.errors import (
     AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
@@ -84,6 +86,11 @@ DOMAIN_ERRORS = {
     NoSubscription: (409, "no_subscription"),
     SubscriptionAtProvider: (409, "subscription_at_provider"),
     PlanChangeDeclined: (402, "payment_declined"),
+    UnknownEndpoint: (404, "unknown_webhook_endpoint"),
+    UnknownDelivery: (404, "unknown_webhook_delivery"),
+    InvalidEndpointUrl: (422, "invalid_webhook_url"),
+    UnknownEventType: (422, "unknown_event_type"),
+    EndpointDisabled: (409, "webhook_endpoint_disabled"),
 }
 
 

@@ -21,6 +21,9 @@ Enable it in a conftest.py with `pytest_plugins = ["creditapp.testing"]`. It giv
 - `fake_openai`: a local server that speaks OpenAI's API for chat completions, streamed or not,
   and images, with knobs for slow, failing, cut or hanging answers (`fake_openai.settings` points
   the app at it);
+- `webhook_receiver`: a local server that receives outgoing webhooks and verifies each with the
+  `standardwebhooks` package (`receiver.secret` = the endpoint's), with knobs for errors and
+  slow answers (creditapp.testing.webhook_receiver);
 - `ledger_is_clean()`: asserts that `credit_service.verify()` finds nothing wrong.
 """
 import os
@@ -169,6 +172,17 @@ def fake_openai():
 
     with fake_openai_server() as fake:
         yield fake
+
+
+@pytest.fixture
+def webhook_receiver():
+    """A local receiver of outgoing webhooks that verifies every signature
+    (creditapp.testing.webhook_receiver); subscribe `webhook_receiver.url` with
+    WEBHOOK_ALLOW_PRIVATE on, and set `webhook_receiver.secret` to the secret answered."""
+    from .webhook_receiver import webhook_receiver_server
+
+    with webhook_receiver_server() as receiver:
+        yield receiver
 
 
 @pytest.fixture(name="job_queue")
