@@ -13,6 +13,7 @@ from creditapp.ledger import CreditType, InsufficientCredits, credit_service, te
 from creditapp.ledger.clock import utcnow
 from creditapp.ledger.transactions import atomic
 from creditapp.testing import ledger_is_clean, make_app
+from creditapp.webhooks.queue import webhook_queue
 from creditapp.webhooks.tables import EVENTS
 
 from .test_round_trips import count, only_postgresql
@@ -23,7 +24,7 @@ ALERTS = "/api/credits/alerts"
 
 @pytest.fixture
 def creditapp_settings():
-    return {"LOW_BALANCE_THRESHOLDS": "generation_credits=5"}
+    return {"LOW_BALANCE_THRESHOLDS": "generation_credits=5", "WEBHOOK_ALLOW_PRIVATE": True}
 
 
 def alerts(type_: str = "balance.low") -> list[dict]:
@@ -255,3 +256,30 @@ def test_the_setting_reads_pairs_with_spaces_and_nothing_as_no_default():
     assert low_balance_thresholds(" generation_credits = 5 , ai_tokens=1000 ") == {
         "generation_credits": 5, "ai_tokens": 1000}
     assert low_balance_thresholds("") == {} and TestingConfig.LOW_BALANCE_THRESHOLDS == ""
+
+
+@pytest.mark.slow
+def test_fifty_spends_at_once_across_the_threshold_send_one_alert(app, client, make_user, live_server,
+                                                                   webhook_receiver):
+    """On gunicorn: 50 generations at once take a balance of 60 past a threshold of 30. The holds
+    queue on the account's lock, so exactly one of them is the one that goes below: one
+    balance.low is written, and delivered (by the sweep: the testing server has no job worker),
+    signed, to a real receiver."""
+    admin = make_user(admin=True)
+    user = make_user(credits=60)
+    assert client.put(ALERTS, json={"generation_credits": 30}, headers=user.headers).status_code == 200
+    endpoint = client.post("/api/admin/webhooks", json={"url": webhook_receiver.url, "events": ["balance.low"]},
+                           headers=admin.headers)
+    assert endpoint.status_code == 201, endpoint.json
+    webhook_receiver.secret = endpoint.json["secret"]
+    with live_server(AI_STUB_LATENCY_MS=20) as server:
+        answers = server.fire(50, "POST", "/api/generate", json={"prompt": "at once"}, headers=user.headers)
+    assert [answer.status for answer in answers] == [200] * 50
+    assert webhook_queue().sweep(inline=True)["sent"] == 1
+    (got,) = webhook_receiver.wait_for(1)
+    assert alerts() == [{"wallet_id": user.id, "user_id": user.id, "team_id": None,
+                         "credit_type": "generation_credits", "threshold": 30, "balance": 29}]
+    assert got.type == "balance.low" and got.payload["data"] == alerts()[0]
+    assert len(webhook_receiver.received) == 1
+    assert credit_service.get_credit_balance(user.id).generation_credits == 10
+    ledger_is_clean()
