@@ -87,8 +87,8 @@ class WebhookQueue:
         tests) delivered here, until nothing is due."""
         settings = self.settings
         # lot.expiring has no write to ride on: each pass writes the notices that are due.
-        noticed = expiring.emit_expiring(self.app.config["LOT_EXPIRING_DAYS"])
-        counts = {"noticed": noticed, "dispatched": len(self._fan_out(settings, send=not inline)), "sent": 0}
+        expiring.emit_expiring(self.app.config["LOT_EXPIRING_DAYS"])
+        counts = {"dispatched": len(self._fan_out(settings, send=not inline)), "sent": 0}
         grace = 0 if inline else SWEEP_GRACE_SECONDS
         while due := delivery.due(before=utcnow() - timedelta(seconds=grace)):
             for delivery_id in due:
