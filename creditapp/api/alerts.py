@@ -5,12 +5,12 @@ The wallet is the one `/api/credits/balance` shows (an API key's, else the calle
 team's with `X-Team: <id>`, as paid routes spend. Any member (or key) of a wallet reads its
 thresholds; changing them takes a login token (a leaked key cannot silence a wallet's alerts),
 and for a team its owner or an admin, the ones who manage its keys and members."""
+from marshmallow import ValidationError
+
 from ..access import teams
 from ..access.errors import NotAllowed
 from ..auth import caller_must_exist, current_key, current_user_id, require_csrf, require_login, require_login_token
 from ..ledger import credit_service, team_wallet
-from marshmallow import ValidationError
-
 from .alert_schemas import AlertsSchema, AlertThresholdsSchema
 from .bodies import Blueprint
 from .openapi import INVALID, UNAUTHORIZED, document
