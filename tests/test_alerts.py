@@ -9,7 +9,9 @@ from sqlalchemy import select, text
 
 from config import TestingConfig, low_balance_thresholds
 from creditapp.extensions import db
-from creditapp.ledger import CreditType, InsufficientCredits, credit_service, team_wallet
+from creditapp.ledger import CreditType, IdempotencyKeyInUse, InsufficientCredits, credit_service, team_wallet
+from creditapp.ledger import procedures
+from creditapp.ledger.alerts import settings as alert_settings
 from creditapp.ledger.clock import utcnow
 from creditapp.ledger.transactions import atomic
 from creditapp.testing import ledger_is_clean, make_app
@@ -114,6 +116,19 @@ def test_a_change_that_rolls_back_leaves_no_alert(app, make_user):
     assert credit_service.alert_thresholds(user.id)["generation_credits"]["alerted"] is False
     credit_service.deduct_credits(user.id, 2, GEN)
     assert [a["balance"] for a in alerts()] == [4]
+
+
+def test_a_hold_call_that_the_database_rolls_back_leaves_no_alert(app, make_user, database_url):
+    """The function's last step refuses (its key was claimed meanwhile): the hold, and the alert
+    it had written on the way, go with the call's rollback."""
+    only_postgresql(database_url)
+    user = make_user(credits=10)
+    credit_service.hold_or_replay(user.id, 1, GEN, key="taken", fingerprint="f")  # 9, and the key claimed
+    call = (user.id, GEN.value, 5, 60, None, user.id, "taken", "f", "r" * 32, False, user.id, None, [], None,
+            alert_settings.as_json)  # no replay step: it finds the key only when it claims it, last
+    with pytest.raises(IdempotencyKeyInUse):
+        procedures.call(procedures.HOLD, call)
+    assert credit_service.get_credit_balance(user.id).generation_credits == 9 and alerts() == []
 
 
 def test_the_thresholds_route_shows_defaults_and_sets_overrides(app, client, make_user, stub):
