@@ -352,12 +352,10 @@ def _check_jobs(config) -> None:
 
 def _check_webhooks(config) -> None:
     """WEBHOOK_RETRY_SCHEDULE is checked where it is read (creditapp/webhooks/settings.py)."""
-    if not 0 < config["WEBHOOK_TIMEOUT_SECONDS"] <= 300:
-        raise RuntimeError(f"WEBHOOK_TIMEOUT_SECONDS must be above 0 and at most 300, got {config['WEBHOOK_TIMEOUT_SECONDS']}")
-    if not 0 < config["WEBHOOK_DISABLE_AFTER_DAYS"]:
-        raise RuntimeError(f"WEBHOOK_DISABLE_AFTER_DAYS must be above 0, got {config['WEBHOOK_DISABLE_AFTER_DAYS']}")
-    if not 0 < config["WEBHOOK_SWEEP_SECONDS"] <= 3600:
-        raise RuntimeError(f"WEBHOOK_SWEEP_SECONDS must be above 0 and at most 3600, got {config['WEBHOOK_SWEEP_SECONDS']}")
+    for name, top in (("WEBHOOK_TIMEOUT_SECONDS", 300), ("WEBHOOK_DISABLE_AFTER_DAYS", 3650),
+                      ("WEBHOOK_SWEEP_SECONDS", 3600)):
+        if not 0 < config[name] <= top:
+            raise RuntimeError(f"{name} must be above 0 and at most {top}, got {config[name]}")
 
 
 class TestingConfig(Config):

@@ -21,6 +21,7 @@ from ..ledger.clock import utcnow
 from ..ledger.keys import KEYS
 from ..ledger.statements import HOLDS
 from ..ledger.transactions import atomic, retry_conflicts
+from ..webhooks import outbox
 from . import params as job_params
 from .tables import FINISHED, JOBS, UNFINISHED
 
@@ -39,6 +40,8 @@ UPDATE idempotency_keys SET status = 'completed', response_status = %(status)s, 
 WHERE hold_id = %(hold_id)s AND status = 'in_flight'
 RETURNING id
 """
+# A job's end as an operator's event; a cancel is the user's own doing, told to nobody.
+TOLD = {"succeeded": "job.succeeded", "failed": "job.failed", "expired": "job.failed"}
 EXPIRED_ERROR = {"error": "reservation_expired",
                  "message": "The job's hold expired before it could finish; nothing was charged."}
 
@@ -328,9 +331,15 @@ def _lock(session, job_id: str):
 
 def _finish(session, job_id: str, status: str, now: datetime, *, error: dict | None = None,
             answer: dict | None = None, charged: int | None = None) -> None:
-    session.execute(update(JOBS).where(JOBS.c.id == job_id).values(
+    job = session.execute(update(JOBS).where(JOBS.c.id == job_id).values(
         status=status, finished_at=now, lease=None, lease_expires_at=None,
         error=json.dumps(error) if error is not None else None,
         answer=json.dumps(answer) if answer is not None else None,
         charged=charged if charged is not None else 0,
-    ))
+    ).returning(JOBS)).one()
+    if status in TOLD:  # operators hear of it in the same transaction (creditapp.webhooks)
+        outbox.emit(session, TOLD[status], {
+            "job_id": job.id, "user_id": job.user_id, "wallet_id": job.wallet_id, "feature": job.feature,
+            "status": status, "credit_type": job.credit_type, "held": job.amount, "charged": job.charged,
+            "attempts": job.attempts, "error": (error or {}).get("error"), "created_at": job.created_at,
+            "finished_at": now}, at=now)

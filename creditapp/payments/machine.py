@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from ..ledger import LotAlreadyVoided, LotFrozen, UnknownLot
 from ..ledger.clock import utcnow
+from . import notices
 from .facts import Facts
 from .tables import Purchase
 
@@ -112,6 +113,7 @@ def apply(writes, purchase, facts: Facts, *, now: datetime | None = None) -> Out
         _take_back(writes, purchase, purchase.credits, "dispute lost")
         changes.update(status="dispute_lost", credits_taken_back=purchase.credits)
     _update(session, purchase.id, changes)
+    notices.moved(session, move, purchase, changes, now)
     return Outcome("applied", f"{status} -> {changes.get('status', status)}")
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import insert, select, update
 
 from ..ledger.clock import utcnow
 from ..payments.facts import Facts
+from ..webhooks.outbox import emit
 from .catalogue import Plan
 from .errors import UnknownPlan
 from .tables import CURRENT, PlanInvoice, Subscription
@@ -117,6 +118,8 @@ class Machine:
             return Outcome("ignored", f"invoice {facts.invoice_id} was paid already")
         if sub.status == "active":
             self._update(writes.session, sub.id, now, status="past_due")
+            _tell(writes.session, "subscription.past_due", sub, plan, now, status="past_due",
+                  invoice_id=facts.invoice_id, amount=facts.amount, currency=(facts.currency or "").lower() or None)
             return Outcome("applied", "active -> past_due")
         return Outcome("applied", f"invoice failed: the subscription is {sub.status}")
 
@@ -165,6 +168,10 @@ class Machine:
             changes.update(period_start=start, period_end=end)
         writes.grant_period(wallet, reference(sub.id), start, end)
         self._update(writes.session, sub.id, now, **changes)
+        if sub.status in CURRENT:  # a period after the first (the first is the subscription's start)
+            _tell(writes.session, "subscription.renewed", sub, plan, now, status="active", period_start=start,
+                  period_end=end, invoice_id=facts.invoice_id, amount=facts.amount, currency=currency,
+                  previous_status=sub.status)
         return Outcome("applied", f"{sub.status} -> active: period from {start.isoformat()}", superseded)
 
     def _subscription_update(self, writes, sub, facts: Facts, now: datetime) -> Outcome:
@@ -202,6 +209,8 @@ class Machine:
         status = PROVIDER_STATUSES.get(facts.status or "")
         if status == "past_due" and sub.status == "active":
             changes["status"] = status
+            _tell(writes.session, "subscription.past_due", sub, plan or self._plan_of_row(sub), now,
+                  status="past_due")
         self._update(writes.session, sub.id, now, **changes)
         return Outcome("applied", f"updated: {sorted(k for k in changes if k != 'provider_updated_at')}")
 
@@ -295,3 +304,12 @@ class Machine:
     def _update(session, subscription_id: int, now: datetime, **changes) -> None:
         session.execute(update(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.id == subscription_id)
                         .values(updated_at=now, **changes))
+
+
+def _tell(session, event_type: str, sub, plan: Plan | None, now: datetime, **more) -> None:
+    """An event for operators (creditapp.webhooks), in the move's own transaction."""
+    emit(session, event_type, {
+        "subscription_id": sub.id, "user_id": sub.user_id, "wallet_id": sub.wallet_id,
+        "plan": plan.id if plan else sub.plan, "provider": sub.provider,
+        "period_start": sub.period_start, "period_end": sub.period_end,
+        "allowance": dict(plan.allowance) if plan else None, **more}, at=now)

@@ -62,6 +62,7 @@ def _remove(kind: str, url: str, queue: str) -> None:
         import pika
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
-        for suffix in ("", ".DQ", ".XQ"):
-            channel.queue_delete(queue + suffix)
+        for name in (queue, f"{queue}-webhooks"):  # the jobs' queue and the webhooks' (creditapp.webhooks.queue)
+            for suffix in ("", ".DQ", ".XQ"):
+                channel.queue_delete(name + suffix)
         connection.close()

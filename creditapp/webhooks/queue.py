@@ -40,6 +40,7 @@ class WebhookQueue:
             priority=0, options={"max_retries": 10, "min_backoff": 1000, "max_backoff": 60_000,
                                  "time_limit": int((float(app.config["WEBHOOK_TIMEOUT_SECONDS"]) + 60) * 1000)})
         self._sweeper: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         if jobs.mode == "embedded":
             app.before_request(self.start_sweeper)
@@ -109,15 +110,18 @@ class WebhookQueue:
             self._sweeper = threading.Thread(target=self._sweep_forever, name="creditapp-webhooks-sweep", daemon=True)
             self._sweeper.start()
 
+    def stop_sweeper(self) -> None:
+        self._stopping.set()
+
     def _sweep_forever(self) -> None:
         period = float(self.app.config["WEBHOOK_SWEEP_SECONDS"])
-        while True:
+        while not self._stopping.is_set():
             try:
                 with self.app.app_context():
                     self.sweep()
             except Exception:
                 log.exception("the webhooks sweep failed; it runs again in %s s", period)
-            threading.Event().wait(period)
+            self._stopping.wait(period)
 
 
 def init_app(app: Flask, jobs: JobQueue) -> None:
