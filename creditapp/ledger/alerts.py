@@ -26,11 +26,11 @@ from . import lots
 from .clock import utcnow
 from .statements import ACCOUNTS
 from .tables import MAX_AMOUNT, TEAM_WALLETS
-from .transactions import before_commit
+from .transactions import before_commit, transaction_info
 from .types import CreditType
 
 EVENT = "balance.low"
-_MOVED = "creditapp.alerts.moved"
+_MOVED = "alerts_moved"
 
 _ACCOUNT = (ACCOUNTS.c.wallet_id == bindparam("p_wallet")) & (ACCOUNTS.c.credit_type == bindparam("p_type"))
 STATE = select(ACCOUNTS.c.available, ACCOUNTS.c.alert_threshold, ACCOUNTS.c.alert_below).where(_ACCOUNT)
@@ -47,13 +47,6 @@ def checked_threshold(value) -> int:
     return value
 
 
-def checked_credit_type(value) -> CreditType:
-    try:
-        return CreditType(value)
-    except ValueError:
-        raise ValueError(f"unknown credit type {value!r}") from None
-
-
 class Settings:
     """What the app configures: the default thresholds and where alerts go."""
 
@@ -65,7 +58,7 @@ class Settings:
 
     def configure(self, defaults: dict, emit: Callable[..., None] | None,
                   emitted: Callable[[], None] | None) -> None:
-        self.defaults = {checked_credit_type(name).value: checked_threshold(value) for name, value in defaults.items()}
+        self.defaults = {CreditType(name).value: checked_threshold(value) for name, value in defaults.items()}
         self.emit, self.emitted = emit, emitted or (lambda: None)
         self.as_json = json.dumps(self.defaults) if self.defaults else None
 
@@ -83,13 +76,13 @@ def payload(wallet_id: int, credit_type: str, threshold: int, balance: int) -> d
 
 def moved(session, wallet_id: int, credit_type: CreditType) -> None:
     """This transaction changed the account's spendable balance: decide its alert before COMMIT."""
-    session.info.setdefault(_MOVED, set()).add((wallet_id, credit_type.value))
+    transaction_info(session).setdefault(_MOVED, set()).add((wallet_id, credit_type.value))
     before_commit(session, decide)
 
 
 def decide(session) -> None:
     """The alerts of every account the transaction moved, as of its final state."""
-    accounts = sorted(session.info.pop(_MOVED, ()))
+    accounts = sorted(transaction_info(session).pop(_MOVED, ()))
     if accounts:
         now = utcnow()
         for wallet_id, credit_type in accounts:

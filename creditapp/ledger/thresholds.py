@@ -6,7 +6,7 @@ from sqlalchemy import select, update
 
 from . import alerts
 from .clock import utcnow
-from .core import unknown
+from .core import credit_type_of, unknown
 from .statements import ACCOUNTS
 from .transactions import atomic, retry_conflicts
 from .types import CreditType
@@ -32,7 +32,7 @@ class Thresholds:
         in one transaction, and answer them as `alert_thresholds` does. A balance at or above its
         new threshold re-arms the alert; one below it is told at its next change (setting a
         threshold moves no balance)."""
-        changes = {alerts.checked_credit_type(name): None if value is None else alerts.checked_threshold(value)
+        changes = {credit_type_of(name): None if value is None else alerts.checked_threshold(value)
                    for name, value in changes.items()}
         with atomic() as session:
             self._enter(session, wallet_id)
