@@ -52,6 +52,9 @@ DECLARE
 BEGIN
     SELECT ca.available, ca.alert_threshold, ca.alert_below INTO a FROM credit_accounts ca
     WHERE ca.wallet_id = p_wallet AND ca.credit_type = p_type;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
     threshold := coalesce(a.alert_threshold, (p_alerts ->> p_type)::bigint);
     IF threshold IS NULL THEN
         IF a.alert_below THEN
