@@ -7,6 +7,7 @@ import json
 import pytest
 
 from creditapp.ledger.clock import utcnow
+from creditapp.testing.servers import fire_together
 from creditapp.ledger.transactions import atomic
 from creditapp.webhooks import addresses, outbox
 from creditapp.webhooks.queue import webhook_queue
@@ -161,28 +162,26 @@ def test_a_success_between_failures_starts_the_count_again(client, admin, webhoo
     assert shown["disabled"] is False and shown["failing_since"] is not None
 
 
-@pytest.mark.parametrize("url, why", [
-    ("ftp://example.com/hook", "http and https"),
-    ("https://user:pass@example.com/hook", "credentials"),
-    ("https://token@example.com/hook", "credentials"),
-    ("http:///nohost", "no host"),
-    ("not a url", "spaces"),
-])
-def test_urls_that_are_not_http_or_carry_credentials_are_refused(client, admin, url, why):
-    response = client.post("/api/admin/webhooks", json={"url": url, "events": ["job.failed"]}, headers=admin.headers)
-    assert response.status_code == 422 and response.json["error"] == "invalid_webhook_url", response.json
-    assert why in response.json["message"]
-    assert client.get("/api/admin/webhooks", headers=admin.headers).json["items"] == []
-
-
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/",
-                                 "http://169.254.169.254/latest", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
-                                 "http://192.168.0.10/", "http://0.0.0.0/"])
-def test_private_loopback_and_link_local_addresses_are_refused_without_the_setting(app, client, admin, url):
+def test_urls_that_are_not_http_or_carry_credentials_or_are_private_are_refused(app, client, admin):
+    refused = [("ftp://example.com/hook", "http and https"), ("https://user:pass@example.com/hook", "credentials"),
+               ("https://token@example.com/hook", "credentials"), ("http:///nohost", "no host"),
+               ("not a url", "spaces")]
+    private = ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/", "http://169.254.169.254/latest",
+               "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://192.168.0.10/", "http://0.0.0.0/",
+               "http://2130706433/"]
     app.config["WEBHOOK_ALLOW_PRIVATE"] = False
-    response = client.post("/api/admin/webhooks", json={"url": url, "events": ["job.failed"]}, headers=admin.headers)
-    assert response.status_code == 422 and response.json["error"] == "invalid_webhook_url", response.json
-    assert "private, loopback or link-local" in response.json["message"]
+    refused += [(url, "private, loopback or link-local") for url in private]
+    for url, why in refused:
+        response = client.post("/api/admin/webhooks", json={"url": url, "events": ["job.failed"]},
+                               headers=admin.headers)
+        assert response.status_code == 422 and response.json["error"] == "invalid_webhook_url", (url, response.json)
+        assert why in response.json["message"], (url, response.json)
+    assert client.get("/api/admin/webhooks", headers=admin.headers).json["items"] == []
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True  # the setting lets loopback through, never ftp or credentials
+    assert client.post("/api/admin/webhooks", json={"url": private[0], "events": ["job.failed"]},
+                       headers=admin.headers).status_code == 201
+    assert client.post("/api/admin/webhooks", json={"url": refused[1][0], "events": ["job.failed"]},
+                       headers=admin.headers).status_code == 422
 
 
 def test_the_address_is_checked_again_at_delivery_against_the_one_connected_to(
@@ -221,6 +220,10 @@ def test_bad_input_is_a_422_and_unknown_ids_are_404(client, admin, make_user, we
     endpoint = subscribe(client, admin, webhook_receiver)
     patched = client.patch(f"/api/admin/webhooks/{endpoint['id']}", json={"events": ["nope"]}, headers=admin.headers)
     assert patched.status_code == 422 and patched.json["error"] == "validation_error"
+    moved = client.patch(f"/api/admin/webhooks/{endpoint['id']}", json={"url": "ftp://example.com/"},
+                         headers=admin.headers)
+    assert moved.status_code == 422 and moved.json["error"] == "invalid_webhook_url"
+    assert client.get(f"/api/admin/webhooks/{endpoint['id']}", headers=admin.headers).json["url"] == endpoint["url"]
     bad_query = client.get(f"/api/admin/webhooks/{endpoint['id']}/deliveries?limit=0", headers=admin.headers)
     assert bad_query.status_code == 422
     for method in ("get", "patch", "delete"):
@@ -248,3 +251,22 @@ def test_a_patched_endpoint_gets_what_it_subscribes_to_and_a_deleted_one_nothing
     sweep()
     assert len(webhook_receiver.received) == 1
     assert client.get("/api/admin/webhooks", headers=admin.headers).json["items"] == []
+
+
+def test_sweeps_running_at_once_deliver_each_event_once(app, client, admin, webhook_receiver):
+    """Fan-out and claims lock their rows: six sweeps started at the same instant make one
+    delivery per event and send each once."""
+    endpoint = subscribe(client, admin, webhook_receiver)
+    for n in range(30):
+        emit("purchase.paid", purchase_id=n)
+
+    def sweep_in_a_thread(_i):
+        with app.app_context():
+            return sweep()
+
+    counts = fire_together(6, sweep_in_a_thread)
+    assert sum(c["dispatched"] for c in counts) == 30
+    got = webhook_receiver.verified()
+    assert sorted(r.payload["data"]["purchase_id"] for r in got) == list(range(30))
+    assert len({r.webhook_id for r in got}) == 30 == len(webhook_receiver.received)
+    assert {d["status"] for d in deliveries(client, admin, endpoint["id"])} == {"succeeded"}

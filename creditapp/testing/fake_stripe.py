@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl
 
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from ..ledger import periods
 from ..payments.providers import stripe_objects
+from .servers import local_wsgi_server
 
 SECRET_KEY = "sk_test_creditapp_fake"
 WEBHOOK_SECRET = "whsec_creditapp_fake"
@@ -291,12 +291,6 @@ def _next(anchor: int, interval: str, n: int) -> int:
 @contextmanager
 def fake_stripe_server() -> Iterator[FakeStripe]:
     fake = FakeStripe()
-    server = make_server("127.0.0.1", 0, fake, threaded=True)
-    fake.url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with local_wsgi_server(fake) as port:
+        fake.url = f"http://127.0.0.1:{port}"
         yield fake
-    finally:
-        server.shutdown()
-        thread.join(10)

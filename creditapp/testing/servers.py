@@ -129,6 +129,22 @@ def gunicorn(env: dict, workers: int = 4, threads: int = 1, log_path: Path | Non
 
 
 @contextmanager
+def local_wsgi_server(wsgi) -> Iterator[int]:
+    """A threaded HTTP server on loopback for a fake's WSGI callable; yields its port."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, wsgi, threaded=True)
+    # A short poll: shutdown() waits for the serving loop to look, 0.5 s by default.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+@contextmanager
 def job_workers(env: dict, count: int, log_dir: Path, threads: int = 6, *, cwd: Path = ROOT,
                 app: str = "wsgi", name: str = "jobs", timeout: float = 60) -> Iterator[list[subprocess.Popen]]:
     """`count` processes of `flask jobs worker --threads N`, yielded once each has said it takes

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from standardwebhooks import Webhook, WebhookVerificationError
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from .servers import local_wsgi_server
 
 
 @dataclass
@@ -96,12 +97,6 @@ def _ok(received: Received) -> bool:
 @contextmanager
 def webhook_receiver_server() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
-    server = make_server("127.0.0.1", 0, receiver, threaded=True)
-    receiver.url = f"http://127.0.0.1:{server.server_port}/hooks"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with local_wsgi_server(receiver) as port:
+        receiver.url = f"http://127.0.0.1:{port}/hooks"
         yield receiver
-    finally:
-        server.shutdown()
-        thread.join(10)

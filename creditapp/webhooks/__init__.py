@@ -7,5 +7,6 @@ for one endpoint (made when the event is dispatched, not when it is emitted); an
 POST of a delivery. A delivery's `webhook-id` is its event's, so a receiver sees the same id on
 every retry and can drop repeats.
 
-No Flask here: the API, the CLI and the job workers use these functions alike.
+No Flask here but in queue.py (the deliveries' side of the job queue): the API, the CLI and
+the job workers use the same functions.
 """
