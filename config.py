@@ -204,6 +204,12 @@ class Config:
     WEBHOOK_DISABLE_AFTER_DAYS = _float("WEBHOOK_DISABLE_AFTER_DAYS", 5)
     WEBHOOK_SWEEP_SECONDS = _float("WEBHOOK_SWEEP_SECONDS", 30)
 
+    # Low balance alerts (balance.low) and lot.expiring notices: the default threshold per credit
+    # type, "generation_credits=5,ai_tokens=1000" (unset: no alert unless a wallet sets its own;
+    # checked at start by check_config), and how many days before a lot expires its notice goes.
+    LOW_BALANCE_THRESHOLDS = os.environ.get("LOW_BALANCE_THRESHOLDS") or ""
+    LOT_EXPIRING_DAYS = _int("LOT_EXPIRING_DAYS", 3)
+
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 
@@ -260,12 +266,48 @@ def check_config(config) -> None:
     _check_jobs(config)
     _check_ai(config)
     _check_webhooks(config)
+    config["LOW_BALANCE_THRESHOLDS"] = low_balance_thresholds(config["LOW_BALANCE_THRESHOLDS"])
+    if not 0 <= config["LOT_EXPIRING_DAYS"] <= 366:
+        raise RuntimeError(f"LOT_EXPIRING_DAYS must be from 0 (no notices) to 366, got {config['LOT_EXPIRING_DAYS']}")
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:
             raise RuntimeError(
                 f"JWT_SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production"
             )
+
+
+CREDIT_TYPES = ("generation_credits", "ai_tokens")
+MAX_THRESHOLD = 10**12  # the ledger's largest amount
+
+
+def low_balance_thresholds(value) -> dict[str, int]:
+    """LOW_BALANCE_THRESHOLDS as {credit_type: threshold}, from "generation_credits=5,ai_tokens=1000"
+    (or a dict already); anything else is one line naming the setting."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        pairs = []
+        for item in (part.strip() for part in str(value or "").split(",")):
+            if item:
+                name, equals, number = item.partition("=")
+                if not equals:
+                    raise RuntimeError(f"LOW_BALANCE_THRESHOLDS must be credit_type=threshold pairs separated by "
+                                       f"commas (generation_credits=5,ai_tokens=1000), got {item!r}")
+                pairs.append((name.strip(), number.strip()))
+    thresholds = {}
+    for name, number in pairs:
+        if name not in CREDIT_TYPES:
+            raise RuntimeError(f"LOW_BALANCE_THRESHOLDS names {name!r}, not a credit type ({', '.join(CREDIT_TYPES)})")
+        if name in thresholds:
+            raise RuntimeError(f"LOW_BALANCE_THRESHOLDS gives {name} twice")
+        if isinstance(number, bool) or not (isinstance(number, int) or (isinstance(number, str) and number.isascii()
+                                                                        and number.isdigit())):
+            raise RuntimeError(f"LOW_BALANCE_THRESHOLDS: {name} must be a whole number of credits, got {number!r}")
+        if not 0 <= int(number) <= MAX_THRESHOLD:
+            raise RuntimeError(f"LOW_BALANCE_THRESHOLDS: {name} must be from 0 to {MAX_THRESHOLD}, got {number}")
+        thresholds[name] = int(number)
+    return thresholds
 
 
 def _check_ai(config) -> None:

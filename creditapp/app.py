@@ -19,6 +19,7 @@ from .redis_pools import blocking_pool
 from .features import check_costs, check_signup_grants
 from .jobs import queue as job_queue
 from .ledger import credit_service
+from .webhooks import outbox
 from .webhooks import queue as webhook_queue
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -40,6 +41,9 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
         hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"],
         idempotency_ttl_seconds=app.config["IDEMPOTENCY_TTL_SECONDS"],
     )
+    # Low balance alerts: the ledger decides them in its writes and emits into the webhooks' outbox.
+    credit_service.configure_alerts(app.config["LOW_BALANCE_THRESHOLDS"], emit=outbox.emit,
+                                    emitted=outbox.dispatch_soon)
 
     register_extensions(app)
     register_blueprints(api)

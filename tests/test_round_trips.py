@@ -135,7 +135,8 @@ def test_a_hold_call_repeated_with_its_request_reference_holds_once(app, make_us
     """What a retry after a lost answer does: the same call again, with the same reference."""
     only_postgresql(database_url)
     user = make_user(credits=5)
-    call = (user.id, "generation_credits", 2, 60, None, user.id, None, None, "r" * 32, True, user.id, None, [], None)
+    call = (user.id, "generation_credits", 2, 60, None, user.id, None, None, "r" * 32, True, user.id, None, [], None,
+            None)
     first = procedures.call(procedures.HOLD, call)
     again = procedures.call(procedures.HOLD, call)
     assert (first.outcome, again.outcome) == ("held", "held")
@@ -178,7 +179,8 @@ def test_a_hold_repeated_while_the_first_attempt_waits_for_the_lock_holds_once(a
     and commits; its repetition (same reference) queued behind it finds its hold after the lock."""
     only_postgresql(database_url)
     user = make_user(credits=5)
-    call = (user.id, "generation_credits", 2, 60, None, user.id, "k", "f", "s" * 32, True, user.id, None, [], None)
+    call = (user.id, "generation_credits", 2, 60, None, user.id, "k", "f", "s" * 32, True, user.id, None, [], None,
+            None)
     results = []
     with AccountLock(database_url, user.id) as lock:
         attempts = [threading.Thread(target=lambda: results.append(_call_in_app(app, call))) for _ in range(2)]

@@ -2,14 +2,14 @@
 from flask_smorest import Api
 
 from ..extensions import api
-from . import admin, auth, credits, generate, health, jobs, keys, plans, purchases, teams, usage, webhooks
+from . import admin, alerts, auth, credits, generate, health, jobs, keys, plans, purchases, teams, usage, webhooks
 from .bodies import IdConverter
 
 api.register_converter(IdConverter, lambda _converter: {"type": "integer", "minimum": 1})
 
 
 def register_blueprints(api: Api) -> None:
-    for module in (auth, credits, admin, generate, jobs, purchases, plans, keys, teams, usage):
+    for module in (auth, credits, alerts, admin, generate, jobs, purchases, plans, keys, teams, usage):
         api.register_blueprint(module.blp)
     api.register_blueprint(purchases.hooks)
     api.register_blueprint(webhooks.blp)

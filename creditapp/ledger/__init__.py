@@ -25,6 +25,9 @@ Vocabulary (one word per idea, in code, API, README and tests):
   period, counted by the hold in its own transaction.
 - **spender**: who takes a hold from which wallet, with which caps.
 - **key**: a client's Idempotency-Key, bound to the hold of the request that claimed it.
+- **alert**: a `balance.low` event, sent once when an account's spendable balance goes below its
+  **threshold** (the wallet's own, or the configured default), decided by the transaction that
+  moved it (alerts.py); a lot's **expiring notice** is its `lot.expiring`, once per lot.
 """
 from .errors import (
     AlreadyRefunded, CapClosed, CapExceeded, CapExpired, CapRefused, ExpiryNotInTheFuture, FeatureNotAllowed,

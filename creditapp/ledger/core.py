@@ -13,7 +13,7 @@ order of CreditType.
 """
 from datetime import datetime, timedelta
 
-from . import caps, lots, usage
+from . import alerts, caps, lots, usage
 from . import statements as sql
 from .clock import utcnow
 from .errors import UnknownUser, UnknownWallet
@@ -91,15 +91,27 @@ class LedgerCore:
 
     def _take_available(self, session, wallet_id, credit_type, amount: int, *, held_change: int):
         """The one conditional write: None when `amount` is more than is available."""
-        return session.execute(sql.TAKE_AVAILABLE, {
+        row = session.execute(sql.TAKE_AVAILABLE, {
             "p_wallet": wallet_id, "p_type": credit_type.value, "p_amount": amount, "p_held": held_change,
         }).one_or_none()
+        if row is not None:
+            alerts.moved(session, wallet_id, credit_type)
+        return row
 
     def _move(self, session, wallet_id, credit_type, available_change: int, held_change: int):
+        """Every other change of an account's balance goes through here or `_add_debt`."""
+        if available_change:
+            alerts.moved(session, wallet_id, credit_type)
         return session.execute(sql.MOVE, {
             "p_wallet": wallet_id, "p_type": credit_type.value, "p_available": available_change,
             "p_held": held_change,
         }).one()
+
+    def _add_debt(self, session, wallet_id, credit_type, available_change: int, debt_change: int):
+        if available_change:
+            alerts.moved(session, wallet_id, credit_type)
+        return session.execute(sql.ADD_DEBT, {"p_wallet": wallet_id, "p_type": credit_type.value,
+                                              "p_available": available_change, "p_debt": debt_change}).one()
 
     def _ledger(
         self, session, wallet_id, credit_type, kind, amount, held_change, after,

@@ -10,7 +10,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import lots, recurring
-from . import statements as sql
 from .clock import utcnow
 from .core import DEFAULT_PRIORITY
 from .errors import LotAlreadyVoided, ReferenceConflict, UnknownLot
@@ -101,8 +100,7 @@ class Granting:
         repay = min(owed, amount)
         if repay:
             session.execute(lots.TAKE, {"p_lot": lot_id, "p_n": repay})
-            row = session.execute(sql.ADD_DEBT, {"p_wallet": wallet_id, "p_type": credit_type.value,
-                                                 "p_available": -repay, "p_debt": -repay}).one()
+            row = self._add_debt(session, wallet_id, credit_type, -repay, -repay)
             self._ledger(session, wallet_id, credit_type, "repay", -repay, 0, row, lot_id=lot_id,
                          debt_change=-repay, reason="debt repaid")
         return repay

@@ -281,3 +281,27 @@ def take_free(session, wallet_id: int, credit_type: str, amount: int, now: datet
             if not left:
                 break
     return parts
+
+
+TO_NOTICE = (
+    select(LOTS.c.id, LOTS.c.wallet_id, LOTS.c.credit_type, (LOTS.c.remaining - LOTS.c.held).label("amount"),
+           LOTS.c.expires_at, LOTS.c.source)
+    .where(LOTS.c.expires_at > bindparam("p_now"), LOTS.c.expires_at <= bindparam("p_until"),
+           LOTS.c.expiring_notice_at.is_(None), LOTS.c.remaining > LOTS.c.held, LOTS.c.voided_at.is_(None),
+           LOTS.c.frozen_at.is_(None))
+    .order_by(LOTS.c.expires_at, LOTS.c.id).limit(bindparam("p_limit"))
+    # A lot a write has locked is the next pass's: this never waits for a paid request.
+    .with_for_update(skip_locked=True)
+)
+NOTICED = update(LOTS).where(LOTS.c.id.in_(bindparam("p_lots", expanding=True))).values(
+    expiring_notice_at=bindparam("p_now"))
+
+
+def to_notice(session, now: datetime, until: datetime, limit: int) -> list:
+    """Lots with credits left to spend that expire after `now` and by `until` and have had no
+    expiring notice, soonest first, marked as noticed now (once per lot). Only the notice column
+    changes, which no reader of a lot's credits looks at: no account lock is needed."""
+    rows = session.execute(TO_NOTICE, {"p_now": now, "p_until": until, "p_limit": limit}).all()
+    if rows:
+        session.execute(NOTICED, {"p_lots": [row.id for row in rows], "p_now": now})
+    return rows

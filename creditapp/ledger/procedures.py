@@ -1,8 +1,9 @@
 """PostgreSQL: a paid request's two transactions and the balance read, one call each.
 
 Migration 0010 creates the functions (first made by 0008) (`creditapp_hold`, `creditapp_close`, `creditapp_balance`);
-they do what the service does step by step on SQLite, and the same behaviour suites run against
-both. Each call is one statement in autocommit: one round trip, with no BEGIN, COMMIT or pool
+0016 makes the hold and the close decide low-balance alerts too (`alerted`: they wrote a
+`balance.low` event). They do what the service does step by step on SQLite, and the same
+behaviour suites run against both. Each call is one statement in autocommit: one round trip, with no BEGIN, COMMIT or pool
 pre-ping around it. A call whose connection was lost is made once more on a fresh connection:
 the close and the balance read are safe to repeat, and the hold carries a request reference with
 which its repetition finds the hold the first attempt took instead of taking a second one.
@@ -12,11 +13,12 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
 
+from . import alerts
 from .errors import IdempotencyKeyInUse
 from .transactions import committing, database
 
-HOLD = "SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s)"
-CLOSE = "SELECT outcome FROM creditapp_close(%s, %s, %s, %s, %s, %s, %s, %s)"
+HOLD = "SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb)"
+CLOSE = "SELECT outcome, alerted FROM creditapp_close(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
 BALANCE = "SELECT * FROM creditapp_balance(%s, %s, %s)"
 KEY_IN_USE = "CA409"  # raised by creditapp_hold when a concurrent request claimed the key first
 
@@ -69,14 +71,22 @@ def call(statement: str, params: tuple | dict):
 def hold(*, spender, credit_type: str, amount: int, ttl: int, key: str | None, fingerprint: str | None,
          replay: bool, feature: str | None):
     # The session was checked before (a paid route answers 401 before 422 and 429), so no p_sid.
-    return call(HOLD, (spender.wallet_id, credit_type, amount, ttl, None, spender.client_id, key, fingerprint,
-                       uuid.uuid4().hex, replay, spender.user_id, spender.key_id, list(spender.caps), feature))
+    row = call(HOLD, (spender.wallet_id, credit_type, amount, ttl, None, spender.client_id, key, fingerprint,
+                      uuid.uuid4().hex, replay, spender.user_id, spender.key_id, list(spender.caps), feature,
+                      alerts.settings.as_json))
+    if row.alerted:
+        alerts.settings.emitted()
+    return row
 
 
 def close(*, hold_id: int, wallet_id: int, credit_type: str, charge: int, answer: tuple[int, str] | None,
           key_ttl: int, reason: str | None) -> str:
     status, body = answer if answer is not None else (None, None)
-    return call(CLOSE, (hold_id, wallet_id, credit_type, charge, status, body, key_ttl, reason)).outcome
+    row = call(CLOSE, (hold_id, wallet_id, credit_type, charge, status, body, key_ttl, reason,
+                       alerts.settings.as_json))
+    if row.alerted:
+        alerts.settings.emitted()
+    return row.outcome
 
 
 def balance(*, wallet_id: int, session_id: str | None, expiring: int):

@@ -11,6 +11,7 @@ each small enough to read at once:
 - refunds.py: refunds of charges;
 - recurring.py: recurring grants (a plan's allowance, rollover), granted by the write that needs them;
 - caps.py: caps on what a key or a team member spends per period, counted by holds;
+- thresholds.py: low-balance alerts' thresholds (alerts.py decides the alerts, in each write);
 - audit.py: `verify`;
 - reports.py: usage reports (from the hourly rollup of usage.py and the ledger).
 """
@@ -23,12 +24,13 @@ from .reading import LedgerPage, Overview, Reading
 from .recurring import Recurring
 from .refunds import Refunds
 from .reports import Reports
+from .thresholds import Thresholds
 from .types import Balance
 
 __all__ = ["CreditService", "Discrepancy", "LedgerPage", "Overview", "credit_service", "open_accounts"]
 
 
-class CreditService(Reading, Granting, Holds, Refunds, Recurring, Caps, Audit, Reports, LedgerCore):
+class CreditService(Reading, Granting, Holds, Refunds, Recurring, Caps, Thresholds, Audit, Reports, LedgerCore):
     """Every ledger operation, on the database the ledger is bound to (transactions.py)."""
 
 

@@ -268,6 +268,10 @@ class CreditLot(Base):
               sqlite_where=text("remaining > held AND expires_at IS NOT NULL")),
         Index("ix_credit_lots_reference", "reference",
               postgresql_where=text("reference IS NOT NULL"), sqlite_where=text("reference IS NOT NULL")),
+        # The lots whose lot.expiring event is still to come, by expiry.
+        Index("ix_credit_lots_expiring_notice", "expires_at",
+              postgresql_where=text("expires_at IS NOT NULL AND expiring_notice_at IS NULL"),
+              sqlite_where=text("expires_at IS NOT NULL AND expiring_notice_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -284,6 +288,8 @@ class CreditLot(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When its lot.expiring event was written: once per lot.
+    expiring_notice_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class CreditHoldLot(Base):

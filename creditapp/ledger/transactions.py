@@ -59,6 +59,25 @@ database = Database()
 committing: ContextVar[bool] = ContextVar("creditapp_committing", default=False)
 
 
+_TRANSACTION = "creditapp.transaction"
+_LAST_STEPS = "last_steps"
+
+
+def transaction_info(session: Session) -> dict:
+    """What belongs to the transaction running in `session` (atomic's), gone with its end
+    whether it commits or rolls back: a session's own `info` outlives its transactions."""
+    return session.info.setdefault(_TRANSACTION, {})
+
+
+def before_commit(session: Session, step: Callable[[Session], None]) -> None:
+    """Run `step(session)` once at the end of this transaction, inside it, just before its COMMIT
+    (what must be decided from the transaction's final state, such as a low-balance alert); a
+    transaction that rolls back runs none."""
+    steps = transaction_info(session).setdefault(_LAST_STEPS, [])
+    if step not in steps:
+        steps.append(step)
+
+
 @contextmanager
 def atomic(write: bool = True) -> Iterator[Session]:
     """One transaction on the current session; commits on success, rolls back on error."""
@@ -68,11 +87,17 @@ def atomic(write: bool = True) -> Iterator[Session]:
         # silently merged into this one.
         session.rollback()
     committing.set(False)
-    with session.begin():
-        if write:
-            session.connection(execution_options={_WRITE_OPTION: True})
-        yield session
-        committing.set(True)
+    session.info[_TRANSACTION] = {}
+    try:
+        with session.begin():
+            if write:
+                session.connection(execution_options={_WRITE_OPTION: True})
+            yield session
+            for step in transaction_info(session).pop(_LAST_STEPS, ()):
+                step(session)
+            committing.set(True)
+    finally:
+        session.info.pop(_TRANSACTION, None)
 
 
 # PostgreSQL's serialization_failure and deadlock_detected: the transaction did nothing and may

@@ -4,12 +4,11 @@ that must commit together with them: a purchase's move and the lot it grants or 
 The caller locks its own rows first; each method then locks the wallet's row (refilling what is
 due) and the account it changes. So a purchase's lock comes before its wallet's, everywhere.
 """
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
 from . import lots
-from . import statements as sql
 from .clock import utcnow
 from .core import DEFAULT_PRIORITY, checked_amount, checked_priority, credit_type_of
 from .errors import ExpiryNotInTheFuture, LotAlreadyVoided, LotFrozen, UnknownLot
@@ -52,8 +51,7 @@ class Writes:
         parts = lots.take_free(session, wallet_id, credit_type.value, amount, now, first=first_lot)
         taken = sum(part.amount for part in parts)
         owed = amount - taken
-        row = session.execute(sql.ADD_DEBT, {"p_wallet": wallet_id, "p_type": credit_type.value,
-                                             "p_available": -taken, "p_debt": owed}).one()
+        row = ledger._add_debt(session, wallet_id, credit_type, -taken, owed)
         available, held = row.available + taken, row.held
         for index, part in enumerate(parts):
             available -= part.amount
@@ -101,6 +99,15 @@ class Writes:
             ledger._expire_lots(session, wallet_id, credit_type, now)
         return {"lot": lots.describe(lots.one(session, lot_id), now), "moved": free, "wallet_id": wallet_id,
                 "balance": ledger._spendable(session, wallet_id, now)}
+
+    def notice_expiring(self, within: timedelta, limit: int = 200) -> list[dict]:
+        """Up to `limit` lots whose credits left expire within `within` from now and that were
+        never noticed, marked noticed in this transaction (the caller writes their notices in
+        it): {lot_id, wallet_id, credit_type, amount, expires_at, source, noticed_at}, soonest first."""
+        now = utcnow()
+        return [{"lot_id": row.id, "wallet_id": row.wallet_id, "credit_type": row.credit_type, "amount": row.amount,
+                 "expires_at": row.expires_at, "source": row.source, "noticed_at": now}
+                for row in lots.to_notice(self.session, now, now + within, limit)]
 
     # A plan's terms and periods (recurring.py), with the caller's row locked first.
     def set_recurring(self, wallet_id: int, reference: str, terms: dict[str, tuple[int, int]], **options) -> None:

@@ -18,7 +18,7 @@ from flask import Flask, current_app
 
 from ..jobs.queue import JobQueue
 from ..ledger.clock import utcnow
-from . import delivery, outbox
+from . import delivery, expiring, outbox
 from .settings import Settings
 
 ACTOR = "creditapp_webhook"
@@ -83,9 +83,12 @@ class WebhookQueue:
         return made
 
     def sweep(self, *, inline: bool = False) -> dict:
-        """Fan out what was never dispatched and get every due delivery going: sent to the queue,
-        or (`inline`: the CLI without a broker, tests) delivered here, until nothing is due."""
+        """Write the lot.expiring notices that are due, fan out what was never dispatched and get
+        every due delivery going: sent to the queue, or (`inline`: the CLI without a broker,
+        tests) delivered here, until nothing is due."""
         settings = self.settings
+        # lot.expiring has no write to ride on: each pass writes the notices that are due.
+        expiring.emit_expiring(self.app.config["LOT_EXPIRING_DAYS"])
         counts = {"dispatched": len(self._fan_out(settings, send=not inline)), "sent": 0}
         grace = 0 if inline else SWEEP_GRACE_SECONDS
         while due := delivery.due(before=utcnow() - timedelta(seconds=grace)):

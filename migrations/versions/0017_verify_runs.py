@@ -1,7 +1,7 @@
 """verify runs: what each `credits verify` found, for the dashboard
 
 Revision ID: 0017_verify_runs
-Revises: 0015_webhooks
+Revises: 0016_alerts
 Create Date: 2026-12-07
 
 The CLI and the dashboard's "Run verify now" button both store a row; the dashboard shows the
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_verify_runs"
-down_revision = "0015_webhooks"
+down_revision = "0016_alerts"
 branch_labels = None
 depends_on = None
 
