@@ -2,7 +2,7 @@
 from flask_smorest import Api
 
 from ..extensions import api
-from . import admin, auth, credits, generate, health, jobs, keys, plans, purchases, teams
+from . import admin, auth, credits, generate, health, jobs, keys, plans, purchases, support, teams
 from .bodies import IdConverter
 
 api.register_converter(IdConverter, lambda _converter: {"type": "integer", "minimum": 1})
@@ -11,5 +11,7 @@ api.register_converter(IdConverter, lambda _converter: {"type": "integer", "mini
 def register_blueprints(api: Api) -> None:
     for module in (auth, credits, admin, generate, jobs, purchases, plans, keys, teams):
         api.register_blueprint(module.blp)
+    api.register_blueprint(support.blp)
+    api.register_blueprint(support.me)
     api.register_blueprint(purchases.hooks)
     api.register_blueprint(health.blp)

@@ -9,8 +9,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from ..exceptions import (
-    GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, QueueUnavailable,
-    UnknownJob, UsernameTaken,
+    GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, OwnAccess,
+    QueueUnavailable, UnknownJob, UsernameTaken,
 )
 from ..access.errors import (
     AlreadyMember, BudgetExceeded, FeatureOutsideKey, InvalidKey, KeyAlreadyRevoked, KeyExpired, KeyRevoked,
@@ -22,7 +22,7 @@ from ..payments.errors import (
 )
 from ..plans.errors import NoSubscription, PlanChangeDeclined, SubscriptionAtProvider, UnknownPlan
 from ..ledger.errors import (
-    AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
+    AccountDisabled, AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
 )
 
@@ -46,6 +46,8 @@ DOMAIN_ERRORS = {
     InvalidCredentials: (401, "invalid_credentials"),
     InvalidIdentity: (401, "invalid_token"),
     NotAdmin: (403, "forbidden"),
+    AccountDisabled: (403, "account_disabled"),
+    OwnAccess: (409, "cannot_change_own_access"),
     UnknownUser: (404, "unknown_user"),
     UnknownCharge: (404, "unknown_charge"),
     UnknownLot: (404, "unknown_lot"),
