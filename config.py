@@ -188,6 +188,16 @@ class Config:
     PLANS = _json("PLANS")
     DEFAULT_PLAN = os.environ.get("DEFAULT_PLAN") or None
 
+    # --- Operators (issue 21, the support view) ---
+    # How many proxies in front of the app append to X-Forwarded-For (and set X-Forwarded-Proto):
+    # the client's address is then the one they saw, for the per-IP limits and the logs. 0: none,
+    # the address that connected is the client's (a client could forge the header otherwise).
+    TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
+    # /metrics on a port of its own, served by gunicorn's arbiter (gunicorn.conf.py) from what
+    # every worker wrote; the API's port then answers 404 there. 0: on the API's port.
+    METRICS_PORT = _int("METRICS_PORT", 0)
+    METRICS_HOST = os.environ.get("METRICS_HOST") or "127.0.0.1"
+
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 
@@ -243,12 +253,21 @@ def check_config(config) -> None:
         )
     _check_jobs(config)
     _check_ai(config)
+    _check_operators(config)
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:
             raise RuntimeError(
                 f"JWT_SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production"
             )
+
+
+def _check_operators(config) -> None:
+    if not 0 <= config["TRUSTED_PROXIES"] <= 10:
+        raise RuntimeError(f"TRUSTED_PROXIES must be from 0 to 10, got {config['TRUSTED_PROXIES']}")
+    if not 0 <= config["METRICS_PORT"] <= 65535:
+        raise RuntimeError(f"METRICS_PORT must be from 1 to 65535 (0: /metrics on the API's port), "
+                           f"got {config['METRICS_PORT']}")
 
 
 def _check_ai(config) -> None:

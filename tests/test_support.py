@@ -6,7 +6,7 @@ from creditapp.exceptions import NotAdmin
 from creditapp.ledger import credit_service, team_wallet
 from creditapp.testing import ledger_is_clean, make_app
 from creditapp.testing.servers import fire_together
-from .test_tokens import bearer, login
+from .test_tokens import bearer, blocklist_app, login  # noqa: F401  (a fixture)
 
 GENERATE = "/api/generate"
 
@@ -168,6 +168,18 @@ def test_a_disabled_accounts_cookies_are_refused(database_url, make_user):
         refused = [browser.get("/api/credits/balance"),
                    browser.post("/api/auth/refresh", headers={"X-CSRF-TOKEN": csrf})]
         assert [(r.status_code, r.json["error"]) for r in refused] == [(403, "account_disabled")] * 2
+
+
+def test_a_disabled_account_is_refused_by_another_host_whichever_blocklist(blocklist_app, client, make_user):
+    """The flag is in the database even when logouts are kept in Redis: another app (host) on
+    the same database refuses the account at its next request."""
+    admin, user = make_user(admin=True), make_user(credits=2)
+    other_host = blocklist_app.test_client()
+    assert other_host.get("/api/credits/balance", headers=user.headers).status_code == 200
+    assert patch(client, admin, user.id, disabled=True).status_code == 200
+    for response in (other_host.get("/api/credits/balance", headers=user.headers),
+                     other_host.post(GENERATE, json={"prompt": "x"}, headers=user.headers)):
+        assert (response.status_code, response.json["error"]) == (403, "account_disabled")
 
 
 def test_access_changes_are_checked_and_take_effect_at_once(client, make_user):

@@ -8,6 +8,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from ..database import migrations_pending
 from ..exceptions import (
     GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, OwnAccess,
     QueueUnavailable, UnknownJob, UsernameTaken,
@@ -178,8 +179,15 @@ def register_error_handlers(app: Flask) -> None:
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))
 
+    def handle_migrations_pending():
+        # Said once at start (creditapp.startup); each request only answers it.
+        return error_response(503, "migrations_pending",
+                              "The database is not migrated to this version yet (flask db upgrade).")
+
     @app.errorhandler(OperationalError)
     def handle_database_unavailable(exc):
+        if migrations_pending(exc):
+            return handle_migrations_pending()
         app.logger.warning("database unavailable: %s", exc.orig)
         return error_response(503, "database_unavailable", "The database is not reachable; retry later.")
 
@@ -192,6 +200,8 @@ def register_error_handlers(app: Flask) -> None:
     def handle_database_error(exc):
         if exc.connection_invalidated:
             return handle_database_unavailable(exc)
+        if migrations_pending(exc):
+            return handle_migrations_pending()
         app.logger.exception("database error")
         return error_response(500, "internal_error", "Internal server error.")
 
