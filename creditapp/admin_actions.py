@@ -8,15 +8,30 @@ Action names are `noun.verb` or a single verb: `grant`, `team.grant`, `refund`, 
 import json
 from datetime import datetime
 
-from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, column, insert, select, table
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .ledger.clock import utcnow
+from .ledger.tables import Base, UTCDateTime
 from .ledger.transactions import atomic
-from .models import AdminAction, User
+
+
+class AdminAction(Base):
+    """What an administrator did, written in the action's transaction."""
+
+    __tablename__ = "admin_actions"
+    __table_args__ = (Index("ix_admin_actions_target_user_id_id", "target_user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor_user_id: Mapped[int] = mapped_column(ForeignKey("users.id", name="fk_admin_actions_actor_user_id_users"))
+    action: Mapped[str] = mapped_column(String(64))
+    target_user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    details: Mapped[str] = mapped_column(Text)
+
 
 ACTIONS = AdminAction.__table__
-USERS = User.__table__
+USERS = table("users", column("id"), column("username"))  # the app's (creditapp.models), read here only
 
 
 def record(session: Session, *, actor_user_id: int, action: str, target_user_id: int | None = None,

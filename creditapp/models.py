@@ -2,9 +2,10 @@
 Models hold no behaviour and never commit."""
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from . import admin_actions  # noqa: F401  (its table: in the one metadata)
 from .access import tables as access_tables  # noqa: F401  (teams, members, keys: in the one metadata)
 from .extensions import db
 from .payments import tables as payment_tables  # noqa: F401  (purchases, the inbox: in the one metadata)
@@ -40,16 +41,3 @@ class RevokedSession(db.Model):
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-
-class AdminAction(db.Model):
-    """What an administrator did (creditapp.admin_actions), written in the action's transaction."""
-
-    __tablename__ = "admin_actions"
-    __table_args__ = (Index("ix_admin_actions_target_user_id_id", "target_user_id", "id"),)
-
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
-    actor_user_id: Mapped[int] = mapped_column(ForeignKey("users.id", name="fk_admin_actions_actor_user_id_users"))
-    action: Mapped[str] = mapped_column(String(64))
-    target_user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    details: Mapped[str] = mapped_column(Text)

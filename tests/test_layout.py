@@ -50,6 +50,12 @@ def test_payments_load_no_web_module_and_reach_balances_only_through_the_ledger(
                     assert target == "ledger", f"{path.name} imports {ast.unparse(node)}"
 
 
+def test_the_admin_actions_log_loads_no_web_module():
+    """The dashboard, the CLI or a script read it without the web layer."""
+    loaded = web_modules_loaded_by("creditapp.admin_actions")
+    assert loaded == "[]", f"admin_actions loads web modules: {loaded}"
+
+
 def test_the_ledger_imports_only_itself_from_creditapp():
     for path in (PACKAGE / "ledger").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

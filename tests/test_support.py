@@ -239,21 +239,25 @@ def test_every_admin_action_is_logged_in_its_own_transaction(client, make_user):
                        headers=admin.headers).status_code == 200
     failed = client.post(f"/api/admin/lots/{lot}/void", json={"reason": "twice"}, headers=admin.headers)
     assert failed.json["error"] == "lot_voided"  # rolled back: no row
+    assert client.post(f"/api/admin/users/{user.id}/subscription", json={"plan": "pro"},
+                       headers=admin.headers).status_code == 200
     assert patch(client, admin, user.id, disabled=True).status_code == 200
     logged = client.get("/api/admin/actions", query_string={"limit": 2}, headers=admin.headers).json
     older = client.get("/api/admin/actions", query_string={"cursor": logged["next_cursor"]}, headers=admin.headers).json
     rows = logged["items"] + older["items"]
     assert [(r["action"], r["target_user_id"]) for r in rows] == [
-        ("user.disabled", user.id), ("void", user.id), ("team.grant", None), ("grant", user.id)]
-    assert rows[2]["details"]["team_id"] == team["id"] and rows[3]["details"]["amount"] == 4
-    assert rows[1]["details"] == {"lot_id": lot, "reason": "chargeback", "voided": 4, "wallet_id": user.id}
+        ("user.disabled", user.id), ("plan.assign", user.id), ("void", user.id), ("team.grant", None),
+        ("grant", user.id)]
+    assert rows[1]["details"] == {"plan": "pro"}
+    assert rows[3]["details"]["team_id"] == team["id"] and rows[4]["details"]["amount"] == 4
+    assert rows[2]["details"] == {"lot_id": lot, "reason": "chargeback", "voided": 4, "wallet_id": user.id}
     assert older["next_cursor"] is None
     mine = client.get("/api/admin/actions", query_string={"user_id": user.id}, headers=admin.headers).json["items"]
-    assert [r["action"] for r in mine] == ["user.disabled", "void", "grant"]
+    assert [r["action"] for r in mine] == ["user.disabled", "plan.assign", "void", "grant"]
     # The dashboard's reading: the same rows, newest first, `before` an id or a time.
     recent = admin_actions.recent(limit=50)
     assert [r["id"] for r in recent] == [r["id"] for r in rows]
-    assert [r["id"] for r in admin_actions.recent(before=rows[1]["id"])] == [r["id"] for r in rows[2:]]
+    assert [r["id"] for r in admin_actions.recent(before=rows[2]["id"])] == [r["id"] for r in rows[3:]]
     assert admin_actions.recent(before=recent[-1]["at"]) == []
     ledger_is_clean()
 

@@ -9,6 +9,9 @@ worker and host: it is read in the statement that already checks the caller (the
 the key lookup, and on PostgreSQL the balance read, which folds the session check in). Every
 administrator's action writes an `admin_actions` row in the action's own transaction.
 """
+import importlib.util
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -17,43 +20,27 @@ down_revision = "0012_plans"
 branch_labels = None
 depends_on = None
 
-# creditapp_balance as 0010 made it, with the disabled check beside the session check: a token
-# of a disabled account reads no balance, at no extra round trip. `p_sid` is given only for a
-# login token, whose wallet is its user's (a user's wallet has the user's id).
-DISABLED_CHECK = """
-    IF p_sid IS NOT NULL AND EXISTS (SELECT 1 FROM users WHERE id = p_wallet AND disabled) THEN
-        outcome := 'disabled'; RETURN;
-    END IF;"""
-BALANCE = """
-CREATE OR REPLACE FUNCTION creditapp_balance(
-    p_wallet bigint, p_sid text, p_expiring integer,
-    OUT outcome text, OUT generation_credits bigint, OUT ai_tokens bigint, OUT expiring jsonb, OUT debt jsonb
-) LANGUAGE plpgsql STABLE AS $$
-DECLARE now_ timestamptz := creditapp_now();
-BEGIN
-    IF p_sid IS NOT NULL AND EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = p_sid) THEN
+REVOKED = """    IF p_sid IS NOT NULL AND EXISTS (SELECT 1 FROM revoked_sessions WHERE sid = p_sid) THEN
         outcome := 'revoked'; RETURN;
-    END IF;{disabled}
-    IF EXISTS (SELECT 1 FROM wallets w WHERE w.id = p_wallet AND w.refill_due_at <= now_) THEN
-        outcome := 'refill'; RETURN;
     END IF;
-    SELECT s.generation_credits, s.ai_tokens INTO generation_credits, ai_tokens
-    FROM creditapp_spendable(p_wallet, now_) s;
-    IF generation_credits IS NULL AND ai_tokens IS NULL THEN
-        outcome := 'unknown_wallet'; RETURN;
-    END IF;
-    SELECT coalesce(jsonb_object_agg(a.credit_type, a.debt), '{{}}') INTO debt
-    FROM credit_accounts a WHERE a.wallet_id = p_wallet;
-    SELECT coalesce(jsonb_agg(jsonb_build_object('credit_type', e.credit_type, 'amount', e.amount,
-                                                 'expires_at', e.expires_at) ORDER BY e.expires_at, e.id), '[]')
-    INTO expiring
-    FROM (SELECT l.id, l.credit_type, l.remaining - l.held AS amount, l.expires_at FROM credit_lots l
-          WHERE l.wallet_id = p_wallet AND l.remaining > l.held AND l.voided_at IS NULL AND l.frozen_at IS NULL
-            AND l.expires_at > now_
-          ORDER BY l.expires_at, l.id LIMIT p_expiring) e;
-    outcome := 'ok';
-END $$;
 """
+# Beside the session check: a token of a disabled account reads no balance, at no extra round
+# trip. `p_sid` is given only for a login token, whose wallet is its user's (same id).
+DISABLED = """    IF p_sid IS NOT NULL AND EXISTS (SELECT 1 FROM users WHERE id = p_wallet AND disabled) THEN
+        outcome := 'disabled'; RETURN;
+    END IF;
+"""
+
+
+def _balance_0010() -> str:
+    """creditapp_balance as 0010 made it (the last function it creates)."""
+    path = Path(__file__).with_name("0010_wallets.py")
+    spec = importlib.util.spec_from_file_location("creditapp_migration_0010", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    balance = module.FUNCTIONS[module.FUNCTIONS.index("CREATE OR REPLACE FUNCTION creditapp_balance("):]
+    assert balance.count(REVOKED) == 1
+    return balance
 
 
 def upgrade():
@@ -75,12 +62,12 @@ def upgrade():
     # A wallet's charges newest first, for support, without reading every hold of the wallet.
     op.create_index("ix_credit_holds_wallet_id_id", "credit_holds", ["wallet_id", "id"])
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(BALANCE.format(disabled=DISABLED_CHECK))
+        op.execute(_balance_0010().replace(REVOKED, REVOKED + DISABLED))
 
 
 def downgrade():
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(BALANCE.format(disabled=""))
+        op.execute(_balance_0010())
     op.drop_index("ix_credit_holds_wallet_id_id", table_name="credit_holds")
     op.drop_index("ix_admin_actions_target_user_id_id", table_name="admin_actions")
     op.drop_table("admin_actions")
