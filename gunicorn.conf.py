@@ -13,9 +13,6 @@ import subprocess
 import sys
 import tempfile
 
-# Once, before binding or forking, in a process of its own (the arbiter imports none of the app):
-# a refused setting stops the server in one line naming it; a database not migrated yet, or jobs
-# without a broker in production, are said in one line each (creditapp/startup.py).
 def _refuse(message: str):
     print(f"creditapp: configuration error: {message}", file=sys.stderr, flush=True)
     sys.exit(4)  # as creditapp.startup does: the server does not start
@@ -28,11 +25,6 @@ def _int(name: str, default) -> int:
     except ValueError:
         _refuse(f"{name} must be an integer, got {raw!r}")
 
-
-_checked = subprocess.run([sys.executable, "-m", "creditapp.startup"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                          env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
-if _checked.returncode != 0:
-    sys.exit(_checked.returncode)
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = _int("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2)
@@ -77,6 +69,18 @@ else:
 # then has none. Keep it private: bind it to a monitoring network or to loopback (the default).
 metrics_port = _int("METRICS_PORT", 0)
 metrics_host = os.environ.get("METRICS_HOST") or "127.0.0.1"
+
+
+def on_starting(server):
+    """Once, before binding or forking, the app gunicorn serves is made in a process of its own
+    (the arbiter imports none of it: gevent workers patch ssl after the fork): a refused setting
+    stops the server in one line naming it; a database not migrated yet, or jobs without a broker
+    in production, are said in one line each (creditapp/startup.py)."""
+    target = getattr(server.app, "app_uri", None) or "wsgi:app"
+    checked = subprocess.run([sys.executable, "-m", "creditapp.startup", target],
+                             env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    if checked.returncode != 0:
+        sys.exit(checked.returncode)
 
 
 def when_ready(server):

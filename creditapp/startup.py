@@ -3,11 +3,12 @@ start), a database that `flask db upgrade` has not brought to this code's schema
 answers 503 migrations_pending where it needs the new schema, and says nothing more per request
 or per worker), and production jobs that run inside the server for want of a broker.
 
-gunicorn.conf.py runs `python -m creditapp.startup` once, before the arbiter binds or forks: in a
-process of its own, so that the arbiter imports none of the app (gevent workers must patch the
-standard library before ssl and the HTTP clients are imported). wsgi.py makes every other app
-(the workers', the CLI's) with `app_or_exit`.
+gunicorn.conf.py runs `python -m creditapp.startup MODULE:APP` (the app it serves) once, before
+the arbiter binds or forks: in a process of its own, so that the arbiter imports none of the app
+(gevent workers must patch the standard library before ssl and the HTTP clients are imported).
+wsgi.py makes every other app (the workers', the CLI's) with `app_or_exit`.
 """
+import importlib
 import sys
 
 from flask import Flask
@@ -53,10 +54,23 @@ def notices(app: Flask) -> list[str]:
     return lines
 
 
-def main() -> None:
-    for line in notices(app_or_exit()):
+def served_app(target: str) -> Flask:
+    """The app of a gunicorn target ("wsgi:app", "myapp:create_app()"), or exit as `app_or_exit`
+    does: an app's own module may call create_app itself."""
+    module, _, name = target.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), (name or "app").removesuffix("()"))
+        return found() if name.endswith("()") else found
+    except RuntimeError as exc:
+        print(f"creditapp: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(CONFIGURATION_EXIT) from None
+
+
+def main(argv: list[str]) -> None:
+    app = served_app(argv[1]) if len(argv) > 1 else app_or_exit()
+    for line in notices(app):
         print(f"creditapp: warning: {line}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)
