@@ -210,6 +210,16 @@ class Config:
     LOW_BALANCE_THRESHOLDS = os.environ.get("LOW_BALANCE_THRESHOLDS") or ""
     LOT_EXPIRING_DAYS = _int("LOT_EXPIRING_DAYS", 3)
 
+    # --- Operators (issue 21, the support view) ---
+    # How many proxies in front of the app append to X-Forwarded-For (and set X-Forwarded-Proto):
+    # the client's address is then the one they saw, for the per-IP limits and the logs. 0: none,
+    # the address that connected is the client's (a client could forge the header otherwise).
+    TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
+    # /metrics on a port of its own, served by gunicorn's arbiter (gunicorn.conf.py) from what
+    # every worker wrote; the API's port then answers 404 there. 0: on the API's port.
+    METRICS_PORT = _int("METRICS_PORT", 0)
+    METRICS_HOST = os.environ.get("METRICS_HOST") or "127.0.0.1"
+
     # /api/bench/control and /api/bench/jwt: reference routes for bench/, off unless asked for.
     BENCHMARK_ROUTES = _bool("BENCHMARK_ROUTES", False)
 
@@ -269,6 +279,7 @@ def check_config(config) -> None:
     config["LOW_BALANCE_THRESHOLDS"] = low_balance_thresholds(config["LOW_BALANCE_THRESHOLDS"])
     if not 0 <= config["LOT_EXPIRING_DAYS"] <= 366:
         raise RuntimeError(f"LOT_EXPIRING_DAYS must be from 0 (no notices) to 366, got {config['LOT_EXPIRING_DAYS']}")
+    _check_operators(config)
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:
@@ -308,6 +319,12 @@ def low_balance_thresholds(value) -> dict[str, int]:
             raise RuntimeError(f"LOW_BALANCE_THRESHOLDS: {name} must be from 0 to {MAX_THRESHOLD}, got {number}")
         thresholds[name] = int(number)
     return thresholds
+def _check_operators(config) -> None:
+    if not 0 <= config["TRUSTED_PROXIES"] <= 10:
+        raise RuntimeError(f"TRUSTED_PROXIES must be from 0 to 10, got {config['TRUSTED_PROXIES']}")
+    if not 0 <= config["METRICS_PORT"] <= 65535:
+        raise RuntimeError(f"METRICS_PORT must be from 1 to 65535 (0: /metrics on the API's port), "
+                           f"got {config['METRICS_PORT']}")
 
 
 def _check_ai(config) -> None:

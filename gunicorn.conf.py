@@ -9,33 +9,48 @@ overridden from the environment.
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
+def _refuse(message: str):
+    print(f"creditapp: configuration error: {message}", file=sys.stderr, flush=True)
+    sys.exit(4)  # as creditapp.startup does: the server does not start
+
+
+def _int(name: str, default) -> int:
+    raw = os.environ.get(name) or default
+    try:
+        return int(raw)
+    except ValueError:
+        _refuse(f"{name} must be an integer, got {raw!r}")
+
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
+workers = _int("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2)
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 if worker_class not in ("gthread", "gevent"):
-    raise RuntimeError(f"GUNICORN_WORKER_CLASS must be gthread or gevent, got {worker_class!r}")
-threads = int(os.environ.get("GUNICORN_THREADS", 50))
+    _refuse(f"GUNICORN_WORKER_CLASS must be gthread or gevent, got {worker_class!r}")
+threads = _int("GUNICORN_THREADS", 50)
 if worker_class == "gevent":
     # Connections (each a greenlet) a worker serves at once, keep-alive ones included.
-    worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", 1000))
+    worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
 else:
     # Connections a worker accepts: one being served per thread, and as many again kept alive
     # between requests. Not more: a keep-alive client stays on the worker that accepted it, and
     # without a cap one worker held 119 of 200 connections while the others idled (bench/). Not
     # fewer: with no room beyond the threads (this was `threads` once) gunicorn keeps nothing alive
     # and answers every request `Connection: close`.
-    worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", 2 * threads))
+    worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 2 * threads)
 # Longer than the slowest AI call; a worker killed by this timeout leaves its holds to expire.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", 120))
+timeout = _int("GUNICORN_TIMEOUT", 120)
 # A stopping worker (a deploy, a HUP, max_requests) lets its requests finish: streams too, which
 # run up to STREAM_MAX_SECONDS and, cut, would leave their text unpaid and their holds to expire.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT",
                                       max(30, float(os.environ.get("STREAM_MAX_SECONDS") or 300) + 10)))
 keepalive = 5
 # Recycle workers now and then so that a slow leak cannot grow without bound.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
+max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = max_requests // 10
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 
@@ -48,6 +63,35 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _made_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 else:
     _made_metrics_dir = None
+
+
+# /metrics on a port of its own, served by the arbiter from every worker's files; the API's port
+# then has none. Keep it private: bind it to a monitoring network or to loopback (the default).
+metrics_port = _int("METRICS_PORT", 0)
+metrics_host = os.environ.get("METRICS_HOST") or "127.0.0.1"
+
+
+def on_starting(server):
+    """Once, before binding or forking, the app gunicorn serves is made in a process of its own
+    (the arbiter imports none of it: gevent workers patch ssl after the fork): a refused setting
+    stops the server in one line naming it; a database not migrated yet, or jobs without a broker
+    in production, are said in one line each (creditapp/startup.py)."""
+    target = getattr(server.app, "app_uri", None) or "wsgi:app"
+    checked = subprocess.run([sys.executable, "-m", "creditapp.startup", target],
+                             env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    if checked.returncode != 0:
+        sys.exit(checked.returncode)
+
+
+def when_ready(server):
+    if metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+        server.log.info("Metrics at http://%s:%s/metrics", metrics_host, metrics_port)
 
 
 def on_exit(server):

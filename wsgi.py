@@ -1,3 +1,3 @@
-from creditapp.app import create_app
+from creditapp.startup import app_or_exit
 
-app = create_app()
+app = app_or_exit()  # a refused setting: one line naming it, and exit (not a traceback per worker)

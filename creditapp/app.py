@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from alembic.script import ScriptDirectory
 from flask import Flask
 from flask_smorest import Blueprint
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config, check_config, config_from_env
 
@@ -57,6 +58,10 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
     app.register_blueprint(dashboard_pages.pages)  # HTML for administrators at /admin/, not the API
     register_error_handlers(app)
     register_commands(app)
+    if app.config["TRUSTED_PROXIES"]:
+        # The client's address as the proxies saw it, for the per-IP limits and the logs.
+        n = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
     return app
 
 

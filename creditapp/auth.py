@@ -15,7 +15,7 @@ from .access import keys
 from .access.errors import InvalidKey, LoginTokenRequired
 from .exceptions import InvalidIdentity
 from .ledger import credit_service
-from .ledger.errors import UnknownUser
+from .ledger.errors import AccountDisabled, UnknownUser
 from .ledger.tables import MAX_USER_ID
 
 # What login puts in a token: the user id in canonical ASCII decimal, and a session id of 32 hex
@@ -30,12 +30,13 @@ def init_app(app: Flask, jwt: JWTManager) -> None:
         # flask-jwt-extended asks this first, for every token: the claims are checked here so
         # that a malformed session id never reaches the revocation lookup.
         sid = canonical_session(payload)
-        if sid is None:
+        if sid is not None and payload.get("type") == "access" and _ledger_checks_session():
+            request.environ[_SESSION_TO_CHECK] = sid  # that call refuses a disabled account too
             return False
-        if payload.get("type") == "access" and _ledger_checks_session():
-            request.environ[_SESSION_TO_CHECK] = sid
-            return False
-        return revocation.is_revoked(app, sid)
+        refusal = revocation.refusal(app, sid, _canonical_user_id(payload.get("sub")))
+        if refusal == "disabled":
+            raise AccountDisabled("this account is disabled")
+        return refusal == "revoked"
 
 
 _SESSION_TO_CHECK = "creditapp.session_to_check"
@@ -109,8 +110,12 @@ def verify_access_token() -> None:
         return
     secret = presented_key()
     if secret is not None:
-        # Looked up on every request (one index probe): a revoked key is refused at once, everywhere.
-        request.environ[_API_KEY] = keys.authenticate(secret)
+        # Looked up on every request (one index probe): a revoked key, or one of a disabled
+        # account (a team key too: it acts as its maker), is refused at once, everywhere.
+        key = keys.authenticate(secret)
+        if key.disabled:
+            raise AccountDisabled("the account of this API key is disabled")
+        request.environ[_API_KEY] = key
     else:
         verify_jwt_in_request()
     request.environ[_VERIFIED] = True

@@ -18,6 +18,10 @@ class NotAdmin(CreditAppError):
     """The caller is not an administrator."""
 
 
+class OwnAccess(CreditAppError):
+    """An administrator tried to disable their own account or drop their own admin right."""
+
+
 class GenerationFailed(CreditAppError):
     """The AI provider did not produce a result."""
 

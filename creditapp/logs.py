@@ -1,13 +1,16 @@
 """Structured logs: one JSON line per request, with a request id that follows the request.
 
 The id comes from X-Request-ID when the client (or a proxy) sends a sane one, else it is made
-here, and it is echoed in the response. Bodies and headers are never logged, so neither
-passwords nor tokens can reach the logs.
+here, and it is echoed in the response. Every line of a request carries it and the client's
+address (as TRUSTED_PROXIES saw it); times are ISO 8601 with their offset, so lines from hosts in
+other zones sort and compare. Bodies and headers are never logged, so neither passwords nor
+tokens can reach the logs.
 """
 import logging
 import re
 import time
 import uuid
+from datetime import datetime
 
 from flask import Flask, g, has_request_context, request
 from flask_jwt_extended import get_jwt_identity
@@ -23,15 +26,22 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if has_request_context():
             record.request_id = g.get("request_id")
+            record.client_ip = request.remote_addr
         elif not hasattr(record, "request_id"):  # a job's lines carry the id of the request that submitted it
             record.request_id = None
         return True
 
 
+class ZonedJsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt=None) -> str:
+        # The host's zone, with its offset: 2026-12-07T14:03:04.123+00:00.
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
 def init_app(app: Flask) -> None:
     if app.config["LOG_FORMAT"] == "json":
         handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter(
+        handler.setFormatter(ZonedJsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"asctime": "time", "levelname": "level"},
         ))
         handler.addFilter(RequestIdFilter())

@@ -3,15 +3,22 @@
 HTTP requests (by endpoint and status, with latency histograms) come from
 prometheus_flask_exporter; the credit and AI metrics are ours. Under gunicorn with several
 workers, PROMETHEUS_MULTIPROC_DIR makes every worker write to shared files so that /metrics
-reports the whole server whichever worker answers (gunicorn.conf.py sets it up).
+reports the whole server whichever worker answers (gunicorn.conf.py sets it up). With
+METRICS_PORT, gunicorn's arbiter serves them on that port instead (`serve`), and the API's port
+has no /metrics.
 """
 import os
+import threading
+import time
 
 from flask import Flask, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
-from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics, GunicornPrometheusMetrics
 
+from .database import migrations_pending
+
+PLANS_EVERY_SECONDS = 15
 AI_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
@@ -137,40 +144,92 @@ class CreditMetrics:
 
 def init_app(app: Flask) -> None:
     options = {"group_by": "endpoint", "defaults_prefix": "creditapp", "excluded_paths": ["/metrics"]}
+    apart = bool(app.config["METRICS_PORT"])  # then the arbiter serves them (gunicorn.conf.py), not this app
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        GunicornInternalPrometheusMetrics(app, **options)
+        (GunicornPrometheusMetrics if apart else GunicornInternalPrometheusMetrics)(app, **options)
         registry = None  # values go to the shared files; the exporter collects them from there
     else:
         # One registry per app: the test suite makes many apps in one process.
         registry = CollectorRegistry()
-        PrometheusMetrics(app, registry=registry, **options)
+        PrometheusMetrics(app, registry=registry, **({"path": None} if apart else {}), **options)
     app.extensions["creditapp.metrics"] = CreditMetrics(registry)
     app.extensions["creditapp.metrics_registry"] = registry
 
-    @app.before_request
-    def _plans_at_scrape():
-        if request.path == "/metrics" and "creditapp.plans" in app.extensions:
-            from .plans import report
-            from .plans.tables import STATUSES
+    if not apart:
+        @app.before_request
+        def _plans_at_scrape():
+            if request.path == "/metrics":
+                read_plans(app)
+    elif registry is None:
+        # The arbiter serves the files and has no database: each worker keeps its gauges fresh.
+        app.before_request(_PlansEvery(app, PLANS_EVERY_SECONDS).start_once)
 
-            try:
-                figures = report.figures()
-            except Exception:  # a database not migrated yet: the rest of /metrics still answers
+
+def read_plans(app: Flask) -> None:
+    """The plans' gauges, read from the database now (at each scrape)."""
+    if "creditapp.plans" not in app.extensions:
+        return
+    from .plans import report
+    from .plans.tables import STATUSES
+
+    with app.app_context():
+        try:
+            figures = report.figures()
+        except Exception as exc:  # a database not migrated yet: the rest of /metrics still answers
+            if not migrations_pending(exc):
                 app.logger.exception("plans' metrics not read")
-                return
-            app.extensions["creditapp.metrics"].plans_read(figures, app.extensions["creditapp.plans"].plans, STATUSES)
+            return
+    app.extensions["creditapp.metrics"].plans_read(figures, app.extensions["creditapp.plans"].plans, STATUSES)
+
+
+class _PlansEvery:
+    """Reads the plans' gauges every few seconds in a thread of this worker, started at its first
+    request (a forking server must start threads after the fork)."""
+
+    def __init__(self, app: Flask, seconds: float):
+        self.app, self.seconds, self.started = app, seconds, False
+        self.lock = threading.Lock()
+
+    def start_once(self) -> None:
+        if self.started:
+            return
+        with self.lock:
+            if not self.started:
+                self.started = True
+                threading.Thread(target=self._run, name="creditapp-plans-gauges", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            read_plans(self.app)
+            time.sleep(self.seconds)
+
+
+class _PlansAtScrape:
+    """Reads the plans' gauges before the collectors registered after it report."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        read_plans(self.app)
+        return []
 
 
 def serve(app: Flask, host: str, port: int) -> None:
-    """A job worker's /metrics, on a port of its own (it serves no HTTP otherwise)."""
-    from prometheus_client import REGISTRY, start_http_server
+    """/metrics on a port of its own, in a thread of this process: a job worker's, or gunicorn's
+    arbiter's for the whole server (METRICS_PORT), which serves no API itself."""
+    from prometheus_client import start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = app.extensions["creditapp.metrics_registry"]
     if registry is None:  # PROMETHEUS_MULTIPROC_DIR: what every process wrote
         registry = CollectorRegistry()
+        registry.register(_PlansAtScrape(app))  # first: its gauges are then in the files read next
         MultiProcessCollector(registry)
-    start_http_server(port, addr=host, registry=registry or REGISTRY)
+    start_http_server(port, addr=host, registry=registry)
 
 
 def metrics() -> CreditMetrics:

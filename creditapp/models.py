@@ -5,6 +5,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from . import admin_actions  # noqa: F401  (its table: in the one metadata)
 from .access import tables as access_tables  # noqa: F401  (teams, members, keys: in the one metadata)
 from .dashboard import tables as dashboard_tables  # noqa: F401  (verify runs: in the one metadata)
 from .extensions import db
@@ -22,6 +23,8 @@ class User(db.Model):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Refused at the next request (tokens, keys, login): read where the caller is checked anyway.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -39,3 +42,4 @@ class RevokedSession(db.Model):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+

@@ -2,12 +2,13 @@
 from datetime import timedelta
 from functools import lru_cache
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .exceptions import InvalidCredentials, NotAdmin, UsernameTaken
-from .ledger import Balance, UnknownUser
+from . import admin_actions
+from .exceptions import InvalidCredentials, NotAdmin, OwnAccess, UsernameTaken
+from .ledger import AccountDisabled, Balance, UnknownUser
 from .ledger.clock import utcnow
 from .ledger.service import open_accounts
 from .ledger.transactions import atomic, read
@@ -51,13 +52,15 @@ def authenticate(username: str, password: str) -> int:
     """The user's id, or InvalidCredentials; as slow for an unknown name as for a wrong password."""
     with atomic(write=False) as session:
         row = session.execute(
-            select(USERS.c.id, USERS.c.password_hash).where(_named(username))
+            select(USERS.c.id, USERS.c.password_hash, USERS.c.disabled).where(_named(username))
         ).first()
     if row is None:
         check_password_hash(_dummy_hash(), password)
         raise InvalidCredentials("invalid username or password")
     if not check_password_hash(row.password_hash, password):
         raise InvalidCredentials("invalid username or password")
+    if row.disabled:  # told only to whoever knows the password
+        raise AccountDisabled("this account is disabled")
     return row.id
 
 
@@ -76,6 +79,61 @@ def require_admin(user_id: int) -> None:
         raise UnknownUser(f"no user with id {user_id}")
     if not rows[0].is_admin:
         raise NotAdmin("administrator rights required")
+
+
+def profile(user_id: int) -> dict:
+    """id, username, is_admin, disabled, created_at; UnknownUser."""
+    rows = read(select(USERS.c.id, USERS.c.username, USERS.c.is_admin, USERS.c.disabled, USERS.c.created_at)
+                .where(USERS.c.id == user_id))
+    if not rows:
+        raise UnknownUser(f"no user with id {user_id}")
+    return dict(rows[0]._mapping)
+
+
+def search(query: str | None, *, limit: int, after_id: int | None = None) -> tuple[list[dict], int | None]:
+    """Users whose name contains `query` (any case) or whose id it is, by id, `limit` at a time
+    after `after_id`; and the last id when more may follow."""
+    statement = select(USERS.c.id, USERS.c.username, USERS.c.is_admin, USERS.c.disabled, USERS.c.created_at)
+    if query:
+        named = func.lower(USERS.c.username).contains(query.lower(), autoescape=True)
+        statement = statement.where(or_(named, USERS.c.id == int(query)) if query.isdigit() and len(query) < 10
+                                    else named)
+    if after_id is not None:
+        statement = statement.where(USERS.c.id > after_id)
+    with atomic(write=False) as session:
+        rows = session.execute(statement.order_by(USERS.c.id).limit(limit + 1)).mappings().all()
+    found = [dict(row) for row in rows[:limit]]
+    return found, (found[-1]["id"] if len(rows) > limit else None)
+
+
+def set_access(actor_id: int, user_id: int, *, disabled: bool | None = None, is_admin: bool | None = None) -> dict:
+    """Disable or enable an account, grant or revoke its admin right, with an admin action row
+    for each change, in one transaction. The actor's row is locked with the target's (in id
+    order) and must still be an enabled administrator's: two admins demoting each other at once
+    cannot leave nobody in charge. OwnAccess for the actor's own disabling or demotion."""
+    if user_id == actor_id and (disabled is True or is_admin is False):
+        raise OwnAccess("an administrator cannot disable their own account or drop their own admin right")
+    with atomic() as session:
+        rows = {row.id: row for row in session.execute(
+            select(USERS.c.id, USERS.c.is_admin, USERS.c.disabled).where(USERS.c.id.in_({actor_id, user_id}))
+            .order_by(USERS.c.id).with_for_update()).all()}
+        actor = rows.get(actor_id)
+        if actor is None or not actor.is_admin or actor.disabled:
+            raise NotAdmin("administrator rights required")
+        if user_id not in rows:
+            raise UnknownUser(f"no user with id {user_id}")
+        target, changes = rows[user_id], {}
+        if disabled is not None and disabled != target.disabled:
+            changes["disabled"] = disabled
+            admin_actions.record(session, actor_user_id=actor_id, target_user_id=user_id,
+                                 action="user.disabled" if disabled else "user.enabled")
+        if is_admin is not None and is_admin != target.is_admin:
+            changes["is_admin"] = is_admin
+            admin_actions.record(session, actor_user_id=actor_id, target_user_id=user_id,
+                                 action="user.admin_granted" if is_admin else "user.admin_revoked")
+        if changes:
+            session.execute(update(USERS).where(USERS.c.id == user_id).values(**changes))
+    return profile(user_id)
 
 
 def require_user(user_id: int) -> None:

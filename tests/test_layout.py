@@ -64,6 +64,12 @@ def test_webhooks_load_no_web_module_and_reach_only_the_ledger():
                 assert (node.module or "").split(".")[0] in allowed, f"{path.name} imports {ast.unparse(node)}"
 
 
+def test_the_admin_actions_log_loads_no_web_module():
+    """The dashboard, the CLI or a script read it without the web layer."""
+    loaded = web_modules_loaded_by("creditapp.admin_actions")
+    assert loaded == "[]", f"admin_actions loads web modules: {loaded}"
+
+
 def test_the_ledger_imports_only_itself_from_creditapp():
     for path in (PACKAGE / "ledger").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

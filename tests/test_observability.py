@@ -25,7 +25,8 @@ def metric(text: str, name: str, **labels) -> float:
 
 def test_credit_metrics_move(client, make_user, stub):
     user = make_user(credits=1)
-    feature = {"feature": "generate.generate_image", "credit_type": "generation_credits"}
+    # The feature's declared name, as a job of it is labelled (tests/test_support_noise.py).
+    feature = {"feature": "basic_generation", "credit_type": "generation_credits"}
     assert client.post("/api/generate", json={"prompt": "x"}, headers=user.headers).status_code == 200
     assert client.post("/api/generate", json={"prompt": "x"}, headers=user.headers).status_code == 403
     text = client.get("/metrics").get_data(as_text=True)
@@ -45,7 +46,7 @@ def test_ai_failures_and_released_credits_are_counted(client, make_user, stub):
     assert response.status_code == 502
     text = client.get("/metrics").get_data(as_text=True)
     assert metric(text, "creditapp_ai_failures_total", feature="ai_complete") == 1
-    assert metric(text, "creditapp_credits_total", event="released", feature="generate.complete") == 12
+    assert metric(text, "creditapp_credits_total", event="released", feature="ai_complete") == 12
     assert metric(text, "creditapp_credits_total", event="charged") == 0
 
 
@@ -75,7 +76,7 @@ def test_json_log_line_per_request_without_secrets(database_url, stub):
     paid = next(line for line in lines if line.get("request_id") == "trace-1")
     assert paid["path"] == "/api/generate" and paid["status"] == 200
     assert (paid["feature"], paid["credit_type"], paid["reserved"], paid["charged"], paid["outcome"]) == (
-        "generate.generate_image", "generation_credits", 1, 1, "charged")
+        "basic_generation", "generation_credits", 1, 1, "charged")
     assert paid["user_id"] is not None and paid["level"] == "INFO"
     assert password not in stream.getvalue() and token not in stream.getvalue()
 
@@ -126,7 +127,7 @@ def test_usage_beyond_the_hold_and_the_balance_is_its_own_outcome(app, client, m
         "insufficient_credits", 17, 12)
     assert provider.calls == 1
     assert credit_service.get_credit_balance(user.id).ai_tokens == 12  # nothing charged
-    labels = {"feature": "generate.complete", "credit_type": "ai_tokens"}
+    labels = {"feature": "ai_complete", "credit_type": "ai_tokens"}
     text = client.get("/metrics").get_data(as_text=True)
     assert metric(text, "creditapp_usage_exceeded_hold_total", **labels) == 1
     assert metric(text, "creditapp_insufficient_credits_total", **labels) == 0

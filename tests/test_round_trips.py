@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy import event, select
 
+from creditapp import users
 from creditapp.ai import set_provider
 from creditapp.credits import credit_service
 from creditapp.extensions import db
@@ -238,3 +239,23 @@ def test_a_paid_request_with_an_api_key_is_three_statements_too(app, client, mak
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=headers))
     assert response.status_code == 200
     assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == ["api_keys", "creditapp_hold", "creditapp_close"]
+
+
+def test_a_disabled_account_is_refused_by_the_statement_that_checks_the_caller(app, client, make_user, stub,
+                                                                                database_url):
+    """Disabling is read where the caller is checked anyway: one statement refuses a token's
+    paid request, its balance read or a key's request, and the paid path keeps its three."""
+    only_postgresql(database_url)
+    admin, user = make_user(admin=True), make_user(credits=3)
+    key = client.post("/api/keys", json={"name": "k"}, headers=user.headers).json["key"]
+    client.post(GENERATE, json={"prompt": "warm-up"}, headers=user.headers)
+    users.set_access(admin.id, user.id, disabled=True)
+    for request, first in [
+        (lambda: client.post(GENERATE, json={"prompt": "a"}, headers=user.headers), "revoked_sessions"),
+        (lambda: client.get("/api/credits/balance", headers=user.headers), "creditapp_balance"),
+        (lambda: client.post(GENERATE, json={"prompt": "a"}, headers=bearer(key)), "api_keys"),
+    ]:
+        response, sent = count(request)
+        assert (response.status_code, response.json["error"]) == (403, "account_disabled")
+        assert len(sent) == 1 and re.search(r"FROM\s+(\w+)", sent[0]).group(1) == first, sent
+    assert stub.calls == 1

@@ -36,7 +36,8 @@ class InstrumentedProvider:
         """Opened (the provider has answered, or GenerationFailed); its pieces come as iterated."""
         if not hasattr(self.provider, "stream"):
             return OneShotStream(self.complete(prompt, max_tokens))
-        return self._timed("ai_complete_stream", lambda: self.provider.stream(prompt, max_tokens))
+        # Labelled as the feature it serves (the stream's own outcomes are creditapp_streams).
+        return self._timed("ai_complete", lambda: self.provider.stream(prompt, max_tokens))
 
     def _timed(self, feature: str, call):
         started, outcome = time.perf_counter(), "failed"

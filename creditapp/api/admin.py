@@ -1,13 +1,13 @@
 """Administration: grants, refunds and voids (administrators only)."""
 from datetime import timedelta
 
-from .. import users
+from .. import admin_actions, users
 from ..auth import caller_must_exist, current_user_id, require_login, require_login_token
 from ..access import teams
 from ..access.errors import UnknownTeam
 from ..ledger import Grant, Refund, UnknownUser, credit_service, team_wallet
 from ..ledger.clock import utcnow
-from ..ledger.tables import MAX_USER_ID
+from ..ledger.tables import MAX_USER_ID, TEAM_WALLETS
 from . import plans, purchases
 from .plan_schemas import SubscriptionChoiceSchema, SubscriptionSchema
 from .bodies import Blueprint
@@ -37,7 +37,7 @@ def grant_credits(grant, user_id):
     admin_id = _administrator()
     if user_id > MAX_USER_ID:
         raise UnknownUser(f"no user with id {user_id}")  # no such id can exist; spare the database
-    return _grant(admin_id, user_id, grant)
+    return _grant(admin_id, user_id, grant, action="grant", target_user_id=user_id)
 
 
 @blp.post("/teams/<id:team_id>/credits")
@@ -52,7 +52,7 @@ def grant_team_credits(grant, team_id):
     admin_id = _administrator()
     if team_id > MAX_USER_ID or not teams.exists(team_id):
         raise UnknownTeam(f"no team {team_id}")
-    return _grant(admin_id, team_wallet(team_id), grant)
+    return _grant(admin_id, team_wallet(team_id), grant, action="team.grant", team_id=team_id)
 
 
 @blp.post("/users/<id:user_id>/subscription")
@@ -67,20 +67,31 @@ def grant_team_credits(grant, team_id):
 def assign_plan(body, user_id):
     """Put a user on a plan without payment (staff, partners): an upgrade's difference now, the
     plan's terms from the next period (administrators only)."""
-    _administrator()
+    admin_id = _administrator()
     if user_id > MAX_USER_ID:
         raise UnknownUser(f"no user with id {user_id}")
     users.require_user(user_id)
-    return plans.plans().assign(user_id, body["plan"])
+
+    def record(session):
+        admin_actions.record(session, actor_user_id=admin_id, action="plan.assign", target_user_id=user_id,
+                             details={"plan": body["plan"]})
+
+    return plans.plans().assign(user_id, body["plan"], also=record)
 
 
-def _grant(admin_id: int, wallet_id: int, grant: dict):
+def _grant(admin_id: int, wallet_id: int, grant: dict, *, action: str, target_user_id: int | None = None,
+           team_id: int | None = None):
     idempotent = idempotent_request()
     if (stored := idempotent.stored(admin_id)) is not None:
         return stored
 
     def store_answer(session, result: Grant):
         idempotent.store(session, admin_id, _status(result), grant_result_schema.dump(_answer(result)))
+        if result.created:  # a grant answered again by its reference added nothing
+            admin_actions.record(session, actor_user_id=admin_id, action=action, target_user_id=target_user_id,
+                                 details={"grant_id": result.id, "amount": result.amount, "team_id": team_id,
+                                          "credit_type": result.credit_type.value, "reason": result.reason,
+                                          "reference": result.reference})
 
     expires_at = grant["expires_at"]
     if grant["expires_in_days"] is not None:
@@ -110,6 +121,9 @@ def refund_charge(body, hold_id):
 
     def store_answer(session, result: Refund):
         idempotent.store(session, admin_id, 200, refund_result_schema.dump(_refund_answer(result)))
+        admin_actions.record(session, actor_user_id=admin_id, action="refund", target_user_id=_owner(result.wallet_id),
+                             details={"charge_id": hold_id, "amount": result.amount, "reason": body["reason"],
+                                      "credit_type": result.credit_type.value, "wallet_id": result.wallet_id})
 
     with idempotent.replay_if_it_won(admin_id):
         result = credit_service.refund(hold_id, body["amount"], reason=body["reason"], also=store_answer)
@@ -125,8 +139,14 @@ def refund_charge(body, hold_id):
 @document(responses=[UNAUTHORIZED, INVALID])
 def void_lot(body, lot_id):
     """Remove what nobody holds of a lot, e.g. when its payment was reversed (administrators only)."""
-    _administrator()
-    result = credit_service.void_lot(lot_id, reason=body["reason"])
+    admin_id = _administrator()
+
+    def record(session, result: dict):
+        admin_actions.record(session, actor_user_id=admin_id, action="void", target_user_id=_owner(result["wallet_id"]),
+                             details={"lot_id": lot_id, "voided": result["voided"], "reason": body["reason"],
+                                      "wallet_id": result["wallet_id"]})
+
+    result = credit_service.void_lot(lot_id, reason=body["reason"], also=record)
     return {"user_id": result["wallet_id"], **result["balance"].as_dict(), "voided": result["voided"],
             "lot": result["lot"]}
 
@@ -148,6 +168,11 @@ def _administrator() -> int:
     with caller_must_exist():
         users.require_admin(admin_id)
     return admin_id
+
+
+def _owner(wallet_id: int) -> int | None:
+    """The user whose wallet it is; None for a team's."""
+    return wallet_id if wallet_id < TEAM_WALLETS else None
 
 
 def _refund_answer(result: Refund) -> dict:

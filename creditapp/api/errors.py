@@ -8,9 +8,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from ..database import migrations_pending
 from ..exceptions import (
-    GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, QueueUnavailable,
-    UnknownJob, UsernameTaken,
+    GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, OwnAccess,
+    QueueUnavailable, UnknownJob, UsernameTaken,
 )
 from ..access.errors import (
     AlreadyMember, BudgetExceeded, FeatureOutsideKey, InvalidKey, KeyAlreadyRevoked, KeyExpired, KeyRevoked,
@@ -24,7 +25,7 @@ from ..plans.errors import NoSubscription, PlanChangeDeclined, SubscriptionAtPro
 from ..webhooks.errors import EndpointDisabled, InvalidEndpointUrl, UnknownDelivery, UnknownEndpoint
 from ..webhooks.outbox import UnknownEventType
 from ..ledger.errors import (
-    AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
+    AccountDisabled, AlreadyRefunded, ExpiryNotInTheFuture, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LotAlreadyVoided, NotACharge, NotRefundable,
     ReferenceConflict, RefundExceedsCharge, HoldExpired, SessionRevoked, UnknownCharge, UnknownLot, UnknownUser,
 )
 from ..ledger.errors import InvalidRange, TooManyBuckets
@@ -49,6 +50,8 @@ DOMAIN_ERRORS = {
     InvalidCredentials: (401, "invalid_credentials"),
     InvalidIdentity: (401, "invalid_token"),
     NotAdmin: (403, "forbidden"),
+    AccountDisabled: (403, "account_disabled"),
+    OwnAccess: (409, "cannot_change_own_access"),
     UnknownUser: (404, "unknown_user"),
     UnknownCharge: (404, "unknown_charge"),
     UnknownLot: (404, "unknown_lot"),
@@ -190,8 +193,15 @@ def register_error_handlers(app: Flask) -> None:
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))
 
+    def handle_migrations_pending():
+        # Said once at start (creditapp.startup); each request only answers it.
+        return error_response(503, "migrations_pending",
+                              "The database is not migrated to this version yet (flask db upgrade).")
+
     @app.errorhandler(OperationalError)
     def handle_database_unavailable(exc):
+        if migrations_pending(exc):
+            return handle_migrations_pending()
         app.logger.warning("database unavailable: %s", exc.orig)
         return error_response(503, "database_unavailable", "The database is not reachable; retry later.")
 
@@ -204,6 +214,8 @@ def register_error_handlers(app: Flask) -> None:
     def handle_database_error(exc):
         if exc.connection_invalidated:
             return handle_database_unavailable(exc)
+        if migrations_pending(exc):
+            return handle_migrations_pending()
         app.logger.exception("database error")
         return error_response(500, "internal_error", "Internal server error.")
 

@@ -87,7 +87,9 @@ def require_credits(amount: Amount, credit_type) -> Callable:
             user_id = current_user_id()
             require_csrf()
             spent_by = spender()
-            feature = request.endpoint or view.__name__
+            # The declared feature's name, as jobs are labelled: one name in metrics and logs
+            # whether a request ran at once or as a job, so per-feature totals do not split.
+            feature = feature_of_route(request.method, request.url_rule.rule) or request.endpoint or view.__name__
             g.credit_log = {"feature": feature, "credit_type": credit_type.value}
             asynchronous = prefers_async()
             idempotent = idempotent_request(asynchronous)

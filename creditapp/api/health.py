@@ -1,8 +1,5 @@
 """Liveness and readiness, for load balancers and orchestrators."""
-from alembic.runtime.migration import MigrationContext
-from flask import current_app
-
-from ..ledger.transactions import atomic
+from ..database import migration_status
 from .bodies import Blueprint
 from .errors import error_response
 from .schemas import ErrorSchema, HealthSchema, ReadySchema
@@ -22,10 +19,7 @@ def healthz():
 @blp.alt_response(503, schema=ErrorSchema, description="database_unavailable or migrations_pending")
 def readyz():
     """200 when the database answers and its schema is at the code's migration head."""
-    with atomic(write=False) as session:
-        # None when the schema was never created (no alembic_version table).
-        revision = MigrationContext.configure(session.connection()).get_current_revision()
-    head = current_app.extensions["creditapp.migration_head"]
+    revision, head = migration_status()  # revision None: the schema was never created
     if revision != head:
         return error_response(
             503, "migrations_pending", f"The database is at revision {revision}; this code needs {head}."

@@ -3,6 +3,7 @@ The money is the plans package's (creditapp/plans) and the ledger's; this is the
 from flask import Flask, current_app
 
 from ..auth import caller_must_exist, current_user_id, require_csrf, require_login, require_login_token
+from ..database import migrations_pending
 from ..plans.catalogue import check_plans
 from ..plans.service import Plans
 from .bodies import Blueprint
@@ -35,8 +36,9 @@ def init_app(app: Flask) -> None:
         if not service._templates_synced:
             try:
                 service.sync_default()
-            except Exception:  # a database not migrated yet: the next request tries again
-                app.logger.exception("DEFAULT_PLAN not in the ledger yet")
+            except Exception as exc:  # a database not migrated yet: the next request tries again
+                if not migrations_pending(exc):  # that one was said once, at start
+                    app.logger.exception("DEFAULT_PLAN not in the ledger yet")
 
 
 def plans() -> Plans:

@@ -21,6 +21,7 @@ from dramatiq.common import dq_name
 from dramatiq.message import Message
 from flask import Flask, current_app
 
+from ..database import migrations_pending
 from ..exceptions import QueueUnavailable
 from . import store
 
@@ -117,7 +118,10 @@ class JobQueue:
             with self.app.app_context():
                 for job_id in store.unfinished():
                     self.actor.send(job_id)
-        except Exception:
+        except Exception as exc:
+            with self.app.app_context():
+                if migrations_pending(exc):  # said once, at start; the next server start sends them
+                    return
             log.exception("could not send the unfinished jobs of an earlier server again")
 
 

@@ -32,7 +32,7 @@ Vocabulary (one word per idea, in code, API, README and tests):
 from .errors import (
     AlreadyRefunded, CapClosed, CapExceeded, CapExpired, CapRefused, ExpiryNotInTheFuture, FeatureNotAllowed,
     HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, LotAlreadyVoided,
-    LotFrozen, NotACharge, NotRefundable, ReferenceConflict, RefundExceedsCharge, SessionRevoked, UnknownCharge,
+    LotFrozen, NotACharge, NotRefundable, ReferenceConflict, RefundExceedsCharge, SessionRevoked, AccountDisabled, UnknownCharge,
     UnknownLot, UnknownUser, UnknownWallet,
 )
 from .granting import team_wallet, user_wallet
@@ -45,6 +45,6 @@ __all__ = [
     "CreditType", "Discrepancy", "ExpiryNotInTheFuture", "FeatureNotAllowed", "Grant", "Hold", "HoldExpired",
     "IdempotencyKeyInUse", "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided",
     "LotFrozen", "NotACharge", "NotRefundable", "ReferenceConflict", "Refund", "RefundExceedsCharge",
-    "SessionRevoked", "Spender", "TakeBack", "UnknownCharge", "UnknownLot", "UnknownUser", "UnknownWallet",
+    "SessionRevoked", "AccountDisabled", "Spender", "TakeBack", "UnknownCharge", "UnknownLot", "UnknownUser", "UnknownWallet",
     "credit_service", "database", "team_wallet", "user_wallet",
 ]

@@ -27,6 +27,11 @@ class SessionRevoked(LedgerError):
     """The login session of the caller's token was revoked (logout); nothing was changed."""
 
 
+class AccountDisabled(LedgerError):
+    """An administrator disabled the caller's account: its tokens and keys are refused; nothing
+    was changed. Raised by the balance read that folds the check in, and by the web layer."""
+
+
 class HoldExpired(LedgerError):
     """The work outlived its hold (CREDIT_HOLD_TTL_SECONDS): the credits went back, nothing is charged."""
 

@@ -126,10 +126,11 @@ class Granting:
             return writes.unfreeze_lot(lot_id, reason=reason)
 
     @retry_conflicts
-    def void_lot(self, lot_id: int, *, reason: str) -> dict:
+    def void_lot(self, lot_id: int, *, reason: str, also: Callable[[Session, dict], None] | None = None) -> dict:
         """Remove what is left of a lot that nobody holds (a payment was reversed). Credits of it
         that holds have set aside stay with them: what they settle is spent, what they give back
-        is voided then. Raises UnknownLot or LotAlreadyVoided."""
+        is voided then. Raises UnknownLot or LotAlreadyVoided. `also(session, result)` runs in
+        the same transaction."""
         with atomic() as session:
             found = lots.one(session, lot_id)
             if found is None:
@@ -151,8 +152,11 @@ class Granting:
             if changes:
                 row = self._move(session, wallet_id, credit_type, sum(c[2] for c in changes), 0)
                 self._rows(session, wallet_id, credit_type, changes, row, reason=reason)
-            return {"lot": lots.describe(lots.one(session, lot_id), now), "voided": free,
-                    "wallet_id": wallet_id, "balance": self._spendable(session, wallet_id, now)}
+            result = {"lot": lots.describe(lots.one(session, lot_id), now), "voided": free,
+                      "wallet_id": wallet_id, "balance": self._spendable(session, wallet_id, now)}
+            if also is not None:
+                also(session, result)
+            return result
 
     def open_wallet(self, session, wallet_id: int, grant: Balance = Balance(), reason: str = "signup grant",
                     expires_at: datetime | None = None) -> None:

@@ -22,7 +22,7 @@ from .clock import utcnow
 from .core import checked_amount, credit_type_of, unknown
 from .errors import (
     CapClosed, CapExceeded, CapExpired, FeatureNotAllowed, HoldExpired, IdempotencyKeyInUse,
-    IdempotencyKeyReused, InsufficientCredits, SessionRevoked, UnknownCharge,
+    AccountDisabled, IdempotencyKeyReused, InsufficientCredits, SessionRevoked, UnknownCharge,
 )
 from .holding import HeldHold
 from .statements import HOLDS
@@ -381,6 +381,8 @@ def refuse(row, wallet_id: int, required: int = 0, credit_type: str = "") -> Non
         raise unknown(wallet_id)
     if outcome == "revoked":
         raise SessionRevoked("the token's login session was revoked")
+    if outcome == "disabled":
+        raise AccountDisabled("this account is disabled")
     cap_id = getattr(row, "cap_id", None)
     if outcome == "cap_closed":
         raise CapClosed(cap_id, f"cap {cap_id} is closed")

@@ -8,7 +8,7 @@ from .clock import utcnow
 from .core import credit_type_of
 from .holds import REFILL_ATTEMPTS, refuse
 from .recurring import WALLETS
-from .statements import LEDGER
+from .statements import ACCOUNTS, HOLDS, LEDGER
 from .transactions import atomic
 from .types import Balance, CreditType
 
@@ -102,3 +102,35 @@ class Reading:
         items = [dict(row) for row in rows[:limit]]
         next_cursor = items[-1]["id"] if len(rows) > limit else None
         return LedgerPage(items=items, next_cursor=next_cursor)
+
+    def list_holds(self, wallet_id: int, *, charges: bool = False, open_only: bool = False, limit: int = 20,
+                   before_id: int | None = None) -> LedgerPage:
+        """A page of the wallet's holds, newest first: only its charges (settled holds that took
+        something: their id is what a refund names), or only its open holds."""
+        query = select(HOLDS).where(HOLDS.c.wallet_id == wallet_id)
+        if charges:
+            query = query.where(HOLDS.c.status == "settled", HOLDS.c.settled_amount > 0)
+        if open_only:
+            query = query.where(HOLDS.c.status == "open")
+        if before_id is not None:
+            query = query.where(HOLDS.c.id < before_id)
+        with atomic(write=False) as session:
+            self._balance(session, wallet_id)  # raises UnknownUser
+            rows = session.execute(query.order_by(HOLDS.c.id.desc()).limit(limit + 1)).all()
+        items = [_hold(row) for row in rows[:limit]]
+        return LedgerPage(items=items, next_cursor=items[-1]["id"] if len(rows) > limit else None)
+
+    def held_and_debt(self, wallet_id: int) -> dict[str, dict[str, int]]:
+        """Per credit type, what open holds set aside and what the wallet owes."""
+        with atomic(write=False) as session:
+            rows = session.execute(select(ACCOUNTS.c.credit_type, ACCOUNTS.c.held, ACCOUNTS.c.debt)
+                                   .where(ACCOUNTS.c.wallet_id == wallet_id)).all()
+        return {row.credit_type: {"held": row.held, "debt": row.debt} for row in rows}
+
+
+def _hold(row) -> dict:
+    return {"id": row.id, "status": row.status, "credit_type": row.credit_type, "held": row.amount,
+            "charged": row.settled_amount, "refunded": row.refunded_amount,
+            "refundable": row.settled_amount - row.refunded_amount, "feature": row.feature,
+            "user_id": row.user_id, "key_id": row.key_id, "created_at": row.created_at,
+            "expires_at": row.expires_at, "closed_at": row.closed_at}

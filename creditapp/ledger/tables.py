@@ -148,6 +148,8 @@ class CreditHold(Base):
             postgresql_where=text("request_ref IS NOT NULL"),
             sqlite_where=text("request_ref IS NOT NULL"),
         ),
+        # A wallet's holds newest first: its charges, for support (GET /api/admin/charges).
+        Index("ix_credit_holds_wallet_id_id", "wallet_id", "id"),
         Index(
             "ix_credit_holds_wallet_id_idempotency_key",
             "wallet_id",

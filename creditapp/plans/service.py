@@ -5,10 +5,12 @@ No provider call is made inside a transaction: a paid plan's checkout is opened 
 (the row, the checkout, its id and URL), and changes at the provider (cancel, another plan) are
 asked first and recorded after; their events, when they come, change nothing more.
 """
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ..ledger import credit_service, user_wallet
 from ..ledger.clock import utcnow
@@ -134,17 +136,17 @@ class Plans:
             return self.describe(user_id), 200
         return self._open_checkout(user_id, wallet, plan), 201
 
-    def assign(self, user_id: int, plan_id: str) -> dict:
+    def assign(self, user_id: int, plan_id: str, also: Callable[[Session], None] | None = None) -> dict:
         """Put the account on `plan_id` without payment (a free plan, or staff's choice): an
         upgrade's difference now, the plan's terms from the next period. Refused while a paid
-        subscription runs at the provider."""
+        subscription runs at the provider. `also(session)` runs in the transaction of a change."""
         plan = self._plan(plan_id)
         wallet = user_wallet(user_id)
         self.sync_default()
         self._close_ended(wallet)
         for attempt in (1, 2):
             try:
-                self._assign(user_id, wallet, plan)
+                self._assign(user_id, wallet, plan, also)
                 break
             except IntegrityError:  # two first choices at once: the other made the row; use it
                 if attempt == 2:
@@ -152,7 +154,7 @@ class Plans:
         return self.describe(user_id)
 
     @retry_conflicts
-    def _assign(self, user_id: int, wallet: int, plan: Plan) -> None:
+    def _assign(self, user_id: int, wallet: int, plan: Plan, also: Callable[[Session], None] | None) -> None:
         with credit_service.writing() as writes:
             session = writes.session
             now = utcnow()
@@ -170,6 +172,8 @@ class Plans:
             elif sub.plan == plan.id and not sub.cancel_at_period_end:
                 return
             self.machine.choose(writes, sub, plan, now)
+            if also is not None:
+                also(session)
 
     def cancel(self, user_id: int) -> dict:
         """Cancel at the period's end; the allowance stays until then, the default plan follows."""

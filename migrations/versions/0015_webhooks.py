@@ -1,7 +1,7 @@
 """webhooks: the outbox of events, the endpoints subscribed to them, deliveries and attempts
 
 Revision ID: 0015_webhooks
-Revises: 0013_usage
+Revises: 0014_support
 Create Date: 2026-12-07
 
 `webhook_events` is an outbox: a row is written in the transaction of the change it tells about,
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015_webhooks"
-down_revision = "0013_usage"
+down_revision = "0014_support"
 branch_labels = None
 depends_on = None
 
