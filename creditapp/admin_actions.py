@@ -3,7 +3,8 @@ written in the transaction of the action itself, so that a row exists exactly wh
 committed. Not the ledger's audit (`flask credits verify`): this says who did what, and when.
 
 Action names are `noun.verb` or a single verb: `grant`, `team.grant`, `refund`, `void`,
-`plan.assign`, `user.disabled`, `user.enabled`, `user.admin_granted`, `user.admin_revoked`.
+`plan.assign`, `user.disabled`, `user.enabled`, `user.admin_granted`, `user.admin_revoked`,
+`webhook.created`, `webhook.changed`, `webhook.deleted`, `webhook.retried`.
 """
 import json
 from datetime import datetime

@@ -215,3 +215,28 @@ def test_an_unknown_user_page_is_a_404_page(client, make_user):
     log_in(client, make_user(admin=True))
     assert client.get("/admin/users/999999").status_code == 404
     assert client.get(f"/admin/users/{2**31 + 1}").status_code == 404
+
+
+def test_a_disabled_administrator_is_refused_at_the_next_page_and_cannot_log_in(client, make_user):
+    admin, other = make_user(admin=True), make_user(admin=True)
+    log_in(client, admin)
+    assert client.get("/admin/").status_code == 200
+    disabled = client.patch(f"/api/admin/users/{admin.id}", json={"disabled": True}, headers=other.headers)
+    assert disabled.status_code == 200, disabled.json
+    page = client.get("/admin/")
+    assert page.status_code == 403 and "This account is disabled" in page.get_data(as_text=True)
+    assert client.get("/admin/", headers={"Accept": "application/json"}).json["error"] == "account_disabled"
+    client.delete_cookie("access_token_cookie")
+    again = log_in(client, admin)
+    assert again.status_code == 403 and "disabled" in again.get_data(as_text=True)
+    assert client.get_cookie("access_token_cookie") is None
+
+
+def test_the_admin_actions_section_shows_who_did_what(client, make_user):
+    admin, alice = make_user(admin=True), make_user(credits=1)
+    granted = client.post(f"/api/admin/users/{alice.id}/credits", json={"amount": 4}, headers=admin.headers)
+    assert granted.status_code == 201, granted.json
+    log_in(client, admin)
+    page = client.get("/admin/").get_data(as_text=True)
+    section = page[page.index("Admin actions"):]
+    assert "grant" in section and admin.username in section, section[:2000]

@@ -270,3 +270,25 @@ def test_sweeps_running_at_once_deliver_each_event_once(app, client, admin, webh
     assert sorted(r.payload["data"]["purchase_id"] for r in got) == list(range(30))
     assert len({r.webhook_id for r in got}) == 30 == len(webhook_receiver.received)
     assert {d["status"] for d in deliveries(client, admin, endpoint["id"])} == {"succeeded"}
+
+
+def test_every_change_of_an_endpoint_is_an_admin_action(client, admin, webhook_receiver):
+    endpoint = subscribe(client, admin, webhook_receiver)
+    assert client.patch(f"/api/admin/webhooks/{endpoint['id']}", json={"description": "CRM"},
+                        headers=admin.headers).status_code == 200
+    emit()
+    sweep()
+    (delivery,) = deliveries(client, admin, endpoint["id"])
+    assert client.post(f"/api/admin/webhooks/{endpoint['id']}/deliveries/{delivery['id']}/retry",
+                       headers=admin.headers).status_code == 202
+    refused = client.patch(f"/api/admin/webhooks/{endpoint['id']}", json={"url": "ftp://example.com/"},
+                           headers=admin.headers)
+    assert refused.status_code == 422
+    assert client.delete(f"/api/admin/webhooks/{endpoint['id']}", headers=admin.headers).status_code == 204
+    logged = client.get("/api/admin/actions", headers=admin.headers)
+    assert logged.status_code == 200, logged.json
+    mine = [a for a in logged.json["items"] if a["action"].startswith("webhook.")]
+    assert [a["action"] for a in reversed(mine)] == [
+        "webhook.created", "webhook.changed", "webhook.retried", "webhook.deleted"]  # the refused PATCH: none
+    assert all(a["actor_user_id"] == admin.id for a in mine)
+    assert mine[-1]["details"]["endpoint_id"] == endpoint["id"]

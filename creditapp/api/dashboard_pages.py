@@ -24,6 +24,7 @@ from ..dashboard.chart import charts_by_credit_type
 from ..exceptions import InvalidCredentials, InvalidIdentity, NotAdmin
 from ..extensions import limiter
 from ..ledger import UnknownUser
+from ..ledger.errors import AccountDisabled
 from ..ledger.clock import utcnow
 from ..revocation import revoke_session
 
@@ -76,6 +77,10 @@ def guard():
         if _wants_json():
             raise
         return _page("refused.html", 403, csrf=get_jwt().get("csrf"))
+    except AccountDisabled:  # raised while the token is checked: there is no session to log out of
+        if _wants_json():
+            raise
+        return _page("refused.html", 403, disabled=True)
     request.environ[_ADMIN] = user_id
     return None
 
@@ -138,6 +143,8 @@ def login():
         return _page("login.html", 401, next=target, problem="Wrong username or password.")
     except NotAdmin:
         return _page("login.html", 403, next=target, problem="This account is not an administrator.")
+    except AccountDisabled:
+        return _page("login.html", 403, next=target, problem="This account is disabled.")
     token = create_access_token(identity=str(user_id), additional_claims={"sid": uuid.uuid4().hex})
     response = redirect(target, code=303)
     set_access_cookies(response, token)

@@ -26,10 +26,12 @@ def _settings() -> Settings:
     return Settings.from_config(current_app.config)
 
 
-def administrator() -> None:
+def administrator() -> int:
     require_login_token()  # an API key, however wide, never reconfigures where events go
+    admin_id = current_user_id()
     with caller_must_exist():
-        users.require_admin(current_user_id())
+        users.require_admin(admin_id)
+    return admin_id
 
 
 @blp.post("")
@@ -40,8 +42,8 @@ def administrator() -> None:
 @document(responses=[UNAUTHORIZED, FORBIDDEN])
 def create_endpoint(body):
     """Subscribe a URL to event types; every delivery to it is signed with the secret answered."""
-    administrator()
-    return endpoints.create(body["url"], body["events"], body["description"], _settings())
+    return endpoints.create(body["url"], body["events"], body["description"], _settings(),
+                            actor_user_id=administrator())
 
 
 @blp.get("")
@@ -69,8 +71,7 @@ def get_endpoint(endpoint_id):
 @document(responses=[UNAUTHORIZED, FORBIDDEN, UNKNOWN])
 def update_endpoint(changes, endpoint_id):
     """Change the URL, the event types or the description; `"disabled": false` enables it again."""
-    administrator()
-    return endpoints.update_endpoint(endpoint_id, changes, _settings())
+    return endpoints.update_endpoint(endpoint_id, changes, _settings(), actor_user_id=administrator())
 
 
 @blp.delete("/<id:endpoint_id>")
@@ -78,8 +79,7 @@ def update_endpoint(changes, endpoint_id):
 @document(responses=[UNAUTHORIZED, FORBIDDEN, UNKNOWN])
 def delete_endpoint(endpoint_id):
     """Remove the endpoint and its deliveries; nothing more is sent to it."""
-    administrator()
-    endpoints.delete_endpoint(endpoint_id)
+    endpoints.delete_endpoint(endpoint_id, actor_user_id=administrator())
     return ""
 
 
@@ -105,7 +105,6 @@ def list_deliveries(query, endpoint_id):
 @document(responses=[UNAUTHORIZED, FORBIDDEN])
 def retry_delivery(endpoint_id, delivery_id):
     """Send a delivery again now, whatever it came to (same webhook-id, a new signature)."""
-    administrator()
-    answer = delivery.retry(endpoint_id, delivery_id)
+    answer = delivery.retry(endpoint_id, delivery_id, actor_user_id=administrator())
     webhook_queue().send(delivery_id)
     return answer

@@ -7,12 +7,12 @@ that closes a hold or refunds a charge, so it agrees with the ledger); grants fr
 made; money from `purchases`. Windows are whole UTC days ending today: "7 days" is today and the
 six days before, so a tile and the chart's day buckets add up to the same numbers.
 """
-import importlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, column, func, literal, select, table
 
+from ..admin_actions import recent as recent_admin_actions
 from ..jobs.tables import JOBS
 from ..ledger import UnknownUser, credit_service
 from ..ledger.clock import utcnow
@@ -258,13 +258,6 @@ def user_page(user_id: int, rows: int = 25) -> UserPage:
 
 
 def admin_actions(limit: int = 50) -> list[dict]:
-    """The audit log of administrators' actions, newest first ({id, at, actor_user_id, action,
-    target_user_id, details}); [] until `creditapp.admin_actions` exists."""
-    try:
-        log = importlib.import_module("creditapp.admin_actions")
-    except ModuleNotFoundError as exc:  # the support view's module; this fallback goes when it is merged
-        if exc.name != "creditapp.admin_actions":
-            raise
-        return []
-    return log.recent(limit=limit)
+    """The log of administrators' actions, newest first (creditapp.admin_actions)."""
+    return recent_admin_actions(limit=limit)
 

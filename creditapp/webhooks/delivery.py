@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
 
+from ..admin_actions import record as record_admin_action
 from ..ledger.clock import utcnow
 from ..ledger.transactions import atomic, retry_conflicts
 from . import sending
@@ -181,7 +182,7 @@ def due(before: datetime | None = None, limit: int = 1000) -> list[int]:
 
 
 @retry_conflicts
-def retry(endpoint_id: int, delivery_id: int) -> dict:
+def retry(endpoint_id: int, delivery_id: int, *, actor_user_id: int) -> dict:
     """Make a delivery pending again and due now, whatever it came to (a receiver that lost it
     asks for it again); a failure goes on with the retry schedule where it was, or ends it."""
     with atomic() as session:
@@ -194,6 +195,8 @@ def retry(endpoint_id: int, delivery_id: int) -> dict:
         now = utcnow()
         if delivery.lease is None:
             _update(session, delivery_id, now, status="pending", next_attempt_at=now)
+        record_admin_action(session, actor_user_id=actor_user_id, action="webhook.retried",
+                             details={"endpoint_id": endpoint_id, "delivery_id": delivery_id})
     return page(endpoint_id, limit=1, before=delivery_id + 1)[0]
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from sqlalchemy import delete, insert, select, update
 
 from ..ledger.clock import utcnow
+from ..admin_actions import record as record_admin_action
 from ..ledger.transactions import atomic
 from . import addresses
 from .errors import UnknownEndpoint
@@ -32,7 +33,8 @@ def checked_events(events: Iterable[str]) -> list[str]:
     return events
 
 
-def create(url: str, events: Iterable[str], description: str | None, settings: Settings) -> dict:
+def create(url: str, events: Iterable[str], description: str | None, settings: Settings, *,
+           actor_user_id: int) -> dict:
     """A new endpoint; the answer carries its secret (the only time it is shown)."""
     events = checked_events(events)
     addresses.check_url(url, settings.allow_private)
@@ -42,6 +44,8 @@ def create(url: str, events: Iterable[str], description: str | None, settings: S
             url=url, events=json.dumps(events), description=description, secret=secret, created_at=now,
             updated_at=now).returning(ENDPOINTS.c.id)).scalar_one()
         row = _row(session, endpoint_id)
+        record_admin_action(session, actor_user_id=actor_user_id, action="webhook.created",
+                             details={"endpoint_id": endpoint_id, "url": url, "events": events})
     return {**public(row), "secret": secret}
 
 
@@ -55,7 +59,7 @@ def get(endpoint_id: int) -> dict:
         return public(_row(session, endpoint_id))
 
 
-def update_endpoint(endpoint_id: int, changes: dict, settings: Settings) -> dict:
+def update_endpoint(endpoint_id: int, changes: dict, settings: Settings, *, actor_user_id: int) -> dict:
     """Change `url`, `events`, `description`, or `disabled` (false: enabled again, its failures
     forgotten)."""
     values: dict = {}
@@ -74,14 +78,18 @@ def update_endpoint(endpoint_id: int, changes: dict, settings: Settings) -> dict
                 else values.update(disabled_at=None, disabled_reason=None, failing_since=None)
         if values:
             session.execute(update(ENDPOINTS).where(ENDPOINTS.c.id == endpoint_id).values(**values, updated_at=now))
+            record_admin_action(session, actor_user_id=actor_user_id, action="webhook.changed",
+                                 details={"endpoint_id": endpoint_id, **changes})
         return public(_row(session, endpoint_id))
 
 
-def delete_endpoint(endpoint_id: int) -> None:
+def delete_endpoint(endpoint_id: int, *, actor_user_id: int) -> None:
     """The endpoint and its deliveries (the events stay in the outbox)."""
     with atomic() as session:
-        _row(session, endpoint_id, lock=True)
+        row = _row(session, endpoint_id, lock=True)
         session.execute(delete(ENDPOINTS).where(ENDPOINTS.c.id == endpoint_id))
+        record_admin_action(session, actor_user_id=actor_user_id, action="webhook.deleted",
+                             details={"endpoint_id": endpoint_id, "url": row.url})
 
 
 def public(row) -> dict:
