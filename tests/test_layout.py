@@ -59,7 +59,7 @@ def test_webhooks_load_no_web_module_and_reach_only_the_ledger():
     loaded = web_modules_loaded_by("creditapp.webhooks.outbox, creditapp.webhooks.delivery, creditapp.webhooks.endpoints")
     assert loaded == "[]", f"webhooks load web modules: {loaded}"
     for path in (PACKAGE / "webhooks").rglob("*.py"):
-        allowed = {"queue.py": ("ledger", "jobs"), "endpoints.py": ("ledger", "admin_actions"),
+        allowed = {"queue.py": ("ledger", "jobs", "database"), "endpoints.py": ("ledger", "admin_actions"),
                    "delivery.py": ("ledger", "admin_actions")}.get(path.name, ("ledger",))
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level >= 2:

@@ -16,6 +16,7 @@ from datetime import timedelta
 import dramatiq
 from flask import Flask, current_app
 
+from ..database import migrations_pending
 from ..jobs.queue import JobQueue
 from ..ledger.clock import utcnow
 from . import delivery, expiring, outbox
@@ -119,8 +120,11 @@ class WebhookQueue:
             try:
                 with self.app.app_context():
                     self.sweep()
-            except Exception:
-                log.exception("the webhooks sweep failed; it runs again in %s s", period)
+            except Exception as exc:
+                with self.app.app_context():
+                    # Said once, at start (creditapp/startup.py): the sweep waits for `db upgrade`.
+                    if not migrations_pending(exc):
+                        log.exception("the webhooks sweep failed; it runs again in %s s", period)
             self._stopping.wait(period)
 
 
