@@ -50,6 +50,8 @@ def create_user(
 
 def authenticate(username: str, password: str) -> int:
     """The user's id, or InvalidCredentials; as slow for an unknown name as for a wrong password."""
+    if "\x00" in username:  # no name has one, and PostgreSQL refuses NUL in text (a 500, not a 401)
+        username = ""
     with atomic(write=False) as session:
         row = session.execute(
             select(USERS.c.id, USERS.c.password_hash, USERS.c.disabled).where(_named(username))

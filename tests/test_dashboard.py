@@ -103,8 +103,11 @@ def test_nothing_happened_yet_shows_zeros(app):
     assert figures.admin_actions() == []
 
 
-def log_in(client, user, next_page="/admin/"):
-    return client.post("/admin/login", data={"username": user.username, "password": PASSWORD, "next": next_page})
+def log_in(client, user, next_page="/admin/", password=PASSWORD):
+    form = client.get("/admin/login").get_data(as_text=True)
+    token = re.search(r'name="login_csrf" value="([^"]+)"', form).group(1)
+    return client.post("/admin/login", data={"username": getattr(user, "username", user), "password": password,
+                                             "next": next_page, "login_csrf": token})
 
 
 def csrf(client) -> str:
@@ -205,7 +208,8 @@ def test_logout_ends_the_session_even_for_a_kept_cookie(client, make_user):
     assert client.get("/admin/").status_code == 303  # revoked, not merely forgotten
 
 
-@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/admin/", "/admin//evil", "/api/x"])
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/admin/", "/admin//evil", "/api/x",
+                                    "/admin/\r\nX-Injected: 1", "/admin/\n", "/admin/\x00", "/admin/é"])
 def test_the_login_sends_only_to_a_dashboard_page(client, make_user, target):
     admin = make_user(admin=True)
     assert log_in(client, admin, target).headers["Location"] == "/admin/"
@@ -240,3 +244,44 @@ def test_the_admin_actions_section_shows_who_did_what(client, make_user):
     page = client.get("/admin/").get_data(as_text=True)
     section = page[page.index("Admin actions"):]
     assert "grant" in section and admin.username in section, section[:2000]
+
+
+def test_revenue_shows_what_refunds_and_lost_disputes_took_back(app, client, make_user):
+    user = make_user(credits=0)
+    first, second = buy_starter(client, user), buy_starter(client, user)  # 5.00 USD each
+    runner = app.test_cli_runner()
+    assert "applied" in runner.invoke(args=["purchases", "simulate", str(first["id"]), "refund",
+                                            "--amount", "100"]).output
+    for step in ("refund", "dispute", "dispute-lost"):
+        args = ["purchases", "simulate", str(second["id"]), step] + (["--amount", "200"] if step == "refund" else [])
+        assert "applied" in runner.invoke(args=args).output, step
+    (today, *_rest) = figures.tiles()
+    assert (today.purchases, today.revenue, today.refunds) == (2, {"usd": 1000}, {"usd": 300})
+    assert today.disputes_lost == {"usd": 300}  # the 3.00 of the second that the refund had not given back
+    log_in(client, make_user(admin=True))
+    html = client.get("/admin/").get_data(as_text=True)
+    assert "3.00 USD lost to disputes" in html and "3.00 USD refunded" in html
+
+
+def test_a_login_form_not_from_the_page_is_refused_and_logs_no_one_in(client, make_user):
+    admin = make_user(admin=True)
+    forged = client.post("/admin/login", data={"username": admin.username, "password": PASSWORD})
+    assert forged.status_code == 403 and "expired" in forged.get_data(as_text=True)
+    assert client.get_cookie("access_token_cookie") is None
+    client.get("/admin/login")  # a cookie of its own, but another site cannot read it into the field
+    guessed = client.post("/admin/login", data={"username": admin.username, "password": PASSWORD,
+                                                "login_csrf": "guessed"})
+    assert guessed.status_code == 403 and client.get_cookie("access_token_cookie") is None
+    assert log_in(client, admin).status_code == 303
+
+
+def test_odd_usernames_are_wrong_credentials_not_errors(client, make_user):
+    for name in ("nobody\x00", "\x00", "x" * 5000):
+        answer = log_in(client, name, password="whatever-it-is")
+        assert answer.status_code == 401 and "Wrong username or password" in answer.get_data(as_text=True)
+
+
+def test_a_json_client_gets_the_envelope_for_an_unknown_user_page(client, make_user):
+    log_in(client, make_user(admin=True))
+    answer = client.get("/admin/users/999999", headers={"Accept": "application/json"})
+    assert answer.status_code == 404 and answer.json["error"] == "not_found"

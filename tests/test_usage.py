@@ -306,6 +306,9 @@ BAD = [
     ({"from": "2026-01-01T00:00:00Z", "to": "2026-03-01T00:00:00Z", "bucket": "hour"}, "too_many_buckets"),
     ({"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "too_many_buckets"),
     ({"from": "2026-01-01T00:00:00+05:30:30", "to": "2026-01-02T00:00:00Z"}, "invalid_range"),
+    ({"from": "2026-01-01T00:00:00+05:30:00.5", "to": "2026-01-02T00:00:00Z"}, "invalid_range"),
+    ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00+05:30:00.5"}, "invalid_range"),
+    ({"from": "2026-01-01T00:00:00\x00Z"}, "validation_error"),
     ({"from": "yesterday"}, "validation_error"),
     ({"from": "2026-01-01T00:00:00"}, "validation_error"),  # no offset
     ({"from": "0001-01-01T00:00:00+14:00"}, "validation_error"),
@@ -321,9 +324,10 @@ def test_bad_queries_are_422_with_a_stable_code(client, make_user):
     for params, code in BAD:
         response = query(client, admin, **params)
         assert response.status_code == 422 and response.json["error"] == code, (params, response.json)
-        if "user_id" not in params:  # not a parameter of one's own report
-            own = query(client, user, "/api/credits/usage", **params)
-            assert own.status_code == 422 and own.json["error"] == code, (params, own.json)
+        own = query(client, user, "/api/credits/usage", **params)  # user_id: not a filter of one's own
+        assert own.status_code == 422 and own.json["error"] == code, (params, own.json)
+    refused = query(client, user, "/api/credits/usage", user_id=str(user.id))
+    assert refused.status_code == 422 and "user_id" in refused.json["errors"], refused.json
 
 
 def test_an_offset_whose_plus_became_a_space_is_read_as_plus(client, make_user):

@@ -168,7 +168,10 @@ def test_urls_that_are_not_http_or_carry_credentials_or_are_private_are_refused(
                ("not a url", "spaces")]
     private = ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/", "http://169.254.169.254/latest",
                "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://192.168.0.10/", "http://0.0.0.0/",
-               "http://2130706433/"]
+               "http://2130706433/",
+               # IPv6 forms a gateway turns into an IPv4 address: NAT64, 6to4, IPv4-compatible.
+               "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a00:1]/", "http://[2002:7f00:1::]/",
+               "http://[::127.0.0.1]/"]
     app.config["WEBHOOK_ALLOW_PRIVATE"] = False
     refused += [(url, "private, loopback or link-local") for url in private]
     for url, why in refused:
@@ -292,3 +295,13 @@ def test_every_change_of_an_endpoint_is_an_admin_action(client, admin, webhook_r
         "webhook.created", "webhook.changed", "webhook.retried", "webhook.deleted"]  # the refused PATCH: none
     assert all(a["actor_user_id"] == admin.id for a in mine)
     assert mine[-1]["details"]["endpoint_id"] == endpoint["id"]
+
+
+def test_a_deleted_endpoints_id_is_never_given_to_a_new_one(client, admin, webhook_receiver):
+    first = subscribe(client, admin, webhook_receiver)
+    assert client.delete(f"/api/admin/webhooks/{first['id']}", headers=admin.headers).status_code == 204
+    second = subscribe(client, admin, webhook_receiver)
+    assert second["id"] > first["id"]
+    stale = client.delete(f"/api/admin/webhooks/{first['id']}", headers=admin.headers)
+    assert stale.status_code == 404 and stale.json["error"] == "unknown_webhook_endpoint"
+    assert [e["id"] for e in client.get("/api/admin/webhooks", headers=admin.headers).json["items"]] == [second["id"]]

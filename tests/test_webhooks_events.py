@@ -77,6 +77,8 @@ def test_subscriptions_tell_when_renewed_and_when_past_due(app, client, make_use
     paid.send("invoice.payment_failed", paid.invoice(2, status="open"))
     (past_due,) = delivered(receiver, "subscription.past_due")
     assert (past_due["subscription_id"], past_due["status"], past_due["wallet_id"]) == (paid.id, "past_due", user.id)
+    # The period the failed invoice was for: the one after the renewed (paid) one.
+    assert past_due["period_start"] == renewed["period_end"] and past_due["period_end"] > past_due["period_start"]
 
 
 def test_jobs_tell_when_they_succeed_and_when_they_fail(app, client, make_user, receiver, job_queue, fake_ai):

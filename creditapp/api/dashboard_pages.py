@@ -8,14 +8,17 @@ carries the double-submit CSRF token as a field, which flask-jwt-extended checks
 token's claim (JWT_CSRF_CHECK_FORM). A browser without a valid cookie is sent to the login form,
 a non-administrator gets a 403 page; a JSON client gets the usual error envelope instead.
 """
+import hmac
+import secrets
 import uuid
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, redirect, render_template, request
+from flask import Blueprint, current_app, make_response, redirect, render_template, request
 from flask_jwt_extended import create_access_token, get_jwt, set_access_cookies, unset_jwt_cookies, verify_jwt_in_request
 from flask_jwt_extended.exceptions import CSRFError, JWTExtendedException
 from jwt import PyJWTError
+from werkzeug.exceptions import NotFound
 
 from .. import users
 from ..auth import token_user_id
@@ -34,6 +37,7 @@ PUBLIC = {"dashboard.login_form", "dashboard.login"}
 # Logging out needs a valid session (and its CSRF token), not rights: a demoted user can end theirs.
 ANY_USER = {"dashboard.logout"}
 _ADMIN = "creditapp.dashboard_admin"
+LOGIN_CSRF = "dashboard_login_csrf"
 login_limit = limiter.limit(lambda: current_app.config["AUTH_RATE_LIMIT"])
 HEADERS = {
     "Cache-Control": "no-store",
@@ -120,15 +124,29 @@ def _percent(rate: float | None) -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only a page of the dashboard: never another site (//evil, /\evil, https://...).
-    if target and target.startswith("/admin/") and "//" not in target and "\\" not in target:
+    # Only a page of the dashboard: never another site (//evil, /\evil, https://...), and nothing
+    # a Location header cannot carry (CR, LF, other control characters).
+    if (target and target.startswith("/admin/") and "//" not in target and "\\" not in target
+            and target.isprintable() and target.isascii()):
         return target
     return "/admin/"
 
 
 @pages.get("/login")
 def login_form():
-    return _page("login.html", next=_safe_next(request.args.get("next")))
+    return _login_page(200, _safe_next(request.args.get("next")))
+
+
+def _login_page(status: int, target: str, problem: str | None = None):
+    """The form, with a fresh double-submit token for the login itself: another site cannot log a
+    browser into an account of its choosing (login CSRF), since it can neither read nor set the
+    cookie the field must match."""
+    token = secrets.token_urlsafe(24)
+    body, status, headers = _page("login.html", status, next=target, problem=problem, login_csrf=token)
+    response = make_response(body, status, headers)
+    response.set_cookie(LOGIN_CSRF, token, max_age=3600, path="/admin/login", httponly=True, samesite="Strict",
+                        secure=current_app.config["JWT_COOKIE_SECURE"])
+    return response
 
 
 @pages.post("/login")
@@ -136,18 +154,22 @@ def login_form():
 def login():
     """Check the password and the rights, then set the session cookies."""
     target = _safe_next(request.form.get("next"))
+    sent, kept = request.form.get("login_csrf", ""), request.cookies.get(LOGIN_CSRF, "")
+    if not sent or not hmac.compare_digest(sent.encode(), kept.encode()):
+        return _login_page(403, target, "The form had expired. Log in again.")
     try:
         user_id = users.authenticate(request.form.get("username", ""), request.form.get("password", ""))
         users.require_admin(user_id)
     except InvalidCredentials:
-        return _page("login.html", 401, next=target, problem="Wrong username or password.")
+        return _login_page(401, target, "Wrong username or password.")
     except NotAdmin:
-        return _page("login.html", 403, next=target, problem="This account is not an administrator.")
+        return _login_page(403, target, "This account is not an administrator.")
     except AccountDisabled:
-        return _page("login.html", 403, next=target, problem="This account is disabled.")
+        return _login_page(403, target, "This account is disabled.")
     token = create_access_token(identity=str(user_id), additional_claims={"sid": uuid.uuid4().hex})
     response = redirect(target, code=303)
     set_access_cookies(response, token)
+    response.delete_cookie(LOGIN_CSRF, path="/admin/login")
     return response
 
 
@@ -183,6 +205,8 @@ def run_verify():
 def user(user_id):
     try:
         page = figures.user_page(user_id)
-    except UnknownUser:
+    except UnknownUser as exc:
+        if _wants_json():
+            raise NotFound(str(exc)) from None  # the envelope, as for every other refusal
         return _page("refused.html", 404, csrf=get_jwt()["csrf"], missing=user_id)
     return _page("user.html", csrf=get_jwt()["csrf"], page=page, now=utcnow())

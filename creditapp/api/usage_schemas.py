@@ -2,7 +2,7 @@
 import re
 from datetime import timezone
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from ..ledger.reports import BUCKETS, GROUPS
 from ..ledger.tables import CREDIT_TYPES, MAX_USER_ID
@@ -17,7 +17,7 @@ class ZonedDateTime(fields.AwareDateTime):
     a space ("…T00:00:00 05:30") is read as the "+" it was."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str) or not value.isascii():
+        if not isinstance(value, str) or not value.isascii() or not value.isprintable():
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE)
         value = re.sub(r" (\d\d(:?\d\d)?)$", r"+\1", value)
         parsed = super()._deserialize(value, attr, data, **kwargs)
@@ -53,9 +53,19 @@ class OwnUsageQuerySchema(Schema):
     group_by = _groups(OWN_GROUPS)
     feature = Text(load_default=None, validate=validate.Length(min=1, max=64))
     credit_type = fields.String(load_default=None, validate=validate.OneOf(CREDIT_TYPES))
+    # Filters of the administrators' report, refused here rather than ignored: a caller who asks
+    # for one user's figures must not read the whole wallet's as if they were.
+    ADMIN_ONLY = ("user_id",)
+
+    @validates_schema(pass_original=True)
+    def _no_admin_filters(self, _data, original, **_kwargs):
+        given = [name for name in self.ADMIN_ONLY if name in (original or {})]
+        if given:
+            raise ValidationError({name: ["Only GET /api/admin/usage takes this filter."] for name in given})
 
 
 class UsageQuerySchema(OwnUsageQuerySchema):
+    ADMIN_ONLY = ()
     group_by = _groups(tuple(GROUPS))
     user_id = QueryInteger(load_default=None, validate=validate.Range(min=1, max=MAX_USER_ID),
                            metadata={"description": "Only what this user spent (from any wallet)"})

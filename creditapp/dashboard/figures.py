@@ -56,6 +56,8 @@ class Tile:
     purchases: int
     revenue: dict[str, int]  # minor units per currency: what the purchases paid in the window cost
     refunds: dict[str, int]  # minor units per currency: what of those was refunded since
+    # minor units per currency: what of those a lost dispute took back (what was not refunded)
+    disputes_lost: dict[str, int] = field(default_factory=dict)
 
     @property
     def failure_rate(self) -> float | None:
@@ -72,14 +74,16 @@ def tiles(now: datetime | None = None) -> list[Tile]:
         # A rollover lot carries last period's credits into the next: nothing new was granted.
         granted = _windowed(session, LOTS.c.created_at, LOTS.c.credit_type, (LOTS.c.amount,), starts, now,
                             LOTS.c.source != "rollover")
+        lost = case((PURCHASES.c.status == "dispute_lost", PURCHASES.c.price - PURCHASES.c.refunded), else_=0)
         paid = _windowed(session, PURCHASES.c.paid_at, PURCHASES.c.currency,
-                         (literal(1), PURCHASES.c.price, PURCHASES.c.refunded), starts, now)
+                         (literal(1), PURCHASES.c.price, PURCHASES.c.refunded, lost), starts, now)
     return [
         Tile(label=label, start=start, granted=_per_type(granted[w]),
              charged=_per_type((r[0], r[3]) for r in usage[w]), refunded=_per_type((r[0], r[4]) for r in usage[w]),
              requests=sum(r[1] for r in usage[w]), failed=sum(r[2] for r in usage[w]),
              purchases=sum(r[1] for r in paid[w]),
-             revenue={r[0]: r[2] for r in paid[w] if r[1]}, refunds={r[0]: r[3] for r in paid[w] if r[1]})
+             revenue={r[0]: r[2] for r in paid[w] if r[1]}, refunds={r[0]: r[3] for r in paid[w] if r[1]},
+             disputes_lost={r[0]: r[4] for r in paid[w] if r[1]})
         for w, ((label, _days), start) in enumerate(zip(WINDOWS, starts))
     ]
 

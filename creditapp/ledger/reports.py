@@ -60,9 +60,9 @@ def plan(start: datetime, end: datetime, bucket: str) -> Plan:
     if start >= end:
         raise InvalidRange("from must be before to")
     stride = BUCKETS[bucket]
+    if start.utcoffset() % timedelta(minutes=1) or end.utcoffset() % timedelta(minutes=1):
+        raise InvalidRange("the offsets of from and to must be whole minutes")
     offset = int(start.utcoffset().total_seconds())
-    if offset % 60:
-        raise InvalidRange("the offset of from must be whole minutes")
     zone = timezone(timedelta(seconds=offset))
     grid0 = (seconds(start) + offset) // stride * stride - offset
     count = -((EPOCH + timedelta(seconds=grid0) - end) // timedelta(seconds=stride))

@@ -118,8 +118,13 @@ class Machine:
             return Outcome("ignored", f"invoice {facts.invoice_id} was paid already")
         if sub.status == "active":
             self._update(writes.session, sub.id, now, status="past_due")
+            # The period the failed invoice was for, not the one paid already (the row's).
+            period = {name: datetime.fromtimestamp(value, timezone.utc)
+                      for name, value in (("period_start", facts.period_start), ("period_end", facts.period_end))
+                      if value is not None}
             _tell(writes.session, "subscription.past_due", sub, plan, now, status="past_due",
-                  invoice_id=facts.invoice_id, amount=facts.amount, currency=(facts.currency or "").lower() or None)
+                  invoice_id=facts.invoice_id, amount=facts.amount, currency=(facts.currency or "").lower() or None,
+                  **period)
             return Outcome("applied", "active -> past_due")
         return Outcome("applied", f"invoice failed: the subscription is {sub.status}")
 

@@ -39,6 +39,9 @@ class WebhookEndpoint(Base):
     success; an endpoint failing for long enough gets `disabled_at` and a reason."""
 
     __tablename__ = "webhook_endpoints"
+    # SQLite would give a deleted endpoint's id to the next one: a stale PATCH, DELETE or retry
+    # aimed at the old one must not act on it.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     url: Mapped[str] = mapped_column(Text)
@@ -65,6 +68,7 @@ class WebhookDelivery(Base):
         Index("uq_webhook_deliveries_event_id_endpoint_id", "event_id", "endpoint_id", unique=True),
         Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
         Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=PENDING, sqlite_where=PENDING),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -88,6 +92,7 @@ class WebhookAttempt(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in ATTEMPT_STATUSES)})", name="status_known"),
         Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

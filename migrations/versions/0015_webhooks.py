@@ -49,6 +49,7 @@ def upgrade():
         sa.Column("failing_since", when, nullable=True),
         sa.Column("disabled_at", when, nullable=True),
         sa.Column("disabled_reason", sa.Text(), nullable=True),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "webhook_deliveries",
@@ -71,6 +72,7 @@ def upgrade():
         sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed', 'skipped')",
                            name="ck_webhook_deliveries_status_known"),
         sa.CheckConstraint("attempts >= 0", name="ck_webhook_deliveries_attempts_not_negative"),
+        sqlite_autoincrement=True,
     )
     op.create_index("uq_webhook_deliveries_event_id_endpoint_id", "webhook_deliveries", ["event_id", "endpoint_id"],
                     unique=True)
@@ -94,6 +96,7 @@ def upgrade():
         sa.Column("duration_ms", sa.Integer(), nullable=True),
         sa.CheckConstraint("status IN ('delivering', 'succeeded', 'failed', 'lost')",
                            name="ck_webhook_attempts_status_known"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_webhook_attempts_delivery_id_id", "webhook_attempts", ["delivery_id", "id"])
 
