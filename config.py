@@ -280,6 +280,7 @@ def check_config(config) -> None:
     if not 0 <= config["LOT_EXPIRING_DAYS"] <= 366:
         raise RuntimeError(f"LOT_EXPIRING_DAYS must be from 0 (no notices) to 366, got {config['LOT_EXPIRING_DAYS']}")
     _check_operators(config)
+    _check_access(config)
     if config["CREDITAPP_ENV"] == "production":
         secret = config.get("JWT_SECRET_KEY")
         if not secret or len(secret) < MIN_SECRET_LENGTH:
@@ -319,6 +320,36 @@ def low_balance_thresholds(value) -> dict[str, int]:
             raise RuntimeError(f"LOW_BALANCE_THRESHOLDS: {name} must be from 0 to {MAX_THRESHOLD}, got {number}")
         thresholds[name] = int(number)
     return thresholds
+JWT_LOCATIONS = ("headers", "cookies", "query_string", "json")
+
+
+def _check_access(config) -> None:
+    """Settings that, wrong, would not stop the server but switch a protection off or turn every
+    authenticated request into a 500: refused at start, each in one line naming it."""
+    from limits import parse_many
+    from limits.storage import SCHEMES
+
+    locations = config["JWT_TOKEN_LOCATION"]
+    locations = [locations] if isinstance(locations, str) else list(locations)
+    unknown = [name for name in locations if name not in JWT_LOCATIONS]
+    if not locations or unknown:
+        raise RuntimeError(f"JWT_TOKEN_LOCATION must name some of {', '.join(JWT_LOCATIONS)}, got {locations!r}")
+    for name in ("AUTH_RATE_LIMIT", "PAID_RATE_LIMIT"):
+        try:
+            parse_many(str(config[name]))
+        except ValueError:
+            raise RuntimeError(f"{name} must be a rate limit such as '120 per minute' or '10/second', "
+                               f"got {config[name]!r}") from None
+    storage = str(config["RATELIMIT_STORAGE_URI"])
+    if storage.partition("://")[0] not in SCHEMES or "://" not in storage:
+        raise RuntimeError(f"RATELIMIT_STORAGE_URI must be memory:// or redis://host:port/db (or another "
+                           f"storage of the limits package), got {storage!r}")
+    blocklist = config.get("TOKEN_BLOCKLIST_URL")
+    if blocklist and not blocklist.startswith(("redis://", "rediss://", "unix://")):
+        raise RuntimeError(f"TOKEN_BLOCKLIST_URL must be a redis://, rediss:// or unix:// URL (unset: the "
+                           f"database), got {blocklist!r}")
+
+
 def _check_operators(config) -> None:
     if not 0 <= config["TRUSTED_PROXIES"] <= 10:
         raise RuntimeError(f"TRUSTED_PROXIES must be from 0 to 10, got {config['TRUSTED_PROXIES']}")

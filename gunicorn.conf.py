@@ -26,6 +26,14 @@ def _int(name: str, default) -> int:
         _refuse(f"{name} must be an integer, got {raw!r}")
 
 
+def _float(name: str, default) -> float:
+    raw = os.environ.get(name) or default
+    try:
+        return float(raw)
+    except ValueError:
+        _refuse(f"{name} must be a number, got {raw!r}")
+
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = _int("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2)
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
@@ -46,8 +54,7 @@ else:
 timeout = _int("GUNICORN_TIMEOUT", 120)
 # A stopping worker (a deploy, a HUP, max_requests) lets its requests finish: streams too, which
 # run up to STREAM_MAX_SECONDS and, cut, would leave their text unpaid and their holds to expire.
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT",
-                                      max(30, float(os.environ.get("STREAM_MAX_SECONDS") or 300) + 10)))
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", int(max(30, _float("STREAM_MAX_SECONDS", 300) + 10)))
 keepalive = 5
 # Recycle workers now and then so that a slow leak cannot grow without bound.
 max_requests = _int("GUNICORN_MAX_REQUESTS", 0)
@@ -90,7 +97,10 @@ def when_ready(server):
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+        try:
+            start_http_server(metrics_port, addr=metrics_host, registry=registry)
+        except OSError as exc:  # taken, or a host that is not this machine's: one line, no server
+            _refuse(f"METRICS_PORT {metrics_port} on METRICS_HOST {metrics_host!r} cannot be served: {exc}")
         server.log.info("Metrics at http://%s:%s/metrics", metrics_host, metrics_port)
 
 

@@ -124,6 +124,12 @@ def verify_access_token() -> None:
 _API_KEY = "creditapp.api_key"
 
 
+def verified_key():
+    """The API key this request was verified with, if it was (None before or without one): for
+    the request log, which must not verify anything itself."""
+    return request.environ.get(_API_KEY)
+
+
 def presented_key() -> str | None:
     """An API key sent as `X-API-Key`, or as the bearer token (`Bearer ck_...`); None for a JWT."""
     header = request.headers.get("X-API-Key")

@@ -16,6 +16,8 @@ from flask import Flask, g, has_request_context, request
 from flask_jwt_extended import get_jwt_identity
 from pythonjsonlogger.json import JsonFormatter
 
+from .auth import verified_key
+
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access_log = logging.getLogger("creditapp.access")
@@ -69,12 +71,16 @@ def _finish(response):
             "status": response.status_code,
             "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
             "user_id": _user_id(),
+            "api_key_id": getattr(verified_key(), "id", None),
             **g.get("credit_log", {}),
         })
     return response
 
 
 def _user_id():
+    key = verified_key()
+    if key is not None:
+        return str(key.user_id)  # a key acts as the user who made it
     try:
         return get_jwt_identity()
     except RuntimeError:  # the request carried no verified token

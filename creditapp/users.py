@@ -98,8 +98,9 @@ def search(query: str | None, *, limit: int, after_id: int | None = None) -> tup
     statement = select(USERS.c.id, USERS.c.username, USERS.c.is_admin, USERS.c.disabled, USERS.c.created_at)
     if query:
         named = func.lower(USERS.c.username).contains(query.lower(), autoescape=True)
-        statement = statement.where(or_(named, USERS.c.id == int(query)) if query.isdigit() and len(query) < 10
-                                    else named)
+        # An id as ids are written everywhere else: ASCII decimal, no leading zero ("²", "٣", "03" are names).
+        is_id = query.isascii() and query.isdigit() and len(query) < 10 and str(int(query)) == query
+        statement = statement.where(or_(named, USERS.c.id == int(query)) if is_id else named)
     if after_id is not None:
         statement = statement.where(USERS.c.id > after_id)
     with atomic(write=False) as session:

@@ -162,3 +162,20 @@ def test_the_key_ttl_check_is_what_the_flask_cli_reports(tmp_path):
 def test_a_time_to_live_no_date_can_hold_stops_the_app(database_url, setting, value):
     with pytest.raises(RuntimeError, match=setting):
         make_app(database_url, **{setting: value})
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("JWT_TOKEN_LOCATION", ["foo"]), ("JWT_TOKEN_LOCATION", []),
+    ("PAID_RATE_LIMIT", "nonsense"), ("AUTH_RATE_LIMIT", "xx"),  # would switch the limit off, silently
+    ("RATELIMIT_STORAGE_URI", "nonsense://x"), ("RATELIMIT_STORAGE_URI", "redis"),
+    ("TOKEN_BLOCKLIST_URL", "nonsense"),
+])
+def test_a_setting_that_would_switch_a_protection_off_stops_the_app(database_url, setting, value):
+    with pytest.raises(RuntimeError, match=setting):
+        make_app(database_url, **{setting: value})
+
+
+def test_rate_limits_and_token_places_that_are_right_start(database_url):
+    make_app(database_url, JWT_TOKEN_LOCATION=["headers", "cookies"], PAID_RATE_LIMIT="5/minute;100 per hour",
+             AUTH_RATE_LIMIT="10 per minute", RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/14",
+             TOKEN_BLOCKLIST_URL="redis://127.0.0.1:6379/15")

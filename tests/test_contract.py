@@ -233,9 +233,14 @@ def test_operation_keeps_the_document(app, stub, make_user, caller, label):
     assert credit_service.verify() == []
     assert _open_holds() == 0, "a request left its credit hold open"
     if caller == "broke_user":
-        # Nobody in this test can grant, so whatever was asked, nothing was spent or given.
+        # Nobody in this test can grant, so whatever was asked, nothing was spent or given, but
+        # what a free plan gives whoever chooses it (its allowance, a lot of source "plan").
+        lots = credit_service.list_lots(user.id, include_spent=True, limit=100).items
+        assert all(lot["source"] == "plan" and lot["remaining"] == lot["granted"] for lot in lots), lots
         balance = credit_service.get_credit_balance(user.id)
-        assert (balance.generation_credits, balance.ai_tokens) == (0, 0)
+        assert (balance.generation_credits, balance.ai_tokens) == (
+            sum(lot["granted"] for lot in lots if lot["credit_type"] == "generation_credits"),
+            sum(lot["granted"] for lot in lots if lot["credit_type"] == "ai_tokens"))
 
 
 def _edge_case(schema, edge: EdgeRequest, user):

@@ -72,7 +72,14 @@ def test_json_log_line_per_request_without_secrets(database_url, stub):
         token = client.post("/api/auth/login", json={"username": "logged", "password": password}).json["access_token"]
         client.post("/api/generate", json={"prompt": "x"},
                     headers={"Authorization": f"Bearer {token}", "X-Request-ID": "trace-1"})
+        key = client.post("/api/keys", json={"name": "script"}, headers={"Authorization": f"Bearer {token}"}).json
+        client.post("/api/generate", json={"prompt": "y"}, headers={"X-API-Key": key["key"], "X-Request-ID": "trace-2"})
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    by_key = next(line for line in lines if line.get("request_id") == "trace-2")
+    # A key acts as the user who made it: its requests are that user's in the log, with the key.
+    assert (by_key["status"], by_key["api_key_id"]) == (200, key["id"])
+    assert by_key["user_id"] == next(line for line in lines if line.get("request_id") == "trace-1")["user_id"]
+    assert key["key"] not in stream.getvalue()
     paid = next(line for line in lines if line.get("request_id") == "trace-1")
     assert paid["path"] == "/api/generate" and paid["status"] == 200
     assert (paid["feature"], paid["credit_type"], paid["reserved"], paid["charged"], paid["outcome"]) == (

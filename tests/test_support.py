@@ -40,7 +40,12 @@ def test_users_are_found_by_a_part_of_their_name_or_their_id_a_stable_page_at_a_
                                  "created_at": by_id["items"][0]["created_at"]}
     # A LIKE wildcard is a plain character, not "anything".
     assert client.get("/api/admin/users", query_string={"query": "%"}, headers=admin.headers).json["items"] == []
-    for bad in ({"cursor": "not-ours"}, {"cursor": "MTI"}, {"limit": 0}, {"query": "x" * 65}):
+    # An id is ASCII decimal as everywhere else: these are (absent) names, not the id.
+    for odd in ("²", "０" + str(found[3].id), "0" + str(found[3].id), chr(0x0660 + found[3].id % 10)):
+        answer = client.get("/api/admin/users", query_string={"query": odd}, headers=admin.headers)
+        assert answer.status_code == 200 and answer.json["items"] == [], (odd, answer.json)
+    for bad in ({"cursor": "not-ours"}, {"cursor": "MTI"}, {"limit": 0}, {"query": "x" * 65}, {"query": "a\x00"},
+                {"query": "\n"}):
         response = client.get("/api/admin/users", query_string=bad, headers=admin.headers)
         assert (response.status_code, response.json["error"]) == (422, "validation_error"), bad
     response = client.get("/api/admin/users", headers=found[0].headers)
@@ -63,6 +68,8 @@ def test_an_account_page_shows_balance_held_and_debt_lots_holds_ledger_and_jobs(
     own = client.get("/api/credits/transactions", headers=user.headers).json["items"]
     assert account["transactions"] == own
     assert [job["job_id"] for job in account["jobs"]] == [queued.json["job_id"]]
+    # As the user's own listing shows it, times in ISO 8601 included.
+    assert account["jobs"] == client.get("/api/jobs", headers=user.headers).json["items"]
     assert account["purchases"] == [] and account["actions"] == []
     missing = client.get("/api/admin/users/999999", headers=admin.headers)
     assert (missing.status_code, missing.json["error"]) == (404, "unknown_user")
@@ -276,3 +283,26 @@ def test_me_says_who_calls_with_a_token_or_a_key(client, make_user):
     assert {k: v for k, v in with_key.items() if k != "api_key"} == {k: v for k, v in me.items() if k != "api_key"}
     assert with_key["api_key"]["wallet_id"] == user.id and with_key["api_key"]["team_id"] is None
     assert client.get("/api/users/me").json["error"] == "authorization_required"
+
+
+def test_a_teams_charges_are_found_by_team_and_refunded_into_its_wallet(client, make_user, stub):
+    admin, owner = make_user(admin=True), make_user()
+    team = client.post("/api/teams", json={"name": "Acme"}, headers=owner.headers).json
+    granted = client.post(f"/api/admin/teams/{team['id']}/credits", json={"amount": 5}, headers=admin.headers)
+    assert granted.status_code == 201, granted.json
+    spent = client.post(GENERATE, json={"prompt": "t"}, headers={**owner.headers, "X-Team": str(team["id"])})
+    assert spent.status_code == 200, spent.json
+    found = client.get("/api/admin/charges", query_string={"team_id": team["id"]}, headers=admin.headers).json
+    (charge,) = found["items"]
+    assert (charge["charged"], charge["user_id"]) == (1, owner.id)
+    assert client.get("/api/admin/charges", query_string={"user_id": owner.id}, headers=admin.headers).json[
+        "items"] == []  # the owner's own wallet paid nothing
+    refund = client.post(f"/api/admin/charges/{charge['id']}/refund", json={"reason": "t"}, headers=admin.headers)
+    assert refund.status_code == 200, refund.json
+    balance = client.get(f"/api/teams/{team['id']}/balance", headers=owner.headers).json
+    assert balance["generation_credits"] == 5
+    for bad in ({}, {"user_id": owner.id, "team_id": team["id"]}):
+        answer = client.get("/api/admin/charges", query_string=bad, headers=admin.headers)
+        assert (answer.status_code, answer.json["error"]) == (422, "validation_error"), bad
+    missing = client.get("/api/admin/charges", query_string={"team_id": team["id"] + 1000}, headers=admin.headers)
+    assert (missing.status_code, missing.json["error"]) == (404, "unknown_team")

@@ -9,7 +9,8 @@ from .. import admin_actions, users
 from ..access import teams
 from ..auth import caller_must_exist, current_key, current_user_id, require_login
 from ..jobs import store as jobs
-from ..ledger import CreditType, UnknownUser, credit_service
+from ..access.errors import UnknownTeam
+from ..ledger import CreditType, UnknownUser, UnknownWallet, credit_service, team_wallet
 from ..ledger.tables import MAX_USER_ID
 from ..payments.errors import PaymentsUnavailable
 from . import purchases
@@ -118,12 +119,18 @@ def change_access(body, user_id):
 @blp.arguments(ChargeQuerySchema, location="query", as_kwargs=True)
 @blp.response(200, ChargePageSchema)
 @blp.alt_response(403, schema=ErrorSchema, description="Not an administrator")
-@blp.alt_response(404, schema=ErrorSchema, description="unknown_user")
+@blp.alt_response(404, schema=ErrorSchema, description="unknown_user, unknown_team")
 @document(responses=[UNAUTHORIZED, INVALID])
-def charges(user_id, limit, cursor):
-    """A user's charges, newest first: each `id` is what the refund endpoint takes (administrators only)."""
+def charges(user_id, team_id, limit, cursor):
+    """A user's or a team's charges, newest first: each `id` is what the refund endpoint takes
+    (administrators only)."""
     administrator()
-    page = credit_service.list_holds(user_id, charges=True, limit=limit, before_id=int(cursor) if cursor else None)
+    wallet_id = user_id if team_id is None else team_wallet(team_id)
+    try:
+        page = credit_service.list_holds(wallet_id, charges=True, limit=limit,
+                                         before_id=int(cursor) if cursor else None)
+    except UnknownWallet:
+        raise UnknownTeam(f"no team {team_id}") from None
     return {"items": page.items, "next_cursor": _str(page.next_cursor)}
 
 

@@ -3,7 +3,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from ..ledger.tables import MAX_USER_ID
 from .purchase_schemas import PurchaseSchema
-from .schemas import LotSchema, QueryInteger, TransactionSchema
+from .schemas import JobSchema, LotSchema, QueryInteger, TransactionSchema
 
 ID_CURSOR = validate.Regexp(r"[1-9][0-9]{0,17}\Z")
 
@@ -38,8 +38,10 @@ class MeSchema(AccountUserSchema):
 
 
 class UserQuerySchema(Schema):
-    query = fields.String(load_default=None, validate=validate.Length(max=64), metadata={
-        "description": "part of the username (any case), or the exact id"})
+    # Printable only: no name holds a control character, and PostgreSQL refuses NUL in text.
+    query = fields.String(load_default=None, validate=[
+        validate.Length(max=64), validate.Predicate("isprintable", error="Only printable characters.")],
+        metadata={"description": "part of the username (any case), or the exact id (ASCII decimal)"})
     limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, metadata={"description": "the previous page's next_cursor"})
 
@@ -76,7 +78,15 @@ class ChargeSchema(Schema):
 
 
 class ChargeQuerySchema(Schema):
-    user_id = QueryInteger(required=True, validate=validate.Range(min=1, max=MAX_USER_ID))
+    user_id = QueryInteger(load_default=None, validate=validate.Range(min=1, max=MAX_USER_ID),
+                           metadata={"description": "the user's own wallet"})
+    team_id = QueryInteger(load_default=None, validate=validate.Range(min=1, max=MAX_USER_ID),
+                           metadata={"description": "a team's wallet (what its members and keys spent)"})
+
+    @validates_schema
+    def _one_wallet(self, data, **_kwargs):
+        if (data["user_id"] is None) == (data["team_id"] is None):
+            raise ValidationError("give user_id or team_id", "_schema")
     limit = QueryInteger(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=ID_CURSOR)
 
@@ -115,6 +125,6 @@ class AccountSchema(Schema):
     lots = fields.List(fields.Nested(LotSchema), dump_only=True)
     holds = fields.List(fields.Nested(ChargeSchema), dump_only=True, metadata={"description": "open holds"})
     transactions = fields.List(fields.Nested(TransactionSchema), dump_only=True)
-    jobs = fields.List(fields.Dict(), dump_only=True)
+    jobs = fields.List(fields.Nested(JobSchema), dump_only=True)
     purchases = fields.List(fields.Nested(PurchaseSchema), dump_only=True)
     actions = fields.List(fields.Nested(ActionSchema), dump_only=True)
