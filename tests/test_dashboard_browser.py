@@ -74,6 +74,7 @@ def assert_not_blank(shot: Path, blank: Path) -> None:
 
 
 def test_an_administrator_logs_in_and_sees_what_the_requests_did(browser, sqlite_url, tmp_path):  # noqa: F811
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -137,7 +138,8 @@ def test_an_administrator_logs_in_and_sees_what_the_requests_did(browser, sqlite
         assert browser.save_screenshot(str(shot))
 
         browser.find_element(By.ID, "run-verify").click()
-        WebDriverWait(browser, WAIT_SECONDS).until(
+        # The page is replaced under the wait: an element found on the old one goes stale.
+        WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=(StaleElementReferenceException,)).until(
             lambda b: b.find_element(By.ID, "verify-time").get_attribute("datetime") != first_run)
         assert browser.find_element(By.ID, "verify-time").get_attribute("datetime") > first_run
         assert text("#verify-result") == "ok"

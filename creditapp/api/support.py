@@ -129,7 +129,9 @@ def charges(user_id, team_id, limit, cursor):
     try:
         page = credit_service.list_holds(wallet_id, charges=True, limit=limit,
                                          before_id=int(cursor) if cursor else None)
-    except UnknownWallet:
+    except UnknownWallet:  # UnknownUser is one too: a missing user stays unknown_user
+        if team_id is None:
+            raise
         raise UnknownTeam(f"no team {team_id}") from None
     return {"items": page.items, "next_cursor": _str(page.next_cursor)}
 
