@@ -259,3 +259,21 @@ def test_a_disabled_account_is_refused_by_the_statement_that_checks_the_caller(a
         assert (response.status_code, response.json["error"]) == (403, "account_disabled")
         assert len(sent) == 1 and re.search(r"FROM\s+(\w+)", sent[0]).group(1) == first, sent
     assert stub.calls == 1
+
+
+# The statements of the code before migration 0016 (14 and 8 arguments): during a rolling deploy
+# servers still running it meet the upgraded database.
+HOLD_BEFORE_0016 = ("SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s)")
+CLOSE_BEFORE_0016 = "SELECT outcome FROM creditapp_close(%s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+def test_servers_of_the_previous_release_still_hold_and_close_after_the_upgrade(app, make_user, database_url):
+    only_postgresql(database_url)
+    user = make_user(credits=5)
+    held = procedures.call(HOLD_BEFORE_0016, (user.id, "generation_credits", 2, 60, None, user.id, None, None,
+                                              "o" * 32, False, user.id, None, [], "basic_generation"))
+    assert held.outcome == "held"
+    closed = procedures.call(CLOSE_BEFORE_0016, (held.hold_id, user.id, "generation_credits", 1, None, None, 60, None))
+    assert closed.outcome == "settled"
+    assert credit_service.get_credit_balance(user.id).generation_credits == 4
+    assert credit_service.verify() == []

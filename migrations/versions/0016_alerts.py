@@ -96,7 +96,7 @@ END $$;
 CREATE FUNCTION creditapp_hold(
     p_wallet bigint, p_type text, p_amount bigint, p_ttl_seconds integer, p_sid text,
     p_client integer, p_key text, p_fingerprint text, p_ref text, p_replay boolean,
-    p_user integer, p_key_id bigint, p_caps bigint[], p_feature text, p_alerts jsonb,
+    p_user integer, p_key_id bigint, p_caps bigint[], p_feature text, p_alerts jsonb DEFAULT NULL,
     OUT outcome text, OUT hold_id bigint, OUT expires_at timestamptz, OUT available bigint,
     OUT generation_credits bigint, OUT ai_tokens bigint,
     OUT response_status integer, OUT response_body text,
@@ -313,7 +313,7 @@ END $$;
 -- wrote a balance.low event), with p_alerts the default thresholds.
 CREATE FUNCTION creditapp_close(
     p_hold bigint, p_wallet bigint, p_type text, p_charge bigint, p_response_status integer,
-    p_response_body text, p_key_ttl_seconds integer, p_reason text, p_alerts jsonb,
+    p_response_body text, p_key_ttl_seconds integer, p_reason text, p_alerts jsonb DEFAULT NULL,
     OUT outcome text, OUT alerted boolean
 ) LANGUAGE plpgsql AS $$
 DECLARE
@@ -363,6 +363,9 @@ def upgrade():
                     postgresql_where=NOT_NOTICED, sqlite_where=NOT_NOTICED)
     if op.get_bind().dialect.name == "postgresql":
         # New arguments and answers: the old functions go, rather than stay beside the new ones.
+        # p_alerts has a default, so that servers still running the code before 0016 (a rolling
+        # deploy: `db upgrade`, then the restart) go on holding and closing with their own call
+        # (their wallets' own thresholds only) instead of failing every paid request.
         op.execute(f"DROP FUNCTION {OLD_CLOSE}; DROP FUNCTION {OLD_HOLD};")
         op.execute(FUNCTIONS)
 
