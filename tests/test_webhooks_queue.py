@@ -69,7 +69,9 @@ def test_an_event_whose_dispatch_never_ran_is_sent_by_the_sweep(client, database
     assert webhook_receiver.received == []
     result = flask_cli(env, "webhooks", "dispatch")
     assert result.returncode == 0, result.stderr
-    assert "dispatched 1 new delivery(ies)" in result.stdout, result.stdout
+    # Its delivery may have been made by the test app's own after-commit dispatch (the stub
+    # queue sends nothing): what matters is that the sweep sends it, once.
+    assert "1 due delivery(ies) delivered here" in result.stdout, result.stdout
     (got,) = webhook_receiver.verified()
     assert got.payload["data"] == {"purchase_id": 9}
     assert "dispatched 0" in flask_cli(env, "webhooks", "dispatch").stdout
