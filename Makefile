@@ -11,11 +11,14 @@ WORKERS ?= 2
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# The pinned set, then this checkout as the package (editable: its `creditapp` command and its
+# pytest plugin, running the code here).
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("creditapp needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 serve: install
@@ -27,7 +30,7 @@ serve: install
 TEST_WORKERS ?= 3
 
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Headless Chromium and its driver for tests/test_browser.py, from Debian's packages (as root).
 # Without them those tests are skipped; .ci/run installs them and requires them.

@@ -21,7 +21,7 @@ import jwt
 from flask import Flask, jsonify, request
 from sqlalchemy import create_engine, text
 
-from config import Config
+from creditapp.settings import Config
 from creditapp.ledger.transactions import configure_engine
 
 TABLES = (

@@ -17,7 +17,7 @@ TOKEN_LIFETIME_S = 86400
 def _token_app(secret: str):
     # The real app factory, so the tokens carry exactly what the servers expect. Its database
     # is never touched.
-    from config import DevelopmentConfig
+    from creditapp.settings import DevelopmentConfig
     from creditapp import create_app
 
     return create_app(DevelopmentConfig, {

@@ -2,12 +2,11 @@
 import os
 from collections.abc import Iterable
 
+from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from flask import Flask
+from flask import Flask, current_app
 from flask_smorest import Blueprint
 from werkzeug.middleware.proxy_fix import ProxyFix
-
-from config import Config, check_config, config_from_env
 
 from . import ai, auth, database, logs, metrics, revocation
 from .api import bench, bodies, checkout_pages, dashboard_pages, docs, plans, purchases, register_blueprints, running
@@ -17,22 +16,26 @@ from .cli import register_commands
 from .database import engine_options
 from .extensions import api, cors, db, jwt, limiter, migrate
 from .redis_pools import blocking_pool
+from .settings import Config, check_config, config_from_env
 from .features import check_costs, check_signup_grants
 from .jobs import queue as job_queue
 from .ledger import credit_service
 from .webhooks import outbox
 from .webhooks import queue as webhook_queue
 
-MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+# creditapp's own migrations, inside the package (an app adds its own with MIGRATION_DIRS).
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 
 
 def create_app(config_class: type[Config] | None = None, overrides: dict | None = None,
                blueprints: Iterable[Blueprint] = ()) -> Flask:
     """The app; `blueprints` are an app's own (paid features declared with `paid_feature`), added
     to the API and its document next to the built-in ones."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = Flask(__name__)
     app.config.from_object(config_class or config_from_env())
     app.config.update(overrides or {})
+    # Flask's default is beside the code: inside site-packages once installed, or the clone's.
+    app.instance_path = os.path.abspath(app.config["INSTANCE_PATH"] or "instance")
     check_config(app.config)
     configure_database(app)
     # The whole price table, declared prices with CREDIT_COSTS over them.
@@ -74,13 +77,36 @@ def configure_database(app: Flask) -> None:
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(uri, app.config["SQLALCHEMY_ENGINE_OPTIONS"])
 
 
+def version_locations(app: Flask) -> list[str]:
+    """creditapp's version directory and the app's own (MIGRATION_DIRS), as absolute paths."""
+    return [os.path.join(MIGRATIONS, "versions"), *(os.path.abspath(path) for path in app.config["MIGRATION_DIRS"])]
+
+
+@migrate.configure
+def _with_app_migrations(config: AlembicConfig) -> AlembicConfig:
+    """`flask db ...` sees the app's own version directories next to creditapp's."""
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(version_locations(current_app)))
+    return config
+
+
+def migration_heads(app: Flask) -> str:
+    """The revisions this code needs, as `migration_status` spells them: one, or one per branch
+    when the app adds migrations of its own."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", MIGRATIONS)
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(version_locations(app)))
+    return " ".join(sorted(ScriptDirectory.from_config(config).get_heads()))
+
+
 def register_extensions(app: Flask) -> None:
     bodies.init_app(app)  # before any blueprint: its routes use the `id` converter
     db.init_app(app)
     database.init_app(app)
     # An absolute directory, so `flask db upgrade` works from any working directory.
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
-    app.extensions["creditapp.migration_head"] = ScriptDirectory(MIGRATIONS).get_current_head()
+    app.extensions["creditapp.migration_head"] = migration_heads(app)
     jwt.init_app(app)
     register_jwt_handlers(jwt)
     revocation.init_app(app)

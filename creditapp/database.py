@@ -25,10 +25,11 @@ def engine_options(uri: str, configured: dict) -> dict:
 
 
 def migration_status() -> tuple[str | None, str]:
-    """The database's revision (None before any migration) and the one this code needs."""
+    """The database's revision (None before any migration) and the one this code needs; with an
+    app's own migrations beside creditapp's, each is the heads of the branches, sorted, spaced."""
     with atomic(write=False) as session:
-        revision = MigrationContext.configure(session.connection()).get_current_revision()
-    return revision, current_app.extensions["creditapp.migration_head"]
+        heads = MigrationContext.configure(session.connection()).get_current_heads()
+    return " ".join(sorted(heads)) or None, current_app.extensions["creditapp.migration_head"]
 
 
 def migrations_pending(exc: BaseException) -> bool:

@@ -20,15 +20,18 @@ from .extensions import db
 CONFIGURATION_EXIT = 4
 
 
-def app_or_exit() -> Flask:
-    """The app, or a one-line configuration error on standard error and exit 4.
+def app_or_exit(settings: str | None = None, **options) -> Flask:
+    """The app, or a one-line configuration error on standard error and exit 4; `settings` names
+    a module whose `config_from_env()` gives the settings class (a deployment's config.py), and
+    `options` go to create_app.
 
-    Every setting check (config.py, prices, plans, packs, brokers) refuses with a RuntimeError
+    Every setting check (settings, prices, plans, packs, brokers) refuses with a RuntimeError
     whose message names the setting; a traceback would only bury that line, once per worker."""
     try:
-        from .app import create_app  # here: config.py reads (and may refuse) the settings as it loads
+        from .app import create_app  # here: the settings are read (and may be refused) as they load
 
-        return create_app()
+        config_class = importlib.import_module(settings).config_from_env() if settings else None
+        return create_app(config_class, **options)
     except RuntimeError as exc:
         print(f"creditapp: configuration error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(CONFIGURATION_EXIT) from None

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text
 
-from config import TestingConfig, low_balance_thresholds
+from creditapp.settings import TestingConfig, low_balance_thresholds
 from creditapp.extensions import db
 from creditapp.ledger import CreditType, IdempotencyKeyInUse, InsufficientCredits, credit_service, team_wallet
 from creditapp.ledger import procedures

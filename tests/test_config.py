@@ -6,8 +6,9 @@ from contextlib import contextmanager
 
 import pytest
 
-import config
-from config import MIN_SECRET_LENGTH, ProductionConfig, config_from_env
+from creditapp import settings as config
+from creditapp.settings import environment
+from creditapp.settings import MIN_SECRET_LENGTH, ProductionConfig, config_from_env
 from creditapp.features import default_costs
 from creditapp import create_app
 from creditapp.ai import StubAIProvider, set_provider
@@ -102,7 +103,7 @@ def test_a_negative_signup_grant_stops_the_app_from_starting(database_url, setti
 
 def test_credit_costs_environment_variable_overrides_single_prices(monkeypatch):
     monkeypatch.setenv("CREDIT_COSTS", '{"upscale": 3}')
-    assert config._credit_costs() == {"upscale": 3}
+    assert environment._credit_costs() == {"upscale": 3}
 
 
 def test_a_price_left_out_of_credit_costs_is_the_declared_one(database_url):
@@ -115,7 +116,7 @@ def test_a_price_left_out_of_credit_costs_is_the_declared_one(database_url):
 def test_credit_costs_environment_variable_must_be_a_json_object(monkeypatch, raw):
     monkeypatch.setenv("CREDIT_COSTS", raw)
     with pytest.raises(RuntimeError, match="CREDIT_COSTS"):
-        config._credit_costs()
+        environment._credit_costs()
 
 
 def test_a_changed_price_is_listed_and_charged(database_url, make_user):

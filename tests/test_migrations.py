@@ -11,7 +11,7 @@ from creditapp.extensions import db
 from creditapp.testing import make_app
 from creditapp.testing.databases import postgres_database
 
-MIGRATIONS = os.path.join(os.path.dirname(__file__), "..", "migrations")
+MIGRATIONS = os.path.join(os.path.dirname(__file__), "..", "creditapp", "migrations")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -9,7 +9,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from config import ProductionConfig
+from creditapp.settings import ProductionConfig
 from creditapp.extensions import db
 from creditapp.ledger import credit_service
 from creditapp.ledger.tables import CreditLot

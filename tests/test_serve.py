@@ -34,7 +34,7 @@ def test_make_serve_migrates_and_serves_with_gunicorn(tmp_path):
         ready = requests.get(f"{url}/readyz", timeout=5)
         assert ready.status_code == 200, ready.text  # `db upgrade` ran first
         assert ready.headers["Server"].startswith("gunicorn")
-        _an_async_generation_runs_to_its_charge(url)
+        an_async_generation_runs_to_its_charge(url)
     finally:
         stop(process)
     log = log_path.read_text()
@@ -42,8 +42,8 @@ def test_make_serve_migrates_and_serves_with_gunicorn(tmp_path):
     assert "development server" not in log, log
 
 
-def _an_async_generation_runs_to_its_charge(url: str) -> None:
-    """The README's job walkthrough: with no broker configured, the server runs the job itself."""
+def an_async_generation_runs_to_its_charge(url: str) -> None:
+    """The README's job walkthrough: a job runs to its charge (with no broker configured, in the server itself)."""
     account = {"username": "newcomer", "password": "newcomer-password"}
     assert requests.post(f"{url}/api/auth/register", json=account, timeout=10).status_code == 201
     token = requests.post(f"{url}/api/auth/login", json=account, timeout=10).json()["access_token"]

@@ -83,7 +83,7 @@ def test_a_server_started_before_db_upgrade_says_so_in_one_line(tmp_path):
 def _head() -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory(str(ROOT / "migrations")).get_current_head()
+    return ScriptDirectory(str(ROOT / "creditapp" / "migrations")).get_current_head()
 
 
 def test_a_refused_setting_is_one_line_naming_it_and_nothing_starts(tmp_path):

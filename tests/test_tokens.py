@@ -2,7 +2,7 @@
 import pytest
 import redis
 
-import config
+from creditapp import settings as config
 from creditapp.credits import credit_service
 
 from creditapp.testing import make_app

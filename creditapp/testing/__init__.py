@@ -39,7 +39,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from config import TestingConfig
+from ..settings import TestingConfig
 
 from .. import create_app, users
 from ..ai import StubAIProvider, set_provider
@@ -50,23 +50,32 @@ from ..ledger.clock import ManualClock, clock
 from .databases import DatabaseClock, install_test_clock, postgres_database
 from .servers import ROOT, fire_together, gunicorn, server_env
 
-MIGRATIONS = ROOT / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 PASSWORD = "correct-horse-battery"
+
+
+# The settings class of every app the kit makes: the ini option `creditapp_config`, else creditapp's.
+_config_class: list[type] = []
+
+
+def testing_config() -> type:
+    return _config_class[0] if _config_class else TestingConfig
 
 
 def make_app(database_url: str, blueprints=(), **settings):
     """The app in its testing configuration on `database_url`: no job broker (run what is queued
     with `job_queue().drain()`), limits and CORS on."""
-    return create_app(TestingConfig, {"SQLALCHEMY_DATABASE_URI": database_url, "JOBS_BROKER_URL": "stub://",
-                                      **settings}, blueprints=blueprints)
+    return create_app(testing_config(), {"SQLALCHEMY_DATABASE_URI": database_url, "JOBS_BROKER_URL": "stub://",
+                                         **settings}, blueprints=blueprints)
 
 
 def migrate(database_url: str) -> None:
+    """creditapp's migrations and the app's own (MIGRATION_DIRS), every branch to its head."""
     from flask_migrate import upgrade
 
     app = make_app(database_url)
     with app.app_context():
-        upgrade(directory=str(MIGRATIONS))
+        upgrade(directory=str(MIGRATIONS), revision="heads")
         db.engine.dispose()
 
 
@@ -74,6 +83,20 @@ def pytest_addoption(parser) -> None:
     parser.addini("creditapp_databases", "databases each test of `database_url` runs on: sqlite, postgresql",
                   type="args", default=None)
     parser.addini("creditapp_wsgi", "the WSGI app of live_server (module:attribute)", default="wsgi:app")
+    parser.addini("creditapp_config", "the settings class of the kit's apps (module:Class, a subclass of "
+                  "creditapp.settings.TestingConfig); unset: creditapp's TestingConfig", default="")
+
+
+def pytest_configure(config) -> None:
+    target = config.getini("creditapp_config")
+    if target:
+        import importlib
+        import sys
+
+        module, _, name = target.partition(":")
+        if str(config.rootpath) not in sys.path:
+            sys.path.insert(0, str(config.rootpath))  # the app's folder, where its config.py is
+        _config_class[:] = [getattr(importlib.import_module(module), name or "TestingConfig")]
 
 
 def pytest_generate_tests(metafunc) -> None:

@@ -35,3 +35,25 @@ def test_the_price_list_has_the_sketch(client):
     costs = {cost["feature"]: cost for cost in client.get("/api/credits/costs").json["costs"]}
     assert costs["sketch"] == {"feature": "sketch", "credit_type": "generation_credits", "cost": 1,
                                "unit": "request", "endpoint": "POST /api/generate/sketch"}
+
+
+def test_each_sketch_is_kept_in_the_apps_own_table(client, make_user, fake_ai):
+    from creditapp import db
+    from sketch import sketches
+
+    user = make_user(credits=2)
+    fake_ai.fail_next()
+    assert client.post("/api/generate/sketch", json={"prompt": "a failed fox"}, headers=user.headers).status_code == 502
+    assert client.post("/api/generate/sketch", json={"prompt": "a fox"}, headers=user.headers).status_code == 200
+    with db.engine.connect() as connection:
+        kept = connection.execute(sketches.select()).all()
+    assert [(row.user_id, row.prompt) for row in kept] == [(user.id, "a fox")]
+    ledger_is_clean()
+
+
+def test_the_app_serves_none_of_creditapps_built_in_paid_routes(client, make_user):
+    user = make_user(credits=3)
+    for path in ("/api/generate", "/api/generate/hairstyle", "/api/ai/complete"):
+        assert client.post(path, json={"prompt": "a fox"}, headers=user.headers).status_code == 404, path
+    assert [cost["feature"] for cost in client.get("/api/credits/costs").json["costs"]] == ["sketch"]
+    assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 3

@@ -1,6 +1,7 @@
-"""The app with the sketch feature, for gunicorn: `gunicorn wsgi_sketch:app`."""
-from creditapp import create_app
+"""The app with the sketch feature, for gunicorn (`gunicorn wsgi_sketch:app`) and the CLI
+(`creditapp --app wsgi_sketch db upgrade heads`)."""
+from creditapp import app_or_exit
 
 from sketch import blp
 
-app = create_app(blueprints=[blp])
+app = app_or_exit("config", blueprints=[blp])

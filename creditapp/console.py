@@ -1,0 +1,29 @@
+"""`creditapp`, the console script: the Flask CLI bound to creditapp's app (`creditapp db upgrade`,
+`creditapp credits verify`, `creditapp jobs worker`, ...), with the settings of the environment.
+
+`creditapp --app module:app` (or FLASK_APP) binds it to an app built on creditapp instead, as
+`flask --app` would.
+"""
+import click
+from flask.cli import FlaskGroup, ScriptInfo
+
+# A refused setting is one line and exit 4 here too, not a traceback.
+DEFAULT_APP = "creditapp.startup:app_or_exit()"
+
+
+class CreditappGroup(FlaskGroup):
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # FlaskGroup would look for an app.py or wsgi.py in the working directory: the package's
+        # own app is the default, and --app (applied after this) still wins.
+        extra.setdefault("obj", ScriptInfo(app_import_path=DEFAULT_APP, set_debug_flag=self.set_debug_flag,
+                                           load_dotenv_defaults=self.load_dotenv))
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+def main() -> None:
+    CreditappGroup(name="creditapp", help="creditapp's Flask CLI (db upgrade, credits verify, jobs worker, users, "
+                   "...) on its own app, or with --app on an app built on creditapp.").main(prog_name="creditapp")
+
+
+if __name__ == "__main__":
+    main()
