@@ -1,5 +1,6 @@
 """The code's shape: the ledger stands alone, and no import depends on import order."""
 import ast
+import re
 import subprocess
 import sys
 
@@ -112,3 +113,10 @@ def test_the_dashboard_figures_load_no_web_module_and_read_only_the_tables_they_
                 assert target[0] in allowed, f"{path.name} imports {ast.unparse(node)}"
                 if target[0] in ("payments", "jobs"):
                     assert target[1:] == ["tables"], f"{path.name} imports {ast.unparse(node)}"
+
+
+def test_the_package_imports_no_top_level_config_module():
+    """An app built on creditapp has a config.py of its own: the package must never import one."""
+    for path in PACKAGE.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            assert not re.match(r"\s*(from config\b|import config\b)", line), f"{path}: {line}"

@@ -56,10 +56,17 @@ def installed(tmp_path_factory) -> dict:
     return {"python": str(bin_dir / "python"), "bin": bin_dir, "app": app, "env": env}
 
 
-def test_the_package_is_the_installed_one_not_the_checkout(installed):
-    found = run([installed["python"], "-c", "import creditapp, creditapp.testing; print(creditapp.__file__)"],
-                cwd=installed["app"], env=installed["env"], timeout=120).stdout.strip()
+def test_the_package_is_the_installed_one_with_its_files(installed):
+    code = ("import creditapp, importlib.resources as r; root = r.files('creditapp'); print(creditapp.__file__); "
+            "print(*(int((root / p).is_file()) for p in ('migrations/env.py', 'migrations/alembic.ini', "
+            "'migrations/versions/0001_initial_ledger.py', 'templates/dashboard/index.html')))")
+    found, files = run([installed["python"], "-c", code], cwd=installed["app"], env=installed["env"],
+                       timeout=120).stdout.splitlines()
     assert found.startswith(str(installed["bin"].parent)) and "site-packages" in found
+    assert files == "1 1 1 1"
+    plugins = run([installed["python"], "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "--trace-config"],
+                  cwd=installed["app"], env=installed["env"], timeout=120).stdout
+    assert "creditapp.testing" in plugins  # from the entry point: the example's conftest names no plugin
 
 
 def test_the_example_app_passes_its_tests_on_sqlite_and_postgresql(installed, postgres_url):
