@@ -24,4 +24,4 @@ def test_the_kits_example_app_passes_its_tests(databases, postgres_url):
                             cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     passed = result.stdout.count(" PASSED ") or result.stdout.count("PASSED")
-    assert passed == (4 if databases == "sqlite" else 8), result.stdout[-3000:]
+    assert passed == (5 if databases == "sqlite" else 10), result.stdout[-3000:]

@@ -1,8 +1,7 @@
 """A paid feature of an app built on creditapp: pencil sketches, one credit each."""
-from creditapp.ai import ai_service
-from creditapp.api.bodies import Blueprint
-from creditapp.api.schemas import GenerateSchema, GenerationResponseSchema
-from creditapp.credits import CreditType, charge_and_answer, paid_feature
+from creditapp import (
+    Blueprint, CreditType, GenerateSchema, GenerationResponseSchema, ai_service, charge_and_answer, paid_feature,
+)
 
 blp = Blueprint("sketch", __name__, url_prefix="/api", description="Pencil sketches.")
 

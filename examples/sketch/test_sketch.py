@@ -35,3 +35,13 @@ def test_the_price_list_has_the_sketch(client):
     costs = {cost["feature"]: cost for cost in client.get("/api/credits/costs").json["costs"]}
     assert costs["sketch"] == {"feature": "sketch", "credit_type": "generation_credits", "cost": 1,
                                "unit": "request", "endpoint": "POST /api/generate/sketch"}
+
+
+def test_a_sketch_only_app_serves_no_built_in_feature(client, make_user):
+    user = make_user(credits=3)
+    assert client.post("/api/generate/hairstyle", json={"image_url": "https://example.com/a.png", "hairstyle": "bob"},
+                       headers=user.headers).status_code == 404
+    assert [cost["feature"] for cost in client.get("/api/credits/costs").json["costs"]] == ["sketch"]
+    paths = client.get("/api/openapi.json").json["paths"]
+    assert "/api/generate/sketch" in paths
+    assert not {"/api/generate", "/api/generate/hairstyle", "/api/ai/complete"} & set(paths)
