@@ -28,9 +28,10 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migration
 
 
 def create_app(config_class: type[Config] | None = None, overrides: dict | None = None,
-               blueprints: Iterable[Blueprint] = ()) -> Flask:
+               blueprints: Iterable[Blueprint] = (), features: Iterable[str] | None = None) -> Flask:
     """The app; `blueprints` are an app's own (paid features declared with `paid_feature`), added
-    to the API and its document next to the built-in ones."""
+    to the API and its document next to the built-in paid features `features` (names, "all" or
+    "none"; by default the FEATURES setting)."""
     app = Flask(__name__)
     app.config.from_object(config_class or config_from_env())
     app.config.update(overrides or {})
@@ -38,8 +39,6 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
     app.instance_path = os.path.abspath(app.config["INSTANCE_PATH"] or "instance")
     check_config(app.config)
     configure_database(app)
-    # The whole price table, declared prices with CREDIT_COSTS over them.
-    app.config["CREDIT_COSTS"] = check_costs(app.config["CREDIT_COSTS"])
     check_signup_grants(app.config)
     credit_service.configure(
         hold_ttl_seconds=app.config["CREDIT_HOLD_TTL_SECONDS"],
@@ -50,9 +49,11 @@ def create_app(config_class: type[Config] | None = None, overrides: dict | None 
                                     emitted=outbox.dispatch_soon)
 
     register_extensions(app)
-    register_blueprints(api)
+    app.config["FEATURES"] = register_blueprints(api, app.config["FEATURES"] if features is None else features)
     for blueprint in blueprints:
         api.register_blueprint(blueprint)
+    # The price table of what the app serves, declared prices with CREDIT_COSTS over them.
+    app.config["CREDIT_COSTS"] = check_costs(app.config["CREDIT_COSTS"], app)
     docs.init_app(app)
     if app.config["BENCHMARK_ROUTES"]:
         # Plain Flask blueprint: kept out of the API document.

@@ -1,4 +1,5 @@
 """Extension singletons, bound to the app in create_app."""
+from flask import current_app, has_request_context
 from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
@@ -14,7 +15,29 @@ from .ledger.tables import Base
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 jwt = JWTManager()
-api = Api()
+
+
+class PerAppApi(Api):
+    """flask-smorest's Api with each app's OpenAPI document its own. One Api object serves every
+    app made in the process (the tests make many, each with its own paid features), and its
+    `spec` is replaced by each init_app: without this, an app would serve the last app's document.
+    A request reads its own app's; building the document (init_app, register_blueprint) writes
+    the app being built's."""
+
+    @property
+    def spec(self):
+        if has_request_context():
+            return current_app.extensions.get("creditapp.openapi", self._spec)
+        return self._spec
+
+    @spec.setter
+    def spec(self, value):
+        self._spec = value
+        if self._app is not None:
+            self._app.extensions["creditapp.openapi"] = value
+
+
+api = PerAppApi()
 cors = CORS()
 # Storage from RATELIMIT_STORAGE_URI (memory:// by default, redis://... to share between hosts).
 limiter = Limiter(key_func=get_remote_address)

@@ -1,8 +1,10 @@
 """The paid features and their prices. A feature is declared once, with its default price
-(`creditapp.api.paid.paid_feature` declares it with its route); CREDIT_COSTS overrides prices."""
+(`creditapp.api.paid.paid_feature` declares it with its route); CREDIT_COSTS overrides prices.
+Each app sells the declared features whose routes it registered (`serve`): the built-in ones
+FEATURES chooses, and its own."""
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import Flask, current_app
 
 from .ledger.types import CreditType
 
@@ -43,19 +45,45 @@ def declare(feature: Feature, view: str) -> Feature:
     return feature
 
 
-def default_costs() -> dict[str, int]:
-    return {name: feature.price for name, feature in FEATURES.items()}
+def default_costs(names=None) -> dict[str, int]:
+    """The declared prices of `names` (by default every feature declared in this process)."""
+    return {name: feature.price for name, feature in FEATURES.items() if names is None or name in names}
 
 
-def check_costs(overrides: dict) -> dict[str, int]:
-    """The price table: the declared prices with CREDIT_COSTS over them. Refuses to start with a
-    price for an unknown feature or a bad price."""
-    unknown = sorted(set(overrides) - set(FEATURES))
+def serve(app: Flask) -> dict[str, Feature]:
+    """Note what `app` sells, once its blueprints are registered: the declared features whose
+    routes are in its URL map, and the paid views (`require_credits`' work names) a job of it may
+    run. The registry above holds every feature declared in the process, an app's or another's."""
+    served = {name for rule in app.url_map.iter_rules() for method in rule.methods or ()
+              if (name := feature_of_route(method, rule.rule)) is not None}
+    app.extensions["creditapp.features"] = {name: f for name, f in FEATURES.items() if name in served}
+    app.extensions["creditapp.work"] = {work for view in app.view_functions.values()
+                                        if (work := getattr(view, "creditapp_work", None)) is not None}
+    return app.extensions["creditapp.features"]
+
+
+def served() -> dict[str, Feature]:
+    """The features the current app sells."""
+    return current_app.extensions["creditapp.features"]
+
+
+def serves_work(work: str) -> bool:
+    """Whether a paid view of the current app is `work` (a job's), so that a worker runs only those."""
+    return work in current_app.extensions["creditapp.work"]
+
+
+def check_costs(overrides: dict, app: Flask) -> dict[str, int]:
+    """The price table of the features `app` serves (noted first, with serve: call it once its
+    blueprints are registered): their declared prices with CREDIT_COSTS over them. Refuses to start
+    with a price for a feature it does not serve (a typo, or a feature switched off: either way the
+    price would do nothing) or a bad price."""
+    features = serve(app)
+    unknown = sorted(set(overrides) - set(features))
     if unknown:
-        raise RuntimeError(f"CREDIT_COSTS: unknown features {unknown} (known: {sorted(FEATURES)})")
+        raise RuntimeError(f"CREDIT_COSTS: features this app does not serve {unknown} (served: {sorted(features)})")
     for name, cost in overrides.items():
         _check_price(f"CREDIT_COSTS[{name!r}]", cost)
-    return {**default_costs(), **overrides}
+    return {**default_costs(features), **overrides}
 
 
 def _check_price(what: str, cost) -> None:
@@ -80,10 +108,11 @@ def cost_of(name: str) -> int:
 
 
 def price_list() -> list[dict]:
+    """The current app's features and their prices now."""
     return [
         {"feature": f.name, "credit_type": f.credit_type.value, "cost": cost_of(f.name),
          "unit": f.unit, "endpoint": f.endpoint}
-        for f in FEATURES.values()
+        for f in served().values()
     ]
 
 

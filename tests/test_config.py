@@ -9,6 +9,7 @@ import pytest
 from creditapp import settings as config
 from creditapp.settings import environment
 from creditapp.settings import MIN_SECRET_LENGTH, ProductionConfig, config_from_env
+from creditapp.api.generate import features as built_in
 from creditapp.features import default_costs
 from creditapp import create_app
 from creditapp.ai import StubAIProvider, set_provider
@@ -77,7 +78,8 @@ def test_config_from_env_refuses_an_unknown_environment(monkeypatch, name):
 
 
 def costs_with(**changes) -> dict:
-    costs = {**default_costs(), **changes}
+    # The built-in features' (the app below serves): other tests in this process declare more.
+    costs = {**default_costs(built_in.names), **changes}
     return {name: cost for name, cost in costs.items() if cost is not None}
 
 
@@ -108,7 +110,7 @@ def test_credit_costs_environment_variable_overrides_single_prices(monkeypatch):
 
 def test_a_price_left_out_of_credit_costs_is_the_declared_one(database_url):
     app = make_app(database_url, CREDIT_COSTS={"upscale": 5})
-    assert app.config["CREDIT_COSTS"] == {**default_costs(), "upscale": 5}
+    assert app.config["CREDIT_COSTS"] == {**default_costs(built_in.names), "upscale": 5}
     assert app.config["CREDIT_COSTS"]["basic_generation"] == 1
 
 

@@ -2,37 +2,37 @@
 from ..ai import ai_service, count_tokens
 from ..features import cost_of
 from ..ledger import CreditType
-from .bodies import Blueprint
-from .paid import charge_and_answer, paid_feature
+from .paid import PaidFeatures, charge_and_answer
 from .streaming import streamed_completion
 from .schemas import (
     CompleteSchema, CompletionResponseSchema, GenerateSchema, GenerationResponseSchema, HairstyleSchema,
     ImageSchema, UpscaleSchema,
 )
 
-blp = Blueprint("generate", __name__, url_prefix="/api", description="Paid AI features.")
+# Each app serves those it chooses (FEATURES, `create_app(features=...)`): `features.blueprint(names)`.
+features = PaidFeatures("generate", __name__, url_prefix="/api", description="Paid AI features.")
 IMAGE = {"credit_type": CreditType.GENERATION_CREDITS, "response": GenerationResponseSchema}
 
 
-@paid_feature(blp, "/generate", name="basic_generation", price=1, request=GenerateSchema, **IMAGE)
+@features.paid_feature("/generate", name="basic_generation", price=1, request=GenerateSchema, **IMAGE)
 def generate_image(params):
     """Generate an image from a prompt."""
     return charge_and_answer(ai_service.generate_image(params, feature="basic_generation"))
 
 
-@paid_feature(blp, "/generate/professional-photo", name="professional_photo", price=1, request=ImageSchema, **IMAGE)
+@features.paid_feature("/generate/professional-photo", name="professional_photo", price=1, request=ImageSchema, **IMAGE)
 def professional_photo(params):
     """Turn a photo into a professional portrait."""
     return charge_and_answer(ai_service.generate_image(params, feature="professional_photo"))
 
 
-@paid_feature(blp, "/generate/hairstyle", name="change_hairstyle", price=1, request=HairstyleSchema, **IMAGE)
+@features.paid_feature("/generate/hairstyle", name="change_hairstyle", price=1, request=HairstyleSchema, **IMAGE)
 def change_hairstyle(params):
     """Show the person in a photo with another hairstyle."""
     return charge_and_answer(ai_service.generate_image(params, feature="change_hairstyle"))
 
 
-@paid_feature(blp, "/generate/upscale", name="upscale", price=2, request=UpscaleSchema, **IMAGE)
+@features.paid_feature("/generate/upscale", name="upscale", price=2, request=UpscaleSchema, **IMAGE)
 def upscale(params):
     """Upscale an image 2 or 4 times."""
     return charge_and_answer(ai_service.generate_image(params, feature="upscale"))
@@ -55,8 +55,9 @@ STREAMED = {"responses": {200: {"content": {"text/event-stream": {
                '"completion_tokens":5,"total_tokens":12}}\n\n'}}}}}
 
 
-@paid_feature(blp, "/ai/complete", name="ai_complete", credit_type=CreditType.AI_TOKENS, price=1, unit="token",
-              hold=_worst_case, request=CompleteSchema, response=CompletionResponseSchema, doc=STREAMED)
+@features.paid_feature("/ai/complete", name="ai_complete", credit_type=CreditType.AI_TOKENS, price=1,
+                       unit="token", hold=_worst_case, request=CompleteSchema, response=CompletionResponseSchema,
+                       doc=STREAMED)
 def complete(params):
     """Complete a prompt; holds the worst case, charges the tokens actually used. With `"stream":
     true`, answers `text/event-stream` (see creditapp.api.streaming)."""

@@ -144,6 +144,9 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                 _close(hold, None, answered)
                 raise
 
+        # Carried outwards by every decorator's functools.wraps: what lets creditapp.features.serve
+        # tell which work an app's routes can submit.
+        guarded.creditapp_work = work
         return _documented(paid_limit(guarded), credit_type)
 
     return decorator

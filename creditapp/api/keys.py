@@ -77,6 +77,6 @@ def revoke_key(key_id):
 
 
 def _known_features(names: list[str] | None) -> None:
-    unknown = sorted(set(names or ()) - set(features.FEATURES))
+    unknown = sorted(set(names or ()) - set(features.served()))
     if unknown:
         raise ValidationError({"features": [f"Unknown features {unknown}; see GET /api/credits/costs."]})

@@ -21,6 +21,7 @@ from flask_smorest import Blueprint
 from ..auth import verify_access_token
 from ..features import Feature, cost_of, declare
 from ..ledger import CreditType, credit_service
+from . import bodies
 from .guard import require_credits
 
 # (the request's parsed body, the price now) -> the credits to hold
@@ -41,7 +42,7 @@ def paid_feature(blp: Blueprint, path: str, *, name: str, credit_type, price: in
     credit_type = CreditType(credit_type)
     method = method.upper()
     location = location or ("query" if method in ("GET", "DELETE") else "json")
-    feature = Feature(name, credit_type, price, unit, f"{method} {blp.url_prefix or ''}{path}")
+    feature = _feature(blp.url_prefix, path, name, credit_type, price, unit, method)
 
     def amount(params=None, *args, **kwargs) -> int:
         price_now = cost_of(name)
@@ -56,6 +57,50 @@ def paid_feature(blp: Blueprint, path: str, *, name: str, credit_type, price: in
         return blp.route(path, methods=[method])(_authenticated_first(guarded))
 
     return decorator
+
+
+class PaidFeatures:
+    """Paid features declared once and served per app: `blueprint(names)` makes a new blueprint
+    with the chosen ones. flask-smorest's `Api` is one object for every app in a process, so a
+    blueprint registered with some routes for one app would bring them to the next one too.
+
+    `@features.paid_feature(path, name=..., ...)` takes `paid_feature`'s arguments but the
+    blueprint; the feature is in the price list from then on, its route only in the apps that
+    serve it."""
+
+    def __init__(self, name: str, import_name: str, **blueprint_options):
+        self.name, self.import_name, self.blueprint_options = name, import_name, blueprint_options
+        self._declared: dict[str, tuple[str, dict, Callable]] = {}  # feature name -> path, options, view
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._declared)
+
+    def paid_feature(self, path: str, *, name: str, **options) -> Callable:
+        def decorator(view: Callable) -> Callable:
+            feature = _feature(self.blueprint_options.get("url_prefix"), path, name, CreditType(options["credit_type"]),
+                               options["price"], options.get("unit", "request"), options.get("method", "POST"))
+            declare(feature, f"{view.__module__}:{view.__qualname__}")
+            self._declared[name] = (path, options, view)
+            return view
+
+        return decorator
+
+    def blueprint(self, names) -> Blueprint:
+        """A new blueprint serving the features `names`, in their declared order."""
+        unknown = [name for name in names if name not in self._declared]
+        if unknown:
+            raise ValueError(f"unknown feature {unknown[0]!r} (declared: {', '.join(self._declared)})")
+        blp = bodies.Blueprint(self.name, self.import_name, **self.blueprint_options)
+        for name, (path, options, view) in self._declared.items():
+            if name in names:
+                paid_feature(blp, path, name=name, **options)(view)
+        return blp
+
+
+def _feature(url_prefix: str | None, path: str, name: str, credit_type: CreditType, price: int, unit: str,
+             method: str) -> Feature:
+    return Feature(name, credit_type, price, unit, f"{method.upper()} {url_prefix or ''}{path}")
 
 
 def charge_and_answer(result: dict, amount: int | None = None, **extra) -> dict:

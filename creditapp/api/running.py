@@ -15,6 +15,7 @@ import time
 from flask import Flask, Response, current_app, g
 
 from ..exceptions import GenerationFailed
+from ..features import serves_work
 from ..jobs import params as job_params
 from ..jobs import store
 from ..ledger import InsufficientCredits, credit_service
@@ -79,6 +80,11 @@ def run(job_id: str) -> float | None:
 
 
 def _perform(job, hold) -> dict:
+    if not serves_work(job.work):
+        # Queued by an app that serves the feature (or before FEATURES left it out): this app
+        # does not sell it, so it does not run it either.
+        raise ErrorAnswer(404, {"error": "feature_not_served",
+                                "message": f"This app does not serve {job.feature}; nothing was charged."})
     params = job_params.loads(job.params)
     g.credit_info = CreditInfo(user_id=job.user_id, credit_type=hold.credit_type, required=job.amount,
                                available=job.amount, hold_id=job.hold_id, wallet_id=job.wallet_id)

@@ -64,6 +64,8 @@ class Config:
     PASSWORD_HASH_METHOD = "scrypt"
     MAX_CONTENT_LENGTH = _int("MAX_CONTENT_LENGTH", 64 * 1024)
 
+    # The built-in paid features served: "all", "none", or names (basic_generation,ai_complete,...).
+    FEATURES = _list("FEATURES", "all")
     CREDIT_COSTS = _credit_costs()
     CREDIT_HOLD_TTL_SECONDS = _int("CREDIT_HOLD_TTL_SECONDS", 600)
     IDEMPOTENCY_TTL_SECONDS = _int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)

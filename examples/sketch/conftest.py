@@ -8,3 +8,4 @@ from sketch import blp
 @pytest.fixture
 def creditapp_blueprints():
     return [blp]
+

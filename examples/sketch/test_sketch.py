@@ -51,9 +51,12 @@ def test_each_sketch_is_kept_in_the_apps_own_table(client, make_user, fake_ai):
     ledger_is_clean()
 
 
-def test_the_app_serves_none_of_creditapps_built_in_paid_routes(client, make_user):
+def test_a_sketch_only_app_serves_no_built_in_feature(client, make_user):
     user = make_user(credits=3)
     for path in ("/api/generate", "/api/generate/hairstyle", "/api/ai/complete"):
         assert client.post(path, json={"prompt": "a fox"}, headers=user.headers).status_code == 404, path
     assert [cost["feature"] for cost in client.get("/api/credits/costs").json["costs"]] == ["sketch"]
+    paths = client.get("/api/openapi.json").json["paths"]
+    assert "/api/generate/sketch" in paths
+    assert not {"/api/generate", "/api/generate/hairstyle", "/api/ai/complete"} & set(paths)
     assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 3
