@@ -60,3 +60,15 @@ def test_a_sketch_only_app_serves_no_built_in_feature(client, make_user):
     assert "/api/generate/sketch" in paths
     assert not {"/api/generate", "/api/generate/hairstyle", "/api/ai/complete"} & set(paths)
     assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 3
+
+
+def test_a_sketch_as_a_job_is_charged_when_it_runs(client, make_user, fake_ai, job_queue):
+    user = make_user(credits=3)
+    headers = {**user.headers, "Prefer": "respond-async"}
+    submitted = client.post("/api/generate/sketch", json={"prompt": "a fox"}, headers=headers)
+    assert submitted.status_code == 202
+    assert job_queue.drain() == 1
+    job = client.get(submitted.headers["Location"], headers=user.headers).json
+    assert job["status"] == "succeeded" and fake_ai.calls == 1
+    assert client.get("/api/credits/balance", headers=user.headers).json["generation_credits"] == 2
+    ledger_is_clean()
