@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from . import caps, lots, procedures
+from .admission import Admission
 from . import keys as idempotency
 from . import statements as sql
 from .clock import utcnow
@@ -95,13 +96,18 @@ class Holds:
     def hold_or_replay(
         self, wallet_id: int, amount: int, credit_type, *, key: str | None = None,
         fingerprint: str | None = None, spender: Spender | None = None, feature: str | None = None,
+        admission: Admission | None = None,
     ) -> Hold | idempotency.StoredResponse:
-        """A paid request's first step: the stored answer to replay for its Idempotency-Key, or a
-        new hold (see `replay_or_free` and `reserve`). On PostgreSQL this is one call."""
+        """A paid request's first step: its `admission` (session, paid rate limit: see
+        admission.py), then the stored answer to replay for its Idempotency-Key, or a new hold
+        (see `replay_or_free` and `reserve`). On PostgreSQL this is one call."""
         amount, credit_type = checked_amount(amount), credit_type_of(credit_type)
         spender = spender or Spender.of_user(wallet_id)
         if procedures.available():
-            return self._hold_call(spender, amount, credit_type, key, fingerprint, feature, replay=True)
+            return self._hold_call(spender, amount, credit_type, key, fingerprint, feature, replay=True,
+                                   admission=admission)
+        if admission is not None:
+            self.admit(admission)
         if key is not None:
             stored = self.replay_or_free(spender.client_id, key, fingerprint)
             if stored is not None:
@@ -109,11 +115,21 @@ class Holds:
         return self.reserve(wallet_id, amount, credit_type, key=key, fingerprint=fingerprint, spender=spender,
                             feature=feature)
 
-    def _hold_call(self, spender: Spender, amount, credit_type, key, fingerprint, feature, *, replay: bool):
+    def _hold_call(self, spender: Spender, amount, credit_type, key, fingerprint, feature, *, replay: bool,
+                   admission: Admission | None = None):
+        ref = procedures.new_ref()  # one per request: a refill's second call is the same request
         for _attempt in range(REFILL_ATTEMPTS):
-            row = procedures.hold(spender=spender, credit_type=credit_type.value, amount=amount,
-                                  ttl=self.hold_ttl_seconds, key=key, fingerprint=fingerprint, replay=replay,
-                                  feature=feature)
+            admitting = admission is not None and not admission.done
+            try:
+                row = procedures.hold(spender=spender, credit_type=credit_type.value, amount=amount,
+                                      ttl=self.hold_ttl_seconds, key=key, fingerprint=fingerprint, replay=replay,
+                                      feature=feature, ref=ref, admission=admission)
+            except IdempotencyKeyInUse:
+                if admitting:  # the key's race rolled the whole call back, its count too
+                    self.admit(admission, ref)
+                raise
+            if admitting:
+                admission.record(row.outcome, row.rate_window, row.rate_hits, row.rate_reset)
             if row.outcome != "refill":
                 break
             self.refill(spender.wallet_id, due=True)
