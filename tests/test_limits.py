@@ -254,3 +254,19 @@ def test_the_paid_limit_windows_restart_at_their_first_hit_after_they_end(limite
     again = client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers)
     assert (again.status_code, again.headers["X-RateLimit-Remaining"]) == (200, "1")
     assert 58 <= int(again.headers["Retry-After"]) <= 61
+
+
+def test_a_request_its_key_budget_refuses_is_counted_against_its_users_limit(limited_app):
+    """A cap's refusal undoes the hold's transaction, and the request stays counted; the key
+    and its user's login token share one budget."""
+    client = limited_app.test_client()
+    alice = make_user(limited_app, "alice", credits=10)
+    key = client.post("/api/keys", json={"name": "k", "budget": {"generation_credits": 1}},
+                      headers=alice.headers).json["key"]
+    assert client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key}).status_code == 200
+    refused = client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key})
+    assert (refused.status_code, refused.json["error"]) == (403, "key_budget_exceeded")
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert_429(client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers))
+    assert_429(client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key}))
+    assert credit_service.get_credit_balance(alice.id).generation_credits == 9

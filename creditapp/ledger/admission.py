@@ -8,8 +8,9 @@ limit too), and the windows are counted in order up to the first one over its am
 counter rows are shared by every worker and host, so the limit is exact however many serve.
 
 On PostgreSQL both checks are part of the hold's one call (creditapp_paid_hold, migration 0018);
-elsewhere the count is its own short transaction just before the hold's, so that a hold refused
-(a rollback) leaves its request counted, as it always was.
+elsewhere the count is part of the hold's own transaction, and made again in a transaction of its
+own when the hold is refused by a rollback (a cap, a rate limit, an Idempotency-Key in use), so
+that a refused request stays counted, as it always was.
 """
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,11 +73,13 @@ class Admission:
             raise SessionRevoked("the token's login session was revoked")
         if outcome == "disabled":
             raise AccountDisabled("this account is disabled")
-        self.session_id = None
-        if window is not None:
-            self.counted = Counted(window - 1, hits, resets_at, limited=outcome == "rate_limited")
-        if outcome == "rate_limited":
-            raise RateLimited(self.counted)
+        self.took(Counted(window - 1, hits, resets_at, outcome == "rate_limited") if window is not None else None)
+
+    def took(self, counted: Counted | None) -> None:
+        """The checks were made and committed (`counted`: None without windows)."""
+        self.session_id, self.counted = None, counted
+        if counted is not None and counted.limited:
+            raise RateLimited(counted)
 
 
 class Admitting:
@@ -92,12 +95,12 @@ class Admitting:
         if admission.session_id is not None:
             raise ValueError("the session check is part of the ledger call on PostgreSQL only (see checks_sessions)")
         with atomic() as session:
-            found = _count(session, admission.user_id, admission.windows, utcnow())
-        admission.record("rate_limited" if found.limited else "admitted", found.window + 1, found.hits,
-                         found.resets_at)
+            counted = count(session, admission.user_id, admission.windows, utcnow())
+        admission.took(counted)
 
 
-def _count(session, user_id: int, windows, now: datetime) -> Counted:
+def count(session, user_id: int, windows, now: datetime) -> Counted | None:
+    """Count a request in the caller's transaction (SQLite's way; PostgreSQL's is in SQL)."""
     shown = None
     for index, (amount, seconds) in enumerate(windows):
         statement = insert_for(session, COUNTERS).values(user_id=user_id, window_seconds=seconds, hits=1,
