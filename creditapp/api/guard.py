@@ -81,8 +81,6 @@ def _admitted(admission: Admission) -> Iterator[None]:
     first: a 429 before a 409 of its key, a 401 before anything."""
     try:
         yield
-    except RateLimited:
-        raise
     except Exception:
         credit_service.admit(admission)
         raise
@@ -94,7 +92,7 @@ def _rate_limit_headers(admission: Admission):
 
     def add(response):
         counted = admission.counted
-        if counted is not None and current_app.config["RATELIMIT_HEADERS_ENABLED"]:
+        if counted is not None and current_app.config.get("RATELIMIT_HEADERS_ENABLED", True):
             limit = _paid_limits()[counted.window].amount
             reset = int(counted.resets_at.timestamp() + 1)  # rounded as Flask-Limiter rounds it
             response.headers["X-RateLimit-Limit"] = str(limit)

@@ -16,17 +16,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from . import caps, lots, procedures
-from .admission import Admission
-from .admission import count as count_request
 from . import keys as idempotency
 from . import statements as sql
 from .clock import utcnow
-from .core import checked_amount, credit_type_of, unknown
+from .core import checked_amount, credit_type_of
 from .errors import (
-    CapClosed, CapExceeded, CapExpired, FeatureNotAllowed, HoldExpired, IdempotencyKeyInUse,
-    AccountDisabled, IdempotencyKeyReused, InsufficientCredits, LedgerError, RateLimited, SessionRevoked,
+    CapExceeded, HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, RateLimited,
     UnknownCharge,
 )
+from .admission import Admission
+from .admission import count as count_request
 from .holding import HeldHold
 from .statements import HOLDS
 from .transactions import atomic, read, retry_conflicts
@@ -164,7 +163,7 @@ class Holds:
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
         if row.outcome == "reused":
             raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
-        refuse(row, spender.wallet_id, amount, credit_type.value)
+        procedures.refuse(row, spender.wallet_id, amount, credit_type.value)
         raise RuntimeError(f"creditapp_hold answered {row.outcome!r}")
 
     def deduct_credits(self, wallet_id: int, amount: int, credit_type, reason: str | None = None) -> Balance:
@@ -404,23 +403,3 @@ class Holds:
             yield hold
         finally:
             _active_holds.reset(token)
-
-
-def refuse(row, wallet_id: int, required: int = 0, credit_type: str = "") -> None:
-    """Raise what a procedure's refusal means (nothing was changed)."""
-    outcome = row.outcome
-    if outcome == "unknown_wallet":
-        raise unknown(wallet_id)
-    if outcome == "revoked":
-        raise SessionRevoked("the token's login session was revoked")
-    if outcome == "disabled":
-        raise AccountDisabled("this account is disabled")
-    cap_id = getattr(row, "cap_id", None)
-    if outcome == "cap_closed":
-        raise CapClosed(cap_id, f"cap {cap_id} is closed")
-    if outcome == "cap_expired":
-        raise CapExpired(cap_id, f"cap {cap_id} has expired")
-    if outcome == "feature_not_allowed":
-        raise FeatureNotAllowed(cap_id, f"cap {cap_id} does not allow this feature")
-    if outcome == "cap_exceeded":
-        raise CapExceeded(cap_id, row.cap_limit, row.cap_spent, required, credit_type)

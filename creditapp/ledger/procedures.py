@@ -14,7 +14,10 @@ from datetime import datetime
 from sqlalchemy.exc import DBAPIError
 
 from . import alerts
-from .errors import IdempotencyKeyInUse
+from .core import unknown
+from .errors import (
+    AccountDisabled, CapClosed, CapExceeded, CapExpired, FeatureNotAllowed, IdempotencyKeyInUse, SessionRevoked,
+)
 from .transactions import committing, database
 
 HOLD = "SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb)"
@@ -110,3 +113,23 @@ def balance(*, wallet_id: int, session_id: str | None, expiring: int):
     row = call(BALANCE, (wallet_id, session_id, expiring))
     lapsing = [{**item, "expires_at": datetime.fromisoformat(item["expires_at"])} for item in row.expiring or ()]
     return row, lapsing
+
+
+def refuse(row, wallet_id: int, required: int = 0, credit_type: str = "") -> None:
+    """Raise what a procedure's refusal means (nothing was changed)."""
+    outcome = row.outcome
+    if outcome == "unknown_wallet":
+        raise unknown(wallet_id)
+    if outcome == "revoked":
+        raise SessionRevoked("the token's login session was revoked")
+    if outcome == "disabled":
+        raise AccountDisabled("this account is disabled")
+    cap_id = getattr(row, "cap_id", None)
+    if outcome == "cap_closed":
+        raise CapClosed(cap_id, f"cap {cap_id} is closed")
+    if outcome == "cap_expired":
+        raise CapExpired(cap_id, f"cap {cap_id} has expired")
+    if outcome == "feature_not_allowed":
+        raise FeatureNotAllowed(cap_id, f"cap {cap_id} does not allow this feature")
+    if outcome == "cap_exceeded":
+        raise CapExceeded(cap_id, row.cap_limit, row.cap_spent, required, credit_type)
