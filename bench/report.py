@@ -46,16 +46,24 @@ def ratios(run: DatabaseRun) -> list[Ratio]:
         m = run.get(key)
         return m.result.ok_per_s if m else None
 
+    def worker_cpu_ms(key):
+        """The servers' (gunicorn's) CPU per answered request, in ms."""
+        m = run.get(key)
+        return 1000 * m.cpu["gunicorn_s"] / m.result.requests if m and m.result.requests else None
+
     s6, floor_s6 = run.get("s6"), run.get("s0-s6")
     jobs = run.jobs or {}
     return [
         Ratio("s3/s0 generate vs the raw floor, requests/s", _div(rps("s3"), rps("s0")), ">= 0.8"),
         Ratio("s4/s0 one user vs the raw floor", _div(rps("s4"), rps("s0")), ""),
-        Ratio("s5/s0 ai/complete vs the raw floor", _div(rps("s5"), rps("s0")), ""),
+        Ratio("s5/s0 ai/complete vs the raw floor", _div(rps("s5"), rps("s0")), ">= 0.7"),
+        Ratio("s3 worker CPU per request, ms", worker_cpu_ms("s3"), ""),
+        Ratio("s0 worker CPU per request (the floor), ms", worker_cpu_ms("s0"), ""),
+        Ratio("s3/s0 worker CPU per request", _div(worker_cpu_ms("s3"), worker_cpu_ms("s0")), "<= 1.5"),
         Ratio("s6/s0-s6 AI 1000 ms vs the floor at 1000 ms, ok/s",
               _div(s6.result.ok_per_s if s6 else None, floor_s6.result.ok_per_s if floor_s6 else None), ""),
         *[Ratio(f"round trips per request, {trips['title']}", trips["per_request"], target)
-          for key, target in (("rt-generate", "<= 3"), ("rt-balance", "<= 2"), ("rt-floor", ""))
+          for key, target in (("rt-generate", "<= 2"), ("rt-balance", "<= 1"), ("rt-floor", ""))
           if (trips := run.round_trips.get(key))],
         Ratio("s3/s1 requests/s (generate vs control)", _div(rps("s3"), rps("s1")), ">= 0.15"),
         Ratio("s4/s3 requests/s (one user vs all users)", _div(rps("s4"), rps("s3")), ">= 0.8"),

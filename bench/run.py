@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     print(f"creditapp benchmark ({mode}), commit {git_describe()}, {os.cpu_count()} cores; "
           f"logs in {workdir}", flush=True)
     print(f"servers: gunicorn -c gunicorn.conf.py wsgi:app, CREDITAPP_ENV=development, "
-          f"PAID_RATE_LIMIT={PAID_RATE_LIMIT!r} (the limiter runs, no run reaches it), "
-          f"RATELIMIT_STORAGE_URI={settings.limiter_storage}; "
+          f"PAID_RATE_LIMIT={PAID_RATE_LIMIT!r} (counted by the hold's own call; no run reaches it), "
+          f"RATELIMIT_STORAGE_URI={settings.limiter_storage} (the per-IP login limits); "
           f"tokens carry a session id like /api/auth/login's", flush=True)
 
     runs, skipped = [], {}

@@ -44,21 +44,31 @@ _SESSION_TO_CHECK = "creditapp.session_to_check"
 
 def session_checked_by_ledger(view: Callable) -> Callable:
     """Mark a view whose first database call is a ledger call that takes `session_to_check()`
-    (the balance read): on PostgreSQL that call refuses a revoked session itself
-    (SessionRevoked, 401 token_revoked), which saves a round trip.
+    (the balance read, a paid route's hold): on PostgreSQL that call refuses a revoked session
+    or a disabled account itself (SessionRevoked, AccountDisabled), which saves a round trip.
 
-    Only for views that do nothing before that call that a logged-out token must not do:
-    validation (a 422 before the 401), a rate limit (a logged-out token would use up the user's
-    budget) or any data. Paid routes are not marked for those reasons. Apply it first
-    (innermost): decorators built with functools.wraps carry the mark outwards, and a view that
-    loses it is checked the ordinary way."""
+    Whatever the view does before that call must stay harmless for a logged-out token, which
+    has not been refused yet: anything that fails (a 422 of its body, say) is answered only
+    after the check, made then (`unchecked_session_refusal`), so a logged-out token still gets
+    its 401 first. Apply it first (innermost): decorators built with functools.wraps carry the
+    mark outwards, and a view that loses it is checked the ordinary way."""
     view.creditapp_checks_session = True
     return view
 
 
 def session_to_check() -> str | None:
-    """The session id a ledger call must check for this request, or None when it was checked."""
-    return request.environ.get(_SESSION_TO_CHECK)
+    """The session id the ledger call about to be made must check for this request (None when
+    it was checked already); the check is that call's from now on."""
+    return request.environ.pop(_SESSION_TO_CHECK, None)
+
+
+def unchecked_session_refusal() -> str | None:
+    """For a request that ends without the ledger call its session check was left to: the
+    check, made now ("revoked", "disabled" or None)."""
+    sid = request.environ.pop(_SESSION_TO_CHECK, None)
+    if sid is None:
+        return None
+    return revocation.refusal(current_app, sid, token_user_id())
 
 
 def _ledger_checks_session() -> bool:
@@ -194,11 +204,3 @@ def caller_must_exist() -> Iterator[None]:
         yield
     except UnknownUser:
         raise InvalidIdentity("the token's user no longer exists") from None
-
-
-def rate_limit_key() -> str:
-    """Paid routes are limited per user (not per IP: many users share a NAT); the token is
-    verified here because the limiter runs before the blueprint's own guard. A key shares its
-    user's budget."""
-    key = current_key()
-    return f"user:{key.user_id if key is not None else get_jwt_identity()}"

@@ -1,7 +1,6 @@
 """Extension singletons, bound to the app in create_app."""
 from flask import current_app, has_request_context
 from flask_cors import CORS
-from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -10,11 +9,12 @@ from flask_sqlalchemy import SQLAlchemy
 
 from . import ratelimits  # noqa: F401  (memory:// that is safe under threads)
 from .ledger.tables import Base
+from .token_cache import CachingJWTManager
 
 # The app's models and the ledger's share one metadata (and so one set of migrations).
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
-jwt = JWTManager()
+jwt = CachingJWTManager()  # verified tokens kept for their lifetime (token_cache.py)
 
 
 class PerAppApi(Api):

@@ -209,15 +209,15 @@ def test_a_team_wallet_has_its_own_thresholds_set_by_its_owner_and_admins(app, c
                          "credit_type": "generation_credits", "threshold": 8, "balance": 7}]
 
 
-def test_a_paid_request_that_alerts_is_still_three_statements(app, client, make_user, stub, database_url):
+def test_a_paid_request_that_alerts_is_still_two_statements(app, client, make_user, stub, database_url):
     """The hold and the close decide the alert inside their own function call on PostgreSQL."""
     only_postgresql(database_url)
     user = make_user(credits=7)
     generate(client, user)  # warm-up: 6
     response, sent = count(lambda: generate(client, user))  # 5
-    assert response.status_code == 200 and len(sent) == 3 and alerts() == []
+    assert response.status_code == 200 and len(sent) == 2 and alerts() == []
     response, sent = count(lambda: generate(client, user))  # 4: below
-    assert response.status_code == 200 and len(sent) == 3
+    assert response.status_code == 200 and len(sent) == 2
     assert [a["balance"] for a in alerts()] == [4]
 
 

@@ -187,3 +187,86 @@ def test_the_memory_storage_restarts_its_expiry_timer_once_under_many_threads(da
     assert errors == []
     assert [storage.get(f"paid/user:{n}") for n in range(threads)] == [1] * threads
     assert app.config["RATELIMIT_STORAGE_URI"] == "memory://"
+
+
+@pytest.mark.slow
+def test_a_burst_over_the_paid_limit_on_two_workers_gets_exactly_the_limit(database_url, make_user, live_server):
+    """The paid limit is counted by the hold's database call: 30 requests at once, on two
+    worker processes of four threads each, a token's and a key's of one user mixed (a key
+    shares its user's budget), get exactly the 12 the limit allows, with today's 429."""
+    import requests
+
+    from creditapp.testing.servers import fire_together
+
+    user = make_user(credits=100)
+    with live_server(PAID_RATE_LIMIT="12 per minute", AI_STUB_LATENCY_MS=20) as server:
+        key = requests.post(f"{server.url}/api/keys", json={"name": "burst"}, headers=user.headers,
+                            timeout=30).json()["key"]
+
+        def send(i):
+            headers = user.headers if i % 2 else {"X-API-Key": key}
+            return requests.post(f"{server.url}/api/generate", json={"prompt": str(i)}, headers=headers, timeout=60)
+
+        answers = fire_together(30, send)
+    statuses = [answer.status_code for answer in answers]
+    assert sorted(statuses) == [200] * 12 + [429] * 18
+    limited = [answer for answer in answers if answer.status_code == 429]
+    assert {answer.json()["error"] for answer in limited} == {"too_many_requests"}
+    assert all(answer.headers["X-RateLimit-Remaining"] == "0" and int(answer.headers["Retry-After"]) > 0
+               and answer.headers["X-RateLimit-Limit"] == "12" for answer in limited)
+    assert credit_service.get_credit_balance(user.id).generation_credits == 88
+    assert credit_service.verify() == []
+
+
+def test_a_refused_request_counts_and_a_body_refused_before_the_guard_does_not(limited_app):
+    """As with Flask-Limiter in front of the guard: a 422 of the body (checked before) is not
+    counted, a request the guard or the hold refuses (403, a bad Idempotency-Key) is; HEAD is
+    not. The 429 wins over what would have refused it."""
+    client = limited_app.test_client()
+    alice = make_user(limited_app, "alice", credits=0)
+    assert client.post("/api/generate", json={}, headers=alice.headers).status_code == 422
+    refused = client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers)
+    assert (refused.status_code, refused.headers["X-RateLimit-Remaining"]) == (403, "1")
+    assert client.head("/api/generate", headers=alice.headers).status_code == 405
+    bad_key = client.post("/api/generate", json={"prompt": "x"}, headers={**alice.headers, "Idempotency-Key": ""})
+    assert (bad_key.status_code, bad_key.headers["X-RateLimit-Remaining"]) == (422, "0")
+    assert_429(client.post("/api/generate", json={"prompt": "x"}, headers={**alice.headers, "Idempotency-Key": ""}))
+    assert client.post("/api/generate", json={}, headers=alice.headers).status_code == 422
+
+
+def test_the_paid_limit_windows_restart_at_their_first_hit_after_they_end(limited_app):
+    """Fixed windows as Flask-Limiter's fixed-window storage keeps them: a window begins at the
+    first hit after the last one ended."""
+    from datetime import timedelta
+
+    from creditapp.ledger.clock import utcnow
+    from creditapp.ledger.admission import COUNTERS
+    from creditapp.extensions import db
+
+    client = limited_app.test_client()
+    alice = make_user(limited_app, "alice", credits=10)
+    for _ in range(2):
+        assert client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code == 200
+    assert_429(client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers))
+    with db.engine.begin() as connection:  # the window ended a moment ago
+        connection.execute(COUNTERS.update().where(COUNTERS.c.user_id == alice.id)
+                           .values(window_ends_at=utcnow() - timedelta(seconds=1)))
+    again = client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers)
+    assert (again.status_code, again.headers["X-RateLimit-Remaining"]) == (200, "1")
+    assert 58 <= int(again.headers["Retry-After"]) <= 61
+
+
+def test_a_request_its_key_budget_refuses_is_counted_against_its_users_limit(limited_app):
+    """A cap's refusal undoes the hold's transaction, and the request stays counted; the key
+    and its user's login token share one budget."""
+    client = limited_app.test_client()
+    alice = make_user(limited_app, "alice", credits=10)
+    key = client.post("/api/keys", json={"name": "k", "budget": {"generation_credits": 1}},
+                      headers=alice.headers).json["key"]
+    assert client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key}).status_code == 200
+    refused = client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key})
+    assert (refused.status_code, refused.json["error"]) == (403, "key_budget_exceeded")
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert_429(client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers))
+    assert_429(client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key}))
+    assert credit_service.get_credit_balance(alice.id).generation_credits == 9

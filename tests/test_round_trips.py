@@ -1,7 +1,8 @@
-"""The hot path's shape: on PostgreSQL a paid request is three statements (the session check,
-the hold, the close) and a balance read one (its session check folded in), counted exactly at
-the driver; the session check stays exact; a connection lost under them costs a repeat, never
-a second hold. Speed itself is bench/'s job."""
+"""The hot path's shape: on PostgreSQL a paid request is two statements (the hold, with the
+session check and the paid rate limit folded in, and the close) and a balance read one (its
+session check folded in), counted exactly at the driver; the session check stays exact; a
+connection lost under them costs a repeat, never a second hold or a second count. Speed itself
+is bench/'s job."""
 import re
 import threading
 
@@ -65,7 +66,7 @@ def count(request) -> tuple[object, list[str]]:
     return response, statements.sent
 
 
-def test_a_job_submit_is_three_statements_too_and_its_key_one_more(app, client, make_user, stub, database_url):
+def test_a_job_submit_is_two_statements_too_and_its_key_one_more(app, client, make_user, stub, database_url):
     only_postgresql(database_url)
     user = make_user(credits=3)
     headers = {**user.headers, "Prefer": "respond-async", "Idempotency-Key": "job-1"}
@@ -74,16 +75,16 @@ def test_a_job_submit_is_three_statements_too_and_its_key_one_more(app, client, 
     assert response.status_code == 202
     # The key's 202 is stored only after the broker has the job: one more statement, for
     # submits with a key only.
-    assert len(sent) == 4 and "revoked_sessions" in sent[0] and "creditapp_hold" in sent[1]
-    assert sent[2].lstrip().startswith("INSERT INTO jobs")
-    assert sent[3].lstrip().startswith("UPDATE idempotency_keys")
+    assert len(sent) == 3 and "creditapp_paid_hold" in sent[0]
+    assert sent[1].lstrip().startswith("INSERT INTO jobs")
+    assert sent[2].lstrip().startswith("UPDATE idempotency_keys")
     _, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers={**user.headers, "Prefer": "respond-async"}))
-    assert len(sent) == 3
+    assert len(sent) == 2
     replayed = client.post(GENERATE, json={"prompt": "a"}, headers=headers)
     assert replayed.json["job_id"] == response.json["job_id"]
 
 
-def test_a_paid_request_is_three_statements_and_a_balance_read_one(app, client, make_user, stub, database_url):
+def test_a_paid_request_is_two_statements_and_a_balance_read_one(app, client, make_user, stub, database_url):
     only_postgresql(database_url)
     assert db.engine.pool._pre_ping is False  # a ping would be one more round trip per checkout
     user = make_user(credits=3)
@@ -91,17 +92,19 @@ def test_a_paid_request_is_three_statements_and_a_balance_read_one(app, client, 
 
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=user.headers))
     assert response.status_code == 200
-    assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == [
-        "revoked_sessions", "creditapp_hold", "creditapp_close"]
+    assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == ["creditapp_paid_hold", "creditapp_close"]
+    assert int(response.headers["X-RateLimit-Remaining"]) == int(response.headers["X-RateLimit-Limit"]) - 2
 
     headers = {**user.headers, "Idempotency-Key": "k-1"}
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers=headers))
-    assert response.status_code == 200 and len(sent) == 3
+    assert response.status_code == 200 and len(sent) == 2
     replayed, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"}, headers=headers))
-    assert replayed.headers["Idempotent-Replayed"] == "true" and len(sent) == 2
+    assert replayed.headers["Idempotent-Replayed"] == "true" and len(sent) == 1
 
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "c"}, headers=user.headers))
-    assert (response.status_code, len(sent)) == (403, 2)  # nothing left: the hold call refused it
+    assert (response.status_code, len(sent)) == (403, 1)  # nothing left: the hold call refused it
+    # Every one of them counted, the replay and the refusal too, as Flask-Limiter counted them.
+    assert int(response.headers["X-RateLimit-Remaining"]) == int(response.headers["X-RateLimit-Limit"]) - 5
 
     response, sent = count(lambda: client.get("/api/credits/balance", headers=user.headers))
     assert response.status_code == 200
@@ -201,11 +204,11 @@ def _call_in_app(app, call):
         return procedures.call(procedures.HOLD, call)
 
 
-def test_only_the_balance_read_folds_the_session_check(app):
+def test_the_balance_read_and_the_paid_routes_fold_the_session_check(app):
     assert credit_service.checks_sessions is (db.engine.dialect.name == "postgresql")
-    assert getattr(app.view_functions["credits.balance"], "creditapp_checks_session", False)
-    for endpoint in ("generate.generate_image", "credits.lots"):  # a paid route validates and limits first
-        assert not getattr(app.view_functions[endpoint], "creditapp_checks_session", False), endpoint
+    for endpoint in ("credits.balance", "generate.generate_image", "generate.complete"):
+        assert getattr(app.view_functions[endpoint], "creditapp_checks_session", False), endpoint
+    assert not getattr(app.view_functions["credits.lots"], "creditapp_checks_session", False)
     if not credit_service.checks_sessions:  # SQLite: the web layer checked the session before
         with pytest.raises(ValueError):
             credit_service.balance_overview(1, session_id="0" * 32)
@@ -228,8 +231,10 @@ def test_a_logged_out_token_is_401_before_validation_and_never_uses_the_paid_lim
         assert stub.calls == 3
 
 
-def test_a_paid_request_with_an_api_key_is_three_statements_too(app, client, make_user, stub, database_url):
-    """The key's lookup takes the place of the session check; its budget is counted in the hold."""
+def test_a_paid_request_with_an_api_key_is_its_lookup_and_two_statements(app, client, make_user, stub,
+                                                                         database_url):
+    """The key's lookup takes the place of the session check; its budget and its user's paid
+    rate limit are counted in the hold."""
     only_postgresql(database_url)
     user = make_user(credits=3)
     key = client.post("/api/keys", json={"name": "k", "budget": {"generation_credits": 5}},
@@ -238,20 +243,20 @@ def test_a_paid_request_with_an_api_key_is_three_statements_too(app, client, mak
     client.post(GENERATE, json={"prompt": "warm-up"}, headers=headers)
     response, sent = count(lambda: client.post(GENERATE, json={"prompt": "a"}, headers=headers))
     assert response.status_code == 200
-    assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == ["api_keys", "creditapp_hold", "creditapp_close"]
+    assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == ["api_keys", "creditapp_paid_hold", "creditapp_close"]
 
 
 def test_a_disabled_account_is_refused_by_the_statement_that_checks_the_caller(app, client, make_user, stub,
                                                                                 database_url):
     """Disabling is read where the caller is checked anyway: one statement refuses a token's
-    paid request, its balance read or a key's request, and the paid path keeps its three."""
+    paid request, its balance read or a key's request, and the paid path keeps its two."""
     only_postgresql(database_url)
     admin, user = make_user(admin=True), make_user(credits=3)
     key = client.post("/api/keys", json={"name": "k"}, headers=user.headers).json["key"]
     client.post(GENERATE, json={"prompt": "warm-up"}, headers=user.headers)
     users.set_access(admin.id, user.id, disabled=True)
     for request, first in [
-        (lambda: client.post(GENERATE, json={"prompt": "a"}, headers=user.headers), "revoked_sessions"),
+        (lambda: client.post(GENERATE, json={"prompt": "a"}, headers=user.headers), "creditapp_paid_hold"),
         (lambda: client.get("/api/credits/balance", headers=user.headers), "creditapp_balance"),
         (lambda: client.post(GENERATE, json={"prompt": "a"}, headers=bearer(key)), "api_keys"),
     ]:
@@ -277,3 +282,40 @@ def test_servers_of_the_previous_release_still_hold_and_close_after_the_upgrade(
     assert closed.outcome == "settled"
     assert credit_service.get_credit_balance(user.id).generation_credits == 4
     assert credit_service.verify() == []
+
+
+def test_a_logout_between_two_requests_is_refused_by_the_next_hold_call(database_url, make_user, stub):
+    """The session check folded into the hold stays exact: the request right after the logout
+    is refused by that one call, holds nothing, and uses none of the paid limit; a body the
+    guard refuses (a malformed Idempotency-Key) or a team it cannot use still answers 401 first."""
+    only_postgresql(database_url)
+    app = make_app(database_url, PAID_RATE_LIMIT="5 per minute")
+    with app.app_context():
+        set_provider(app, stub)
+        client = app.test_client()
+        user = make_user(credits=10)
+        tokens = login(client, user)
+        first = client.post(GENERATE, json={"prompt": "a"}, headers=bearer(tokens["access_token"]))
+        assert (first.status_code, first.headers["X-RateLimit-Remaining"]) == (200, "4")
+        assert client.post("/api/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
+        response, sent = count(lambda: client.post(GENERATE, json={"prompt": "b"},
+                                                   headers=bearer(tokens["access_token"])))
+        assert (response.status_code, response.json["error"]) == (401, "token_revoked")
+        assert [re.search(r"FROM\s+(\w+)", s).group(1) for s in sent] == ["creditapp_paid_hold"]
+        for headers in ({"Idempotency-Key": ""}, {"X-Team": "999999"}):
+            refused = client.post(GENERATE, json={"prompt": "c"}, headers={**bearer(tokens["access_token"]), **headers})
+            assert (refused.status_code, refused.json["error"]) == (401, "token_revoked"), headers
+        live = client.post(GENERATE, json={"prompt": "d"}, headers=user.headers)
+        assert (live.status_code, live.headers["X-RateLimit-Remaining"]) == (200, "3")
+        assert (stub.calls, credit_service.get_credit_balance(user.id).generation_credits) == (2, 8)
+
+
+def test_an_admission_repeated_with_its_request_reference_counts_once(app, make_user, database_url):
+    """What a retry after a lost answer does: the same call again, with the same reference."""
+    only_postgresql(database_url)
+    user = make_user(credits=5)
+    first = procedures.call(procedures.ADMIT, (None, user.id, [3, 60], "q" * 32))
+    again = procedures.call(procedures.ADMIT, (None, user.id, [3, 60], "q" * 32))
+    other = procedures.call(procedures.ADMIT, (None, user.id, [3, 60], "p" * 32))
+    assert [(r.outcome, r.rate_hits) for r in (first, again, other)] == [("admitted", 1), ("admitted", 1),
+                                                                          ("admitted", 2)]

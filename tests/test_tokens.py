@@ -208,3 +208,40 @@ def test_cookie_logout_with_an_expired_access_cookie_uses_the_refresh_cookie(coo
     response = client.post("/api/auth/logout", headers={"X-CSRF-TOKEN": refresh_csrf})
     assert response.status_code == 200, response.json
     assert client.post("/api/auth/refresh", headers={"X-CSRF-TOKEN": refresh_csrf}).status_code == 401
+
+
+def test_a_token_verified_once_is_not_decoded_again_until_it_expires(app, client, make_user, stub, monkeypatch):
+    """The cache of verified tokens (creditapp/token_cache.py): the same string is verified
+    once; one byte changed is verified afresh (and refused); past its exp it is refused however
+    often it was accepted; a logout still refuses it at the next request."""
+    import time
+    from datetime import timedelta
+
+    import jwt as pyjwt
+    from flask_jwt_extended import create_access_token
+
+    decoded = []
+    real_decode = pyjwt.decode
+    monkeypatch.setattr(pyjwt, "decode", lambda *a, **kw: decoded.append(1) or real_decode(*a, **kw))
+    user = make_user(credits=5)
+    tokens = login(client, user)
+    decoded.clear()
+    for _ in range(3):
+        assert client.get("/api/credits/balance", headers=bearer(tokens["access_token"])).status_code == 200
+    assert len(decoded) == 2  # flask-jwt-extended's unverified and verified decodes, the first time only
+
+    token = tokens["access_token"]
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    refused = client.get("/api/credits/balance", headers=bearer(forged))
+    assert (refused.status_code, refused.json["error"]) == (401, "invalid_token")
+
+    short = create_access_token(identity=str(user.id), expires_delta=timedelta(seconds=1))
+    assert client.get("/api/credits/balance", headers=bearer(short)).status_code == 200
+    time.sleep(1.1 + app.config.get("JWT_DECODE_LEEWAY", 0))
+    expired = client.get("/api/credits/balance", headers=bearer(short))
+    assert (expired.status_code, expired.json["error"]) == (401, "token_expired")
+
+    assert client.post("/api/auth/logout", headers=bearer(token)).status_code == 200
+    revoked = client.post("/api/generate", json={"prompt": "x"}, headers=bearer(token))
+    assert (revoked.status_code, revoked.json["error"]) == (401, "token_revoked")
+    assert stub.calls == 0

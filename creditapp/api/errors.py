@@ -8,6 +8,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from ..auth import unchecked_session_refusal
 from ..database import migrations_pending
 from ..exceptions import (
     GenerationFailed, InvalidCredentials, InvalidIdentity, JobFinished, JobRunning, NotAdmin, OwnAccess,
@@ -174,6 +175,18 @@ def token_revoked(*_args):
     return error_response(401, "token_revoked", "The token has been revoked.")
 
 
+def refuse_unchecked_session(response):
+    """A session check left to a ledger call the request never made (it failed before: a 422
+    of its body, say) is made here, before anything else sees the answer: a logged-out token
+    gets its 401 whatever else went wrong, as if it had been checked first."""
+    refusal = unchecked_session_refusal()
+    if refusal == "revoked":
+        return token_revoked()
+    if refusal == "disabled":
+        return error_response(403, "account_disabled", "this account is disabled")
+    return response
+
+
 def _domain_handler(status: int, code: str):
     def handle(exc: Exception):
         return error_response(status, code, str(exc))
@@ -190,6 +203,8 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ExpiryNotInTheFuture, handle_expiry_not_in_the_future)
     app.register_error_handler(TooManyBuckets, handle_too_many_buckets)
     app.register_error_handler(SessionRevoked, token_revoked)
+    # Registered after every extension's, so it runs before theirs (CORS, the request log).
+    app.after_request(refuse_unchecked_session)
     for exc_class, (status, code) in DOMAIN_ERRORS.items():
         app.register_error_handler(exc_class, _domain_handler(status, code))
 

@@ -10,19 +10,21 @@ work becomes a job (202 and its Location): the hold lives until a worker finishe
 runs the same view body (creditapp.api.running).
 """
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flask import Response, after_this_request, current_app, g, request
-from werkzeug.exceptions import MethodNotAllowed
+from limits import parse_many
+from werkzeug.exceptions import MethodNotAllowed, TooManyRequests
 
-from ..auth import caller_must_exist, current_user_id, rate_limit_key, require_csrf
+from ..auth import caller_must_exist, current_user_id, require_csrf, session_checked_by_ledger, session_to_check
 from ..exceptions import QueueUnavailable
-from ..extensions import limiter
 from ..features import feature_of_route
 from ..jobs import store as jobs
 from ..jobs.queue import job_queue
-from ..ledger import CreditType, InsufficientCredits, Hold, HoldExpired, credit_service
+from ..ledger import Admission, CreditType, InsufficientCredits, Hold, HoldExpired, RateLimited, credit_service
 from ..ledger.keys import StoredResponse
 from ..ledger.tables import MAX_AMOUNT
 from ..metrics import metrics
@@ -53,16 +55,57 @@ class CreditInfo:
             object.__setattr__(self, "wallet_id", self.user_id)
 
 
-def _paid_rate_limit() -> str:
-    return current_app.config["PAID_RATE_LIMIT"]
+@functools.lru_cache(maxsize=8)
+def _limits(setting: str) -> tuple:
+    return tuple(parse_many(setting))
 
 
-# One budget per user across every paid route, whichever blueprint declares it: the scope is
-# shared, the key is the user. A browser's preflight (OPTIONS) carries no token and is not a use.
-paid_limit = limiter.shared_limit(
-    _paid_rate_limit, scope="paid", key_func=rate_limit_key,
-    exempt_when=lambda: request.method in ("OPTIONS", "HEAD"),
-)
+def _paid_limits() -> tuple:
+    """PAID_RATE_LIMIT's limits (none with RATELIMIT_ENABLED off): one budget per user across
+    every paid route, whichever blueprint declares it, counted by the hold's own call."""
+    if not current_app.config["RATELIMIT_ENABLED"]:
+        return ()
+    return _limits(str(current_app.config["PAID_RATE_LIMIT"]))
+
+
+def _admission(user_id: int) -> Admission:
+    limits = _paid_limits()
+    return Admission(user_id, tuple((item.amount, item.get_expiry()) for item in limits),
+                     session_id=session_to_check())
+
+
+@contextmanager
+def _admitted(admission: Admission) -> Iterator[None]:
+    """Whatever stops the request before its hold is answered only once the request was
+    admitted (its session checked, counted against the paid limit), as when the limit ran
+    first: a 429 before a 409 of its key, a 401 before anything."""
+    try:
+        yield
+    except Exception:
+        credit_service.admit(admission)
+        raise
+
+
+def _rate_limit_headers(admission: Admission):
+    """The paid limit's headers on every answer of a counted request, as Flask-Limiter's were:
+    X-RateLimit-Limit, -Remaining, -Reset (epoch seconds) and Retry-After (seconds to the reset)."""
+
+    def add(response):
+        counted = admission.counted
+        if counted is not None and current_app.config.get("RATELIMIT_HEADERS_ENABLED", True):
+            limit = _paid_limits()[counted.window].amount
+            reset = int(counted.resets_at.timestamp() + 1)  # rounded as Flask-Limiter rounds it
+            response.headers["X-RateLimit-Limit"] = str(limit)
+            response.headers["X-RateLimit-Remaining"] = str(max(0, limit - counted.hits))
+            response.headers["X-RateLimit-Reset"] = str(reset)
+            response.headers["Retry-After"] = str(int(reset - time.time()))
+        return response
+
+    return add
+
+
+def _too_many_requests(exc: RateLimited) -> TooManyRequests:
+    return TooManyRequests(description=str(_paid_limits()[exc.counted.window]))
 
 
 def require_credits(amount: Amount, credit_type) -> Callable:
@@ -70,7 +113,8 @@ def require_credits(amount: Amount, credit_type) -> Callable:
 
     `amount` is an int, or a callable given the view's arguments that returns one (for prices
     read from config, or that depend on the request). Verifies the JWT itself, and counts the
-    request against the caller's paid rate limit (PAID_RATE_LIMIT) before anything is held.
+    request against the caller's paid rate limit (PAID_RATE_LIMIT) before anything is held: in
+    the hold's own call, with the session check when that was left to it (ledger/admission.py).
     """
     credit_type = CreditType(credit_type)
 
@@ -80,23 +124,33 @@ def require_credits(amount: Amount, credit_type) -> Callable:
 
         @functools.wraps(view)
         def guarded(*args, **kwargs):
+            try:
+                return paid(*args, **kwargs)
+            except RateLimited as exc:
+                raise _too_many_requests(exc) from None
+
+        def paid(*args, **kwargs):
             if request.method == "HEAD":
                 # Flask answers HEAD on every GET route; a paid view must not run (and charge) for
-                # an answer whose body is thrown away.
+                # an answer whose body is thrown away. Not counted, as it never was.
                 raise MethodNotAllowed(valid_methods=["GET"])
             user_id = current_user_id()
-            require_csrf()
-            spent_by = spender()
-            # The declared feature's name, as jobs are labelled: one name in metrics and logs
-            # whether a request ran at once or as a job, so per-feature totals do not split.
-            feature = feature_of_route(request.method, request.url_rule.rule) or request.endpoint or view.__name__
-            g.credit_log = {"feature": feature, "credit_type": credit_type.value}
-            asynchronous = prefers_async()
-            idempotent = idempotent_request(asynchronous)
-            key, fingerprint = idempotent.key, idempotent.fingerprint
-            required = amount(*args, **kwargs) if callable(amount) else amount
+            admission = _admission(user_id)
+            after_this_request(_rate_limit_headers(admission))
+            with _admitted(admission):
+                require_csrf()
+                spent_by = spender()
+                # The declared feature's name, as jobs are labelled: one name in metrics and logs
+                # whether a request ran at once or as a job, so per-feature totals do not split.
+                feature = feature_of_route(request.method, request.url_rule.rule) or request.endpoint or view.__name__
+                g.credit_log = {"feature": feature, "credit_type": credit_type.value}
+                asynchronous = prefers_async()
+                idempotent = idempotent_request(asynchronous)
+                key, fingerprint = idempotent.key, idempotent.fingerprint
+                required = amount(*args, **kwargs) if callable(amount) else amount
             if required > MAX_AMOUNT:  # more than any balance can hold: a price times a huge input
                 g.credit_log["outcome"] = "insufficient_credits"
+                credit_service.admit(admission)
                 available = getattr(credit_service.get_credit_balance(spent_by.wallet_id), credit_type.value)
                 raise InsufficientCredits(required, available, credit_type.value)
             try:
@@ -104,6 +158,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
                     hold = credit_service.hold_or_replay(
                         spent_by.wallet_id, required, credit_type, key=key, fingerprint=fingerprint,
                         spender=spent_by, feature=feature_of_route(request.method, request.url_rule.rule),
+                        admission=admission,
                     )
             except InsufficientCredits:
                 metrics().insufficient.labels(feature, credit_type.value).inc()
@@ -147,7 +202,7 @@ def require_credits(amount: Amount, credit_type) -> Callable:
         # Carried outwards by every decorator's functools.wraps: what lets creditapp.features.serve
         # tell which work an app's routes can submit.
         guarded.creditapp_work = work
-        return _documented(paid_limit(guarded), credit_type)
+        return _documented(session_checked_by_ledger(guarded), credit_type)
 
     return decorator
 

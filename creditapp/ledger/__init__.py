@@ -23,6 +23,9 @@ Vocabulary (one word per idea, in code, API, README and tests):
   payment disputed) is not in the balance until it is unfrozen.
 - **cap**: a limit on what one spender (an API key, a team member) takes from a wallet per
   period, counted by the hold in its own transaction.
+- **admission**: what a paid request passes before its hold: its login session (when the web
+  layer leaves that check to the ledger) and the paid rate limit, counted per user in fixed
+  windows by the hold's own call (admission.py).
 - **spender**: who takes a hold from which wallet, with which caps.
 - **key**: a client's Idempotency-Key, bound to the hold of the request that claimed it.
 - **alert**: a `balance.low` event, sent once when an account's spendable balance goes below its
@@ -32,16 +35,17 @@ Vocabulary (one word per idea, in code, API, README and tests):
 from .errors import (
     AlreadyRefunded, CapClosed, CapExceeded, CapExpired, CapRefused, ExpiryNotInTheFuture, FeatureNotAllowed,
     HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, LotAlreadyVoided,
-    LotFrozen, NotACharge, NotRefundable, ReferenceConflict, RefundExceedsCharge, SessionRevoked, AccountDisabled, UnknownCharge,
+    LotFrozen, NotACharge, NotRefundable, RateLimited, ReferenceConflict, RefundExceedsCharge, SessionRevoked, AccountDisabled, UnknownCharge,
     UnknownLot, UnknownUser, UnknownWallet,
 )
+from .admission import Admission, Counted
 from .granting import team_wallet, user_wallet
 from .service import CreditService, Discrepancy, credit_service
 from .transactions import database
 from .types import Balance, CreditType, Grant, Hold, Refund, Spender, TakeBack
 
 __all__ = [
-    "AlreadyRefunded", "Balance", "CapClosed", "CapExceeded", "CapExpired", "CapRefused", "CreditService",
+    "Admission", "Counted", "RateLimited", "AlreadyRefunded", "Balance", "CapClosed", "CapExceeded", "CapExpired", "CapRefused", "CreditService",
     "CreditType", "Discrepancy", "ExpiryNotInTheFuture", "FeatureNotAllowed", "Grant", "Hold", "HoldExpired",
     "IdempotencyKeyInUse", "IdempotencyKeyReused", "InsufficientCredits", "LedgerError", "LotAlreadyVoided",
     "LotFrozen", "NotACharge", "NotRefundable", "ReferenceConflict", "Refund", "RefundExceedsCharge",

@@ -128,3 +128,12 @@ class TooManyBuckets(InvalidRange):
                          "a shorter range or day buckets")
         self.buckets = buckets
         self.limit = limit
+
+
+class RateLimited(LedgerError):
+    """The caller's paid rate limit is used up for this window (`counted` says which, and when
+    it resets); the request was counted, nothing else was done."""
+
+    def __init__(self, counted):
+        super().__init__("the paid rate limit is used up")
+        self.counted = counted

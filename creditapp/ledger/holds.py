@@ -19,11 +19,13 @@ from . import caps, lots, procedures
 from . import keys as idempotency
 from . import statements as sql
 from .clock import utcnow
-from .core import checked_amount, credit_type_of, unknown
+from .core import checked_amount, credit_type_of
 from .errors import (
-    CapClosed, CapExceeded, CapExpired, FeatureNotAllowed, HoldExpired, IdempotencyKeyInUse,
-    AccountDisabled, IdempotencyKeyReused, InsufficientCredits, SessionRevoked, UnknownCharge,
+    CapExceeded, HoldExpired, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientCredits, LedgerError, RateLimited,
+    UnknownCharge,
 )
+from .admission import Admission
+from .admission import count as count_request
 from .holding import HeldHold
 from .statements import HOLDS
 from .transactions import atomic, read, retry_conflicts
@@ -38,50 +40,64 @@ class Holds:
     def reserve(
         self, wallet_id: int, amount: int, credit_type, *, key: str | None = None,
         fingerprint: str | None = None, spender: Spender | None = None, feature: str | None = None,
+        admission: Admission | None = None,
     ) -> Hold:
         """Hold `amount` credits, or raise InsufficientCredits (or the refusal of a cap: CapClosed,
         CapExpired, FeatureNotAllowed, CapExceeded) and hold nothing.
 
         With an Idempotency-Key, the key is claimed for this hold in the same transaction (and the
-        hold records it), or IdempotencyKeyInUse is raised and nothing is held.
+        hold records it), or IdempotencyKeyInUse is raised and nothing is held. With `admission`
+        (the paid rate limit), the request is counted in that transaction too (RateLimited).
         """
         amount, credit_type = checked_amount(amount), credit_type_of(credit_type)
         spender = spender or Spender.of_user(wallet_id)
         if procedures.available():
             return self._hold_call(spender, amount, credit_type, key, fingerprint, feature, replay=False)
         shortfall = None
-        with atomic() as session:
-            self._enter(session, wallet_id)
-            self._lock_account(session, wallet_id, credit_type)
-            now = utcnow()  # after the lock: what has expired is decided at this write
-            starts = caps.check(session, spender.caps, wallet_id, credit_type.value, amount, feature, now)
-            self._expire_lots(session, wallet_id, credit_type, now)
-            row = self._take_available(session, wallet_id, credit_type, amount, held_change=amount)
-            if row is None:
-                # Maybe expired holds are what is missing: sweep them, and try once more.
-                self._expire_holds(session, wallet_id, credit_type, now)
+        counting = admission is not None and not admission.done
+        try:
+            with atomic() as session:
+                if counting:  # in this transaction (SQLite); PostgreSQL's call counted it already
+                    counted = count_request(session, admission.user_id, admission.windows, utcnow())
+                    if counted is not None and counted.limited:
+                        raise RateLimited(counted)
+                self._enter(session, wallet_id)
+                self._lock_account(session, wallet_id, credit_type)
+                now = utcnow()  # after the lock: what has expired is decided at this write
+                starts = caps.check(session, spender.caps, wallet_id, credit_type.value, amount, feature, now)
+                self._expire_lots(session, wallet_id, credit_type, now)
                 row = self._take_available(session, wallet_id, credit_type, amount, held_change=amount)
                 if row is None:
-                    shortfall = self._lock_account(session, wallet_id, credit_type).available
-            if shortfall is None:
-                expires_at = now + timedelta(seconds=self.hold_ttl_seconds)
-                hold_id = session.execute(sql.INSERT_HOLD, {
-                    "wallet_id": wallet_id, "credit_type": credit_type.value, "amount": amount,
-                    "settled_amount": 0, "status": "open", "created_at": now,
-                    "expires_at": expires_at, "idempotency_key": key, "user_id": spender.user_id,
-                    "key_id": spender.key_id, "feature": feature,
-                }).scalar_one()
-                parts = lots.allocate(session, wallet_id, credit_type.value, amount, now, hold=True)
-                lots.record_receipt(session, hold_id, parts)
-                self._rows(session, wallet_id, credit_type, [("hold", p.lot_id, -p.amount, p.amount) for p in parts],
-                           row, hold_id=hold_id)
-                caps.count(session, hold_id, spender.caps, starts, credit_type.value, amount, now)
-                # Swept after the hold's own rows, so that every row's *_after is the state it left.
-                after_sweep = self._expire_holds(session, wallet_id, credit_type, now, excluding=hold_id)[1] or row
-                balance = self._spendable(session, wallet_id, now)
-                if key is not None:
-                    # In flight until the hold ends; its time to live starts when its answer is stored.
-                    idempotency.claim(session, spender.client_id, key, fingerprint, expires_at, hold_id=hold_id)
+                    # Maybe expired holds are what is missing: sweep them, and try once more.
+                    self._expire_holds(session, wallet_id, credit_type, now)
+                    row = self._take_available(session, wallet_id, credit_type, amount, held_change=amount)
+                    if row is None:
+                        shortfall = self._lock_account(session, wallet_id, credit_type).available
+                if shortfall is None:
+                    expires_at = now + timedelta(seconds=self.hold_ttl_seconds)
+                    hold_id = session.execute(sql.INSERT_HOLD, {
+                        "wallet_id": wallet_id, "credit_type": credit_type.value, "amount": amount,
+                        "settled_amount": 0, "status": "open", "created_at": now,
+                        "expires_at": expires_at, "idempotency_key": key, "user_id": spender.user_id,
+                        "key_id": spender.key_id, "feature": feature,
+                    }).scalar_one()
+                    parts = lots.allocate(session, wallet_id, credit_type.value, amount, now, hold=True)
+                    lots.record_receipt(session, hold_id, parts)
+                    changes = [("hold", p.lot_id, -p.amount, p.amount) for p in parts]
+                    self._rows(session, wallet_id, credit_type, changes, row, hold_id=hold_id)
+                    caps.count(session, hold_id, spender.caps, starts, credit_type.value, amount, now)
+                    # Swept after the hold's own rows, so that every row's *_after is the state it left.
+                    after_sweep = self._expire_holds(session, wallet_id, credit_type, now, excluding=hold_id)[1] or row
+                    balance = self._spendable(session, wallet_id, now)
+                    if key is not None:
+                        # In flight until the hold ends; its time to live starts when its answer is stored.
+                        idempotency.claim(session, spender.client_id, key, fingerprint, expires_at, hold_id=hold_id)
+        except LedgerError:
+            if counting:  # the refusal rolled its count back: count it on its own
+                self.admit(admission)
+            raise
+        if counting:
+            admission.took(counted)
         # Raised after the commit so that an expiry sweep done on the way is kept.
         if shortfall is not None:
             raise InsufficientCredits(amount, shortfall, credit_type.value)
@@ -95,25 +111,40 @@ class Holds:
     def hold_or_replay(
         self, wallet_id: int, amount: int, credit_type, *, key: str | None = None,
         fingerprint: str | None = None, spender: Spender | None = None, feature: str | None = None,
+        admission: Admission | None = None,
     ) -> Hold | idempotency.StoredResponse:
-        """A paid request's first step: the stored answer to replay for its Idempotency-Key, or a
-        new hold (see `replay_or_free` and `reserve`). On PostgreSQL this is one call."""
+        """A paid request's first step: its `admission` (session, paid rate limit: see
+        admission.py), then the stored answer to replay for its Idempotency-Key, or a new hold
+        (see `replay_or_free` and `reserve`). On PostgreSQL this is one call."""
         amount, credit_type = checked_amount(amount), credit_type_of(credit_type)
         spender = spender or Spender.of_user(wallet_id)
         if procedures.available():
-            return self._hold_call(spender, amount, credit_type, key, fingerprint, feature, replay=True)
+            return self._hold_call(spender, amount, credit_type, key, fingerprint, feature, replay=True,
+                                   admission=admission)
+        if admission is not None and (key is not None or admission.session_id is not None):
+            self.admit(admission)  # its own transaction: a replay or a key refused is counted too
         if key is not None:
             stored = self.replay_or_free(spender.client_id, key, fingerprint)
             if stored is not None:
                 return stored
         return self.reserve(wallet_id, amount, credit_type, key=key, fingerprint=fingerprint, spender=spender,
-                            feature=feature)
+                            feature=feature, admission=admission)
 
-    def _hold_call(self, spender: Spender, amount, credit_type, key, fingerprint, feature, *, replay: bool):
+    def _hold_call(self, spender: Spender, amount, credit_type, key, fingerprint, feature, *, replay: bool,
+                   admission: Admission | None = None):
+        ref = procedures.new_ref()  # one per request: a refill's second call is the same request
         for _attempt in range(REFILL_ATTEMPTS):
-            row = procedures.hold(spender=spender, credit_type=credit_type.value, amount=amount,
-                                  ttl=self.hold_ttl_seconds, key=key, fingerprint=fingerprint, replay=replay,
-                                  feature=feature)
+            admitting = admission is not None and not admission.done
+            try:
+                row = procedures.hold(spender=spender, credit_type=credit_type.value, amount=amount,
+                                      ttl=self.hold_ttl_seconds, key=key, fingerprint=fingerprint, replay=replay,
+                                      feature=feature, ref=ref, admission=admission)
+            except IdempotencyKeyInUse:
+                if admitting:  # the key's race rolled the whole call back, its count too
+                    self.admit(admission, ref)
+                raise
+            if admitting:
+                admission.record(row.outcome, row.rate_window, row.rate_hits, row.rate_reset)
             if row.outcome != "refill":
                 break
             self.refill(spender.wallet_id, due=True)
@@ -132,7 +163,7 @@ class Holds:
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
         if row.outcome == "reused":
             raise IdempotencyKeyReused("this Idempotency-Key was used for a different request")
-        refuse(row, spender.wallet_id, amount, credit_type.value)
+        procedures.refuse(row, spender.wallet_id, amount, credit_type.value)
         raise RuntimeError(f"creditapp_hold answered {row.outcome!r}")
 
     def deduct_credits(self, wallet_id: int, amount: int, credit_type, reason: str | None = None) -> Balance:
@@ -372,23 +403,3 @@ class Holds:
             yield hold
         finally:
             _active_holds.reset(token)
-
-
-def refuse(row, wallet_id: int, required: int = 0, credit_type: str = "") -> None:
-    """Raise what a procedure's refusal means (nothing was changed)."""
-    outcome = row.outcome
-    if outcome == "unknown_wallet":
-        raise unknown(wallet_id)
-    if outcome == "revoked":
-        raise SessionRevoked("the token's login session was revoked")
-    if outcome == "disabled":
-        raise AccountDisabled("this account is disabled")
-    cap_id = getattr(row, "cap_id", None)
-    if outcome == "cap_closed":
-        raise CapClosed(cap_id, f"cap {cap_id} is closed")
-    if outcome == "cap_expired":
-        raise CapExpired(cap_id, f"cap {cap_id} has expired")
-    if outcome == "feature_not_allowed":
-        raise FeatureNotAllowed(cap_id, f"cap {cap_id} does not allow this feature")
-    if outcome == "cap_exceeded":
-        raise CapExceeded(cap_id, row.cap_limit, row.cap_spent, required, credit_type)

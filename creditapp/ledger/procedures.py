@@ -14,12 +14,19 @@ from datetime import datetime
 from sqlalchemy.exc import DBAPIError
 
 from . import alerts
-from .errors import IdempotencyKeyInUse
+from .core import unknown
+from .errors import (
+    AccountDisabled, CapClosed, CapExceeded, CapExpired, FeatureNotAllowed, IdempotencyKeyInUse, SessionRevoked,
+)
 from .transactions import committing, database
 
 HOLD = "SELECT * FROM creditapp_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s, %s::jsonb)"
 CLOSE = "SELECT outcome, alerted FROM creditapp_close(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
 BALANCE = "SELECT * FROM creditapp_balance(%s, %s, %s)"
+# With the admission (session, rate limit) in front, migration 0018: a paid request's first call.
+PAID_HOLD = ("SELECT * FROM creditapp_paid_hold(%s, %s, %s::integer[], %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+             "%s::bigint[], %s, %s::jsonb)")
+ADMIT = "SELECT * FROM creditapp_paid_admit(%s, %s, %s::integer[], %s)"
 KEY_IN_USE = "CA409"  # raised by creditapp_hold when a concurrent request claimed the key first
 
 
@@ -68,15 +75,28 @@ def call(statement: str, params: tuple | dict):
     raise AssertionError("unreachable")
 
 
+def new_ref() -> str:
+    """A name for one request's calls: their repetition is recognised by it (holds, counts)."""
+    return uuid.uuid4().hex
+
+
 def hold(*, spender, credit_type: str, amount: int, ttl: int, key: str | None, fingerprint: str | None,
-         replay: bool, feature: str | None):
-    # The session was checked before (a paid route answers 401 before 422 and 429), so no p_sid.
-    row = call(HOLD, (spender.wallet_id, credit_type, amount, ttl, None, spender.client_id, key, fingerprint,
-                      uuid.uuid4().hex, replay, spender.user_id, spender.key_id, list(spender.caps), feature,
-                      alerts.settings.as_json))
+         replay: bool, feature: str | None, ref: str, admission=None):
+    """With `admission` (not yet done), its checks first in the same call (creditapp_paid_hold)."""
+    hold_args = (spender.wallet_id, credit_type, amount, ttl, spender.client_id, key, fingerprint, ref, replay,
+                 spender.user_id, spender.key_id, list(spender.caps), feature, alerts.settings.as_json)
+    if admission is not None and not admission.done:
+        row = call(PAID_HOLD, (admission.session_id, admission.user_id, admission.flat_windows(), *hold_args))
+    else:
+        # The web layer checked the session (the hold's p_sid stays NULL) and nothing is counted.
+        row = call(HOLD, hold_args[:4] + (None,) + hold_args[4:])
     if row.alerted:
         alerts.settings.emitted()
     return row
+
+
+def admit(admission, ref: str | None):
+    return call(ADMIT, (admission.session_id, admission.user_id, admission.flat_windows(), ref or new_ref()))
 
 
 def close(*, hold_id: int, wallet_id: int, credit_type: str, charge: int, answer: tuple[int, str] | None,
@@ -93,3 +113,23 @@ def balance(*, wallet_id: int, session_id: str | None, expiring: int):
     row = call(BALANCE, (wallet_id, session_id, expiring))
     lapsing = [{**item, "expires_at": datetime.fromisoformat(item["expires_at"])} for item in row.expiring or ()]
     return row, lapsing
+
+
+def refuse(row, wallet_id: int, required: int = 0, credit_type: str = "") -> None:
+    """Raise what a procedure's refusal means (nothing was changed)."""
+    outcome = row.outcome
+    if outcome == "unknown_wallet":
+        raise unknown(wallet_id)
+    if outcome == "revoked":
+        raise SessionRevoked("the token's login session was revoked")
+    if outcome == "disabled":
+        raise AccountDisabled("this account is disabled")
+    cap_id = getattr(row, "cap_id", None)
+    if outcome == "cap_closed":
+        raise CapClosed(cap_id, f"cap {cap_id} is closed")
+    if outcome == "cap_expired":
+        raise CapExpired(cap_id, f"cap {cap_id} has expired")
+    if outcome == "feature_not_allowed":
+        raise FeatureNotAllowed(cap_id, f"cap {cap_id} does not allow this feature")
+    if outcome == "cap_exceeded":
+        raise CapExceeded(cap_id, row.cap_limit, row.cap_spent, required, credit_type)

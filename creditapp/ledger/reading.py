@@ -6,7 +6,8 @@ from sqlalchemy import select
 from . import lots, procedures
 from .clock import utcnow
 from .core import credit_type_of
-from .holds import REFILL_ATTEMPTS, refuse
+from .holds import REFILL_ATTEMPTS
+from .procedures import refuse
 from .recurring import WALLETS
 from .statements import ACCOUNTS, HOLDS, LEDGER
 from .transactions import atomic

@@ -7,6 +7,8 @@ each small enough to read at once:
 - core.py: locking an account, moving a balance, ledger rows, ending a hold (the shared steps);
 - reading.py: balances, what lapses next, lots and the ledger of a wallet;
 - granting.py: wallets opened, grants (paying debt first), take-backs and debt, frozen lots, voids;
+- admission.py: what a paid request passes before its hold (session, paid rate limit), counted
+  in the hold's own call;
 - holds.py: holds taken within their caps, charged, closed, extended, expired; Idempotency-Keys;
 - refunds.py: refunds of charges;
 - recurring.py: recurring grants (a plan's allowance, rollover), granted by the write that needs them;
@@ -15,6 +17,7 @@ each small enough to read at once:
 - audit.py: `verify`;
 - reports.py: usage reports (from the hourly rollup of usage.py and the ledger).
 """
+from .admission import Admitting
 from .audit import Audit, Discrepancy
 from .caps import Caps
 from .core import LedgerCore
@@ -30,7 +33,7 @@ from .types import Balance
 __all__ = ["CreditService", "Discrepancy", "LedgerPage", "Overview", "credit_service", "open_accounts"]
 
 
-class CreditService(Reading, Granting, Holds, Refunds, Recurring, Caps, Thresholds, Audit, Reports, LedgerCore):
+class CreditService(Reading, Granting, Admitting, Holds, Refunds, Recurring, Caps, Thresholds, Audit, Reports, LedgerCore):
     """Every ledger operation, on the database the ledger is bound to (transactions.py)."""
 
 
