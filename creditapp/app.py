@@ -91,14 +91,13 @@ def _with_app_migrations(config: AlembicConfig) -> AlembicConfig:
     return config
 
 
-def migration_heads(app: Flask) -> str:
-    """The revisions this code needs, as `migration_status` spells them: one, or one per branch
-    when the app adds migrations of its own."""
+def migration_scripts(app: Flask) -> ScriptDirectory:
+    """creditapp's revisions and the app's own (MIGRATION_DIRS), read once, for `migration_status`."""
     config = AlembicConfig()
     config.set_main_option("script_location", MIGRATIONS)
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", os.pathsep.join(version_locations(app)))
-    return " ".join(sorted(ScriptDirectory.from_config(config).get_heads()))
+    return ScriptDirectory.from_config(config)
 
 
 def register_extensions(app: Flask) -> None:
@@ -107,7 +106,11 @@ def register_extensions(app: Flask) -> None:
     database.init_app(app)
     # An absolute directory, so `flask db upgrade` works from any working directory.
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
-    app.extensions["creditapp.migration_head"] = migration_heads(app)
+    scripts = migration_scripts(app)
+    app.extensions["creditapp.migration_scripts"] = scripts
+    # The revisions this code needs, as `migration_status` spells them: one, or one per branch when
+    # the app adds migrations of its own.
+    app.extensions["creditapp.migration_head"] = " ".join(sorted(scripts.get_heads()))
     jwt.init_app(app)
     register_jwt_handlers(jwt)
     revocation.init_app(app)

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
 from marshmallow import ValidationError
 
+from .cli_groups import DatabaseCommands
 from . import metrics
 from .dashboard import verify_runs
 from .access import teams
@@ -30,9 +30,9 @@ from .ledger import (
 from .ledger.clock import utcnow
 from .ledger.tables import MAX_AMOUNT
 
-users_cli = AppGroup("users", help="Manage users.")
-jobs_cli = AppGroup("jobs", help="Run and inspect jobs (paid work submitted with Prefer: respond-async).")
-credits_cli = AppGroup("credits", help="Grant, inspect and audit credits.")
+users_cli = DatabaseCommands("users", help="Manage users.")
+jobs_cli = DatabaseCommands("jobs", help="Run and inspect jobs (paid work submitted with Prefer: respond-async).")
+credits_cli = DatabaseCommands("credits", help="Grant, inspect and audit credits.")
 
 _credentials = CredentialsSchema()
 _grant = GrantSchema()

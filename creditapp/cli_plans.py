@@ -3,9 +3,9 @@ and (test provider) renew or act on subscriptions as Stripe Billing would."""
 import json
 
 import click
-from flask.cli import AppGroup
 from sqlalchemy import select
 
+from .cli_groups import DatabaseCommands
 from .api.plans import plans
 from .ledger.clock import utcnow
 from .ledger.transactions import atomic
@@ -14,7 +14,7 @@ from .payments.providers.test_billing import SUBSCRIPTION_ACTIONS
 from .plans.errors import PlanError
 from .plans.machine import SUBSCRIPTIONS
 
-plans_cli = AppGroup("plans", help="Plans and subscriptions.")
+plans_cli = DatabaseCommands("plans", help="Plans and subscriptions.")
 
 
 def _user_id(name: str) -> int:

@@ -4,14 +4,14 @@ import json
 from datetime import timedelta
 
 import click
-from flask.cli import AppGroup
 
+from .cli_groups import DatabaseCommands
 from .api.purchase_schemas import PurchaseSchema
 from .api.purchases import payments
 from .payments.errors import PaymentError, UnknownPurchase
 from .payments.providers.test import ACTIONS, ActionNotAllowed, TestProvider, UnknownCheckout
 
-purchases_cli = AppGroup("purchases", help="Purchases of credit packs.")
+purchases_cli = DatabaseCommands("purchases", help="Purchases of credit packs.")
 
 
 @purchases_cli.command("reconcile")

@@ -1,10 +1,10 @@
 """`flask webhooks dispatch`: the outbox's sweep, by hand or from cron."""
 import click
-from flask.cli import AppGroup
 
+from .cli_groups import DatabaseCommands
 from .webhooks.queue import webhook_queue
 
-webhooks_cli = AppGroup("webhooks", help="Outgoing webhooks.")
+webhooks_cli = DatabaseCommands("webhooks", help="Outgoing webhooks.")
 
 
 @webhooks_cli.command("dispatch")

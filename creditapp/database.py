@@ -1,6 +1,10 @@
 """The app's database: Flask-SQLAlchemy's session and engine, given to the ledger; and whether
 its schema is the one this code needs."""
+from collections.abc import Iterable
+
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicCommandError
 from flask import Flask, current_app
 
 from .extensions import db
@@ -24,12 +28,37 @@ def engine_options(uri: str, configured: dict) -> dict:
     return dict(configured)
 
 
-def migration_status() -> tuple[str | None, str]:
-    """The database's revision (None before any migration) and the one this code needs; with an
-    app's own migrations beside creditapp's, each is the heads of the branches, sorted, spaced."""
+def migration_status() -> tuple[str | None, str, bool]:
+    """The database's revision (None before any migration), the one this code needs, and whether
+    some of what it needs is not applied yet; with an app's own migrations beside creditapp's, each
+    revision is the heads of the branches, sorted, spaced."""
     with atomic(write=False) as session:
         heads = MigrationContext.configure(session.connection()).get_current_heads()
-    return " ".join(sorted(heads)) or None, current_app.extensions["creditapp.migration_head"]
+    needed = current_app.extensions["creditapp.migration_head"]
+    applied = applied_revisions(current_app.extensions["creditapp.migration_scripts"], heads)
+    return " ".join(sorted(heads)) or None, needed, not set(needed.split()) <= applied
+
+
+def applied_revisions(scripts: ScriptDirectory, heads: Iterable[str]) -> set[str]:
+    """Every revision a database at `heads` has: alembic_version holds only the newest of each line,
+    and not a revision that another depends on (an app's branch that `depends_on` creditapp's head
+    leaves only the app's revision there). A revision this code does not know (another app's, a
+    newer release's) tells nothing of what stands under it."""
+    applied, todo = set(), list(heads)
+    while todo:
+        try:
+            revision = scripts.get_revision(todo.pop())
+        except AlembicCommandError:
+            continue
+        if revision is None or revision.revision in applied:
+            continue
+        applied.add(revision.revision)
+        todo += [*_names(revision.down_revision), *_names(revision.dependencies)]
+    return applied
+
+
+def _names(revisions: str | Iterable[str] | None) -> tuple[str, ...]:
+    return (revisions,) if isinstance(revisions, str) else tuple(revisions or ())
 
 
 def migrations_pending(exc: BaseException) -> bool:
@@ -39,7 +68,6 @@ def migrations_pending(exc: BaseException) -> bool:
     if not (getattr(orig, "sqlstate", None) in _MISSING_SQLSTATES or str(orig).startswith(_MISSING_SQLITE)):
         return False
     try:
-        revision, head = migration_status()
+        return migration_status()[2]
     except Exception:
         return False
-    return revision != head

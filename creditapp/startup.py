@@ -44,13 +44,15 @@ def notices(app: Flask) -> list[str]:
     lines = []
     with app.app_context():
         try:
-            revision, head = migration_status()
+            revision, head, pending = migration_status()
         except Exception as exc:  # not reachable now: /readyz says so, and requests answer 503
             lines.append(f"the database is not reachable ({type(exc).__name__}); /readyz answers 503 until it is")
         else:
-            if revision != head:
+            if pending:
+                # Several heads: an app's own migrations, which `db upgrade` alone refuses to run.
+                upgrade = "db upgrade heads" if " " in head else "flask --app wsgi db upgrade"
                 lines.append(f"the database is at migration {revision or 'none'} and this code needs {head}: "
-                             "run `flask --app wsgi db upgrade`; until then /readyz answers 503 migrations_pending")
+                             f"run `{upgrade}`; until then /readyz answers 503 migrations_pending")
         db.engine.dispose()
     if app.config["CREDITAPP_ENV"] == "production" and not app.config["JOBS_BROKER_URL"]:
         lines.append("JOBS_BROKER_URL is not set: jobs (Prefer: respond-async) run inside each server process "

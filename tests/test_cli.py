@@ -213,3 +213,20 @@ def test_verify_fails_and_names_the_user_when_a_balance_was_tampered_with(cli, m
     assert "ledger ok" not in result.output
     assert f"user {tampered.id} " in result.output
     assert f"user {honest.id} " not in result.output
+
+
+@pytest.mark.parametrize("args", [("credits", "verify"), ("users", "create", "ada", "--password", PASSWORD),
+                                  ("jobs", "status"), ("credits", "balance", "ada")])
+def test_a_command_on_a_database_never_migrated_says_so_in_one_line(tmp_path, args):
+    """Not a traceback, and not verify's exit 1 (a difference in the ledger), which a cron that
+    audits would take for one."""
+    from creditapp.extensions import db
+    from creditapp.testing import make_app
+
+    app = make_app(f"sqlite:///{tmp_path}/never-migrated.db")
+    result = app.test_cli_runner().invoke(args=list(args))
+    with app.app_context():
+        db.engine.dispose()
+    assert result.exit_code == 3, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert "not migrated" in result.output and "db upgrade" in result.output and "Traceback" not in result.output

@@ -51,6 +51,23 @@ def test_compose_starts_the_api_a_worker_postgresql_and_redis_in_order():
             assert re.fullmatch(r"[A-Z_]+(:-[^}]*|:\?[^}]*)?", found), found
 
 
+def test_only_the_api_has_the_images_readyz_check_and_each_stop_lets_running_work_end():
+    """The image's HEALTHCHECK asks 127.0.0.1:8000/readyz, where only the API listens: inherited by
+    the worker it would mark it unhealthy forever (and fail `docker compose up --wait`). Docker's
+    stop kills after 10 s by default; gunicorn lets streams end for up to STREAM_MAX_SECONDS + 10."""
+    assert "/readyz" in DOCKERFILE
+    services = COMPOSE["services"]
+    for name in ("migrate", "worker"):
+        assert services[name]["healthcheck"] == {"disable": True}, name
+    assert "healthcheck" not in services["api"]
+
+    def seconds(period: str) -> int:
+        return sum(int(n) * {"m": 60, "s": 1}[unit] for n, unit in re.findall(r"(\d+)([ms])", period))
+
+    assert seconds(services["api"]["stop_grace_period"]) > 300 + 10
+    assert seconds(services["worker"]["stop_grace_period"]) > 120  # AI_TIMEOUT_SECONDS, a running job's call
+
+
 def test_compose_config_is_valid_to_docker_compose_itself():
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:

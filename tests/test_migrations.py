@@ -120,3 +120,77 @@ def test_existing_balances_and_open_holds_become_lots_in_place(empty_database):
         upgrade(directory=MIGRATIONS)
         assert credit_service.verify() == []
         db.engine.dispose()
+
+
+# --- an app's own migrations (MIGRATION_DIRS) beside creditapp's ---------------------------------
+
+APP_REVISION = '''"""{table}: a table of the app's own
+
+Revision ID: {revision}
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {revision!r}
+down_revision = {down!r}
+branch_labels = {labels!r}
+depends_on = {depends!r}
+
+
+def upgrade():
+    op.create_table({table!r}, sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table({table!r})
+'''
+
+
+def app_revision(directory, revision: str, table: str, down=None, labels=None, depends=None) -> None:
+    (directory / f"{revision}.py").write_text(APP_REVISION.format(revision=revision, table=table, down=down,
+                                                                  labels=labels, depends=depends))
+
+
+def upgrade_heads(database_url: str, migration_dirs: list) -> None:
+    app = make_app(database_url, MIGRATION_DIRS=migration_dirs)
+    with app.app_context():
+        upgrade(directory=MIGRATIONS, revision="heads")
+        db.engine.dispose()
+
+
+def readyz(database_url: str, migration_dirs: list) -> tuple[int, dict]:
+    app = make_app(database_url, MIGRATION_DIRS=migration_dirs)
+    answer = app.test_client().get("/readyz")
+    with app.app_context():
+        db.engine.dispose()
+    return answer.status_code, answer.get_json()
+
+
+def test_an_app_branch_that_depends_on_creditapps_head_is_ready_once_upgraded(empty_database, tmp_path):
+    """Alembic keeps only the app's revision in alembic_version when it depends on creditapp's
+    head (creditapp's is then implied): that database is fully migrated, not pending forever."""
+    own = tmp_path / "own_migrations"
+    own.mkdir()
+    creditapp_head = make_app(empty_database).extensions["creditapp.migration_head"]
+    app_revision(own, "own_0001", "own_things", labels=("own",), depends=creditapp_head)
+    upgrade_heads(empty_database, [str(own)])
+    assert readyz(empty_database, [str(own)]) == (200, {"status": "ready", "migration": "own_0001"})
+
+    app_revision(own, "own_0002", "own_more_things", down="own_0001")  # a second one on the app's branch
+    status, body = readyz(empty_database, [str(own)])
+    assert (status, body["error"]) == (503, "migrations_pending") and "own_0002" in body["message"]
+    upgrade_heads(empty_database, [str(own)])
+    assert readyz(empty_database, [str(own)])[0] == 200
+
+
+def test_an_app_that_adds_its_migrations_to_a_migrated_database_is_pending_until_upgraded(empty_database,
+                                                                                          tmp_path):
+    upgrade_heads(empty_database, [])
+    own = tmp_path / "own_migrations"
+    own.mkdir()
+    app_revision(own, "own_0001", "own_things", labels=("own",), depends="0001_initial_ledger")
+    status, body = readyz(empty_database, [str(own)])
+    assert (status, body["error"]) == (503, "migrations_pending") and "own_0001" in body["message"]
+    upgrade_heads(empty_database, [str(own)])
+    assert readyz(empty_database, [str(own)])[0] == 200
+    assert readyz(empty_database, [])[0] == 200  # creditapp's own app on the same database

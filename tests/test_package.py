@@ -102,3 +102,35 @@ def test_the_default_sqlite_database_is_in_the_working_directory(installed, tmp_
     run([str(installed["bin"] / "creditapp"), "db", "upgrade"], cwd=tmp_path, env=installed["env"], timeout=300)
     assert (tmp_path / "instance" / "creditapp.db").is_file()
     assert not list((installed["bin"].parent).rglob("creditapp.db"))
+
+
+def test_requirements_pin_every_runtime_dependency_within_the_packages_range():
+    """`make install` takes requirements.txt, then the checkout with --no-deps: a dependency the
+    package declares but requirements.txt leaves out would come at whatever version is newest."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            pin = Requirement(line)
+            pins[canonicalize_name(pin.name)] = next(iter(pin.specifier)).version
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dependency in map(Requirement, declared):
+        name = canonicalize_name(dependency.name)
+        assert name in pins, f"{dependency.name} is not pinned in requirements.txt"
+        assert dependency.specifier.contains(pins[name]), f"{dependency.name}=={pins[name]} is outside {dependency}"
+
+
+def test_the_kit_loaded_in_every_pytest_run_reads_no_setting_until_an_app_is_made(tmp_path):
+    """The pytest11 entry point loads the kit into the tests of every project of the environment,
+    creditapp's or not: a creditapp setting that cannot be read (one meant for another process)
+    must not stop them from starting."""
+    (tmp_path / "test_unrelated.py").write_text("def test_unrelated():\n    assert True\n")
+    env = {**os.environ, "DB_POOL_SIZE": "ten", "CREDITAPP_ENV": "staging", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "creditapp.testing",
+                             str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout

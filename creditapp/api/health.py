@@ -19,8 +19,8 @@ def healthz():
 @blp.alt_response(503, schema=ErrorSchema, description="database_unavailable or migrations_pending")
 def readyz():
     """200 when the database answers and its schema is at the code's migration head."""
-    revision, head = migration_status()  # revision None: the schema was never created
-    if revision != head:
+    revision, head, pending = migration_status()  # revision None: the schema was never created
+    if pending:
         return error_response(
             503, "migrations_pending", f"The database is at revision {revision}; this code needs {head}."
         )

@@ -39,9 +39,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from ..settings import TestingConfig
-
-from .. import create_app, users
+from .. import users
 from ..ai import StubAIProvider, set_provider
 from ..exceptions import GenerationFailed
 from ..extensions import db
@@ -59,12 +57,18 @@ _config_class: list[type] = []
 
 
 def testing_config() -> type:
+    # Imported here: the settings read the environment, and this plugin is loaded into every pytest
+    # run of the environment (its pytest11 entry point), also of projects that make no app.
+    from ..settings import TestingConfig
+
     return _config_class[0] if _config_class else TestingConfig
 
 
 def make_app(database_url: str, blueprints=(), **settings):
     """The app in its testing configuration on `database_url`: no job broker (run what is queued
     with `job_queue().drain()`), limits and CORS on."""
+    from ..app import create_app
+
     return create_app(testing_config(), {"SQLALCHEMY_DATABASE_URI": database_url, "JOBS_BROKER_URL": "stub://",
                                          **settings}, blueprints=blueprints)
 
