@@ -270,3 +270,47 @@ def test_a_request_its_key_budget_refuses_is_counted_against_its_users_limit(lim
     assert_429(client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers))
     assert_429(client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key}))
     assert credit_service.get_credit_balance(alice.id).generation_credits == 9
+
+
+@pytest.fixture
+def windows_app(database_url, manual_clock):
+    """Two windows, given longest first: Flask-Limiter counted them shortest first (it sorts a
+    route's limits), whatever order the setting lists them in."""
+    app = make_app(database_url, RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://",
+                   PAID_RATE_LIMIT="3 per minute;1 per second")
+    with app.app_context():
+        yield app
+
+
+def test_several_windows_are_counted_shortest_first_as_flask_limiter_counted_them(windows_app, manual_clock):
+    """A request refused by the 1/second window stops there and is not counted in the minute's:
+    with the minute counted first, two refused requests used up the minute's budget and the
+    next second's request was refused too."""
+    client = windows_app.test_client()
+    alice = make_user(windows_app, "alice", credits=10)
+
+    def statuses(n):
+        return [client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code
+                for _ in range(n)]
+
+    assert statuses(3) == [200, 429, 429]
+    manual_clock.advance(1)
+    assert statuses(2) == [200, 429]
+    manual_clock.advance(1)
+    assert statuses(1) == [200]
+    manual_clock.advance(1)
+    assert statuses(1) == [429]  # the minute's 4th
+    assert credit_service.get_credit_balance(alice.id).generation_credits == 7
+
+
+def test_two_windows_of_one_length_count_a_request_once(database_url):
+    """Two limits over one length share a counter row: each request is one hit, the smaller
+    amount decides (Flask-Limiter kept a counter per limit; both counted every request)."""
+    app = make_app(database_url, RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://",
+                   PAID_RATE_LIMIT="5 per minute;10 per minute")
+    with app.app_context():
+        client = app.test_client()
+        alice = make_user(app, "alice", credits=10)
+        statuses = [client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code
+                    for _ in range(6)]
+        assert statuses == [200] * 5 + [429]
