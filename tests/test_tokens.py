@@ -245,3 +245,33 @@ def test_a_token_verified_once_is_not_decoded_again_until_it_expires(app, client
     revoked = client.post("/api/generate", json={"prompt": "x"}, headers=bearer(token))
     assert (revoked.status_code, revoked.json["error"]) == (401, "token_revoked")
     assert stub.calls == 0
+
+
+def test_two_apps_in_one_process_each_verify_and_revoke_with_their_own_settings(database_url, stub):
+    """One JWTManager (and its cache of verified tokens) serves every app of the process: a
+    token of one app's key is refused by an app of another key however often the first
+    accepted it, and each app's logout is checked in its own blocklist, not in the one of
+    the app made last."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    first = make_app(database_url, JWT_SECRET_KEY="first-secret-that-is-long-enough-0123456789")
+    second = make_app(database_url, JWT_SECRET_KEY="second-secret-that-is-long-enough-012345678",
+                      TOKEN_BLOCKLIST_URL=REDIS_URL)
+    with first.app_context():
+        from creditapp import users
+        from creditapp.ledger import Balance
+        created = users.create_user("twoapps", "correct-horse-battery", signup_grant=Balance(5, 0),
+                                    hash_method=first.config["PASSWORD_HASH_METHOD"])
+    client, other = first.test_client(), second.test_client()
+    tokens = client.post("/api/auth/login", json={"username": "twoapps", "password": "correct-horse-battery"}).json
+    for _ in range(2):
+        assert client.get("/api/credits/lots", headers=bearer(tokens["access_token"])).status_code == 200
+    refused = other.get("/api/credits/lots", headers=bearer(tokens["access_token"]))
+    assert (refused.status_code, refused.json["error"]) == (401, "invalid_token")
+    assert client.post("/api/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
+    for path in ("/api/credits/lots", "/api/credits/balance"):
+        revoked = client.get(path, headers=bearer(tokens["access_token"]))
+        assert (revoked.status_code, revoked.json["error"]) == (401, "token_revoked"), path
+    assert created["id"]
