@@ -6,6 +6,7 @@ from creditapp import settings as config
 from creditapp.credits import credit_service
 
 from creditapp.testing import make_app
+from creditapp.testing.servers import fire_together
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -275,3 +276,60 @@ def test_two_apps_in_one_process_each_verify_and_revoke_with_their_own_settings(
         revoked = client.get(path, headers=bearer(tokens["access_token"]))
         assert (revoked.status_code, revoked.json["error"]) == (401, "token_revoked"), path
     assert created["id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("blocklist", ["database", "redis"])
+def test_right_after_a_logout_no_worker_serves_the_token_anything(blocklist, database_url, make_user, live_server):
+    """On a real server of two workers: the requests sent at once right after a logout, on
+    whichever worker, are all 401 (a paid request, its Idempotency-Key's replay, a stream, a
+    job, a body that is invalid too, the balance); then, the account disabled, the user's other
+    session gets 403 everywhere. No AI call, nothing charged."""
+    import requests
+
+    from creditapp import users
+
+    settings = {}
+    if blocklist == "redis":
+        url = "redis://127.0.0.1:6379/11"
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except redis.RedisError as exc:
+            pytest.skip(f"no Redis at {url}: {exc}")
+        settings["TOKEN_BLOCKLIST_URL"] = url
+    admin, user = make_user(admin=True), make_user(credits=10, tokens=1000)
+    with live_server(**settings) as server:
+        def log_in():
+            return requests.post(f"{server.url}/api/auth/login", timeout=30,
+                                 json={"username": user.username, "password": user.password}).json()["access_token"]
+
+        gone, other = log_in(), log_in()
+        paid = {"Authorization": f"Bearer {gone}", "Idempotency-Key": "before-logout"}
+        first = requests.post(f"{server.url}/api/generate", json={"prompt": "x"}, headers=paid, timeout=30)
+        assert first.status_code == 200
+        assert requests.post(f"{server.url}/api/auth/logout", headers=bearer(gone), timeout=30).status_code == 200
+        stream = {"prompt": "a poem", "max_tokens": 10, "stream": True}
+        attempts = [
+            ("POST", "/api/generate", {"prompt": "y"}, bearer(gone)),
+            ("POST", "/api/generate", {"prompt": "x"}, paid),
+            ("POST", "/api/ai/complete", stream, bearer(gone)),
+            ("POST", "/api/generate", {"prompt": "z"}, {**bearer(gone), "Prefer": "respond-async"}),
+            ("POST", "/api/generate", {}, bearer(gone)),
+            ("GET", "/api/credits/balance", None, bearer(gone)),
+        ] * 2
+
+        def send(i):
+            method, path, body, headers = attempts[i]
+            return requests.request(method, server.url + path, json=body, headers=headers, timeout=30)
+
+        answers = fire_together(len(attempts), send)
+        assert [(a.status_code, a.json()["error"]) for a in answers] == [(401, "token_revoked")] * len(attempts)
+        assert all("Idempotent-Replayed" not in a.headers for a in answers)
+
+        users.set_access(admin.id, user.id, disabled=True)
+        attempts = [(method, path, body, {**headers, **bearer(other)}) for method, path, body, headers in attempts]
+        answers = fire_together(len(attempts), send)
+        assert [(a.status_code, a.json()["error"]) for a in answers] == [(403, "account_disabled")] * len(attempts)
+        assert server.ai_calls() == 1
+    assert credit_service.get_credit_balance(user.id).generation_credits == 9
+    assert credit_service.verify() == []
