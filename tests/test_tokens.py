@@ -333,3 +333,26 @@ def test_right_after_a_logout_no_worker_serves_the_token_anything(blocklist, dat
         assert server.ai_calls() == 1
     assert credit_service.get_credit_balance(user.id).generation_credits == 9
     assert credit_service.verify() == []
+
+
+def test_a_cached_token_still_needs_its_csrf_token_and_its_type(cookie_app, make_user):
+    """The cache of verified tokens keeps what verified them: a cookie accepted with its CSRF
+    token is refused with another or none; a refresh token verified by /refresh is still no
+    access token."""
+    client = cookie_app.test_client()
+    user = make_user(credits=5)
+    client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    csrf = client.get_cookie("csrf_access_token").value
+    for _ in range(2):
+        assert client.post("/api/generate", json={"prompt": "x"}, headers={"X-CSRF-TOKEN": csrf}).status_code == 200
+    for headers in ({"X-CSRF-TOKEN": csrf[:-1] + ("0" if csrf[-1] != "0" else "1")}, {}):
+        refused = client.post("/api/generate", json={"prompt": "x"}, headers=headers)
+        assert (refused.status_code, refused.json["error"]) == (401, "authorization_required"), headers
+    refresh = client.get_cookie("refresh_token_cookie").value
+    refresh_csrf = client.get_cookie("csrf_refresh_token").value
+    assert client.post("/api/auth/refresh", headers={"X-CSRF-TOKEN": refresh_csrf}).status_code == 200
+    bare = cookie_app.test_client()
+    bare.set_cookie("access_token_cookie", refresh)
+    refused = bare.post("/api/generate", json={"prompt": "x"}, headers={"X-CSRF-TOKEN": refresh_csrf})
+    assert refused.status_code == 401, refused.json
+    assert credit_service.get_credit_balance(user.id).generation_credits == 3
