@@ -356,3 +356,20 @@ def test_a_cached_token_still_needs_its_csrf_token_and_its_type(cookie_app, make
     refused = bare.post("/api/generate", json={"prompt": "x"}, headers={"X-CSRF-TOKEN": refresh_csrf})
     assert refused.status_code == 401, refused.json
     assert credit_service.get_credit_balance(user.id).generation_credits == 3
+
+
+def test_the_cache_of_verified_tokens_keeps_at_most_its_bound(app, client, make_user, monkeypatch):
+    """Bounded whatever the number of callers: the least recently used token is forgotten
+    first (and verified again if it comes back)."""
+    from flask_jwt_extended import create_access_token
+
+    from creditapp.extensions import jwt
+
+    monkeypatch.setattr(jwt, "_max_tokens", 3)
+    monkeypatch.setattr(jwt, "_verified", type(jwt._verified)())
+    user = make_user(credits=1)
+    tokens = [create_access_token(identity=str(user.id), additional_claims={"n": n}) for n in range(6)]
+    for token in tokens + tokens[:1]:
+        assert client.get("/api/credits/lots", headers=bearer(token)).status_code == 200
+        assert len(jwt._verified) <= 3
+    assert [key[0] for key in jwt._verified] == [tokens[4], tokens[5], tokens[0]]
