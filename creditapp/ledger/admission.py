@@ -4,7 +4,8 @@ Two checks: its login session, when the web layer left that check to the ledger 
 with revoked sessions in the database: `session_id`), and the paid rate limit, counted per user
 in fixed windows (`windows`: (amount, seconds) pairs) as Flask-Limiter's `fixed-window` counts
 them: a window starts at its first hit and lasts its length, every request counts (those over the
-limit too), and the windows are counted in order up to the first one over its amount. The
+limit too), and the windows are counted in order (the caller's: shortest first, as Flask-Limiter
+sorted them) up to the first one over its amount. The
 counter rows are shared by every worker and host, so the limit is exact however many serve.
 
 On PostgreSQL both checks are part of the hold's one call (creditapp_paid_hold, migration 0018);
