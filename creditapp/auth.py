@@ -33,7 +33,9 @@ def init_app(app: Flask, jwt: JWTManager) -> None:
         if sid is not None and payload.get("type") == "access" and _ledger_checks_session():
             request.environ[_SESSION_TO_CHECK] = sid  # that call refuses a disabled account too
             return False
-        refusal = revocation.refusal(app, sid, _canonical_user_id(payload.get("sub")))
+        # current_app, not `app`: the one JWTManager serves every app of the process, and this
+        # loader is the last app's; each app's logouts are in its own blocklist.
+        refusal = revocation.refusal(current_app, sid, _canonical_user_id(payload.get("sub")))
         if refusal == "disabled":
             raise AccountDisabled("this account is disabled")
         return refusal == "revoked"

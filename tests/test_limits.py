@@ -270,3 +270,89 @@ def test_a_request_its_key_budget_refuses_is_counted_against_its_users_limit(lim
     assert_429(client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers))
     assert_429(client.post("/api/generate", json={"prompt": "x"}, headers={"X-API-Key": key}))
     assert credit_service.get_credit_balance(alice.id).generation_credits == 9
+
+
+@pytest.fixture
+def windows_app(database_url, manual_clock):
+    """Two windows, given longest first: Flask-Limiter counted them shortest first (it sorts a
+    route's limits), whatever order the setting lists them in."""
+    app = make_app(database_url, RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://",
+                   PAID_RATE_LIMIT="3 per minute;1 per second")
+    with app.app_context():
+        yield app
+
+
+def test_several_windows_are_counted_shortest_first_as_flask_limiter_counted_them(windows_app, manual_clock):
+    """A request refused by the 1/second window stops there and is not counted in the minute's:
+    with the minute counted first, two refused requests used up the minute's budget and the
+    next second's request was refused too."""
+    client = windows_app.test_client()
+    alice = make_user(windows_app, "alice", credits=10)
+
+    def statuses(n):
+        return [client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code
+                for _ in range(n)]
+
+    assert statuses(3) == [200, 429, 429]
+    manual_clock.advance(1)
+    assert statuses(2) == [200, 429]
+    manual_clock.advance(1)
+    assert statuses(1) == [200]
+    manual_clock.advance(1)
+    assert statuses(1) == [429]  # the minute's 4th
+    assert credit_service.get_credit_balance(alice.id).generation_credits == 7
+
+
+def test_two_windows_of_one_length_count_a_request_once(database_url):
+    """Two limits over one length share a counter row: each request is one hit, the smaller
+    amount decides (Flask-Limiter kept a counter per limit; both counted every request)."""
+    app = make_app(database_url, RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://",
+                   PAID_RATE_LIMIT="5 per minute;10 per minute")
+    with app.app_context():
+        client = app.test_client()
+        alice = make_user(app, "alice", credits=10)
+        statuses = [client.post("/api/generate", json={"prompt": "x"}, headers=alice.headers).status_code
+                    for _ in range(6)]
+        assert statuses == [200] * 5 + [429]
+
+
+@pytest.mark.slow
+def test_bursts_on_two_workers_meet_every_window_exactly(database_url, make_user, live_server, request):
+    """"5/second;12/minute" as Flask-Limiter counted it, under bursts of 20 on two worker
+    processes, a token's and a key's requests of one user mixed: 5 a second until the minute's
+    12, and the minute's window starts again at its end to the instant (PostgreSQL: the test's
+    clock is the functions' creditapp_now(), in every worker)."""
+    import requests
+
+    from creditapp.testing.servers import fire_together
+
+    postgres = database_url.startswith("postgresql")
+    clock = request.getfixturevalue("manual_clock") if postgres else None
+    user = make_user(credits=100)
+    with live_server(PAID_RATE_LIMIT="12/minute;5/second", AI_STUB_LATENCY_MS=0) as server:
+        key = requests.post(f"{server.url}/api/keys", json={"name": "burst"}, headers=user.headers,
+                            timeout=30).json()["key"]
+
+        def burst():
+            def send(i):
+                headers = user.headers if i % 2 else {"X-API-Key": key}
+                return requests.post(f"{server.url}/api/generate", json={"prompt": str(i)}, headers=headers,
+                                     timeout=60)
+            answers = fire_together(20, send)
+            limited = [a for a in answers if a.status_code == 429]
+            assert all(a.headers["X-RateLimit-Remaining"] == "0" for a in limited)
+            return sorted(a.status_code for a in answers).count(200), len(limited)
+
+        served = [burst()]
+        if postgres:
+            for seconds in (1, 1, 57.999, 1):
+                clock.advance(seconds)
+                served.append(burst())
+    if postgres:
+        # the minute's 12th at the third second; just before its end a new second admits none;
+        # a second later, to the instant, both that second's window and the minute have ended
+        assert served == [(5, 15), (5, 15), (2, 18), (0, 20), (5, 15)]
+    else:
+        assert served == [(5, 15)]
+    assert credit_service.get_credit_balance(user.id).generation_credits == 100 - sum(s for s, _ in served)
+    assert credit_service.verify() == []

@@ -194,3 +194,35 @@ def test_an_app_that_adds_its_migrations_to_a_migrated_database_is_pending_until
     upgrade_heads(empty_database, [str(own)])
     assert readyz(empty_database, [str(own)])[0] == 200
     assert readyz(empty_database, [])[0] == 200  # creditapp's own app on the same database
+
+
+def test_0018_downgrades_to_the_previous_releases_paid_path_and_upgrades_again(empty_database):
+    """The previous release runs on 0017: no counter table, no paid_* function left behind, and
+    its hold and close (0016's) still work; upgrading again restores the paid call."""
+    from creditapp import users
+    from creditapp.ledger import Balance, procedures
+
+    app = make_app(empty_database)
+    with app.app_context():
+        upgrade(directory=MIGRATIONS)
+        user = users.create_user("rolling", "correct-horse-battery", signup_grant=Balance(5, 0),
+                                 hash_method=app.config["PASSWORD_HASH_METHOD"])
+        downgrade(directory=MIGRATIONS, revision="0017_verify_runs")
+        assert revision(app) == "0017_verify_runs"
+        with db.engine.connect() as conn:
+            assert "paid_rate_counters" not in db.inspect(conn).get_table_names()
+            if conn.dialect.name == "postgresql":
+                left = conn.execute(text("SELECT proname FROM pg_proc WHERE proname LIKE 'creditapp_paid%'")).all()
+                assert left == []
+        if db.engine.dialect.name == "postgresql":
+            held = procedures.call(procedures.HOLD, (user["id"], "generation_credits", 2, 60, None, user["id"], None,
+                                                     None, "d" * 32, False, user["id"], None, [], None, None))
+            assert held.outcome == "held"
+            closed = procedures.call(procedures.CLOSE, (held.hold_id, user["id"], "generation_credits", 1, None, None,
+                                                        60, None, None))
+            assert closed.outcome == "settled"
+        upgrade(directory=MIGRATIONS)
+        if db.engine.dialect.name == "postgresql":
+            admitted = procedures.call(procedures.ADMIT, (None, user["id"], [3, 60], "e" * 32))
+            assert (admitted.outcome, admitted.rate_hits) == ("admitted", 1)
+        db.engine.dispose()

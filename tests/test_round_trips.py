@@ -319,3 +319,16 @@ def test_an_admission_repeated_with_its_request_reference_counts_once(app, make_
     other = procedures.call(procedures.ADMIT, (None, user.id, [3, 60], "p" * 32))
     assert [(r.outcome, r.rate_hits) for r in (first, again, other)] == [("admitted", 1), ("admitted", 1),
                                                                           ("admitted", 2)]
+
+
+@pytest.mark.xfail(strict=True, reason="last_ref remembers one request only: a repetition after another "
+                                       "request of the same user counts twice (review hotreview)")
+def test_an_admission_repeated_after_another_request_of_its_user_still_counts_once(app, make_user, database_url):
+    """A lost answer's repetition comes a moment later, and the user's other requests (other
+    workers) may have been counted in between."""
+    only_postgresql(database_url)
+    user = make_user(credits=5)
+    first = procedures.call(procedures.ADMIT, (None, user.id, [3, 60], "q" * 32))
+    other = procedures.call(procedures.ADMIT, (None, user.id, [3, 60], "p" * 32))
+    again = procedures.call(procedures.ADMIT, (None, user.id, [3, 60], "q" * 32))
+    assert [r.rate_hits for r in (first, other, again)] == [1, 2, 2]

@@ -6,6 +6,7 @@ from creditapp import settings as config
 from creditapp.credits import credit_service
 
 from creditapp.testing import make_app
+from creditapp.testing.servers import fire_together
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -245,3 +246,130 @@ def test_a_token_verified_once_is_not_decoded_again_until_it_expires(app, client
     revoked = client.post("/api/generate", json={"prompt": "x"}, headers=bearer(token))
     assert (revoked.status_code, revoked.json["error"]) == (401, "token_revoked")
     assert stub.calls == 0
+
+
+def test_two_apps_in_one_process_each_verify_and_revoke_with_their_own_settings(database_url, stub):
+    """One JWTManager (and its cache of verified tokens) serves every app of the process: a
+    token of one app's key is refused by an app of another key however often the first
+    accepted it, and each app's logout is checked in its own blocklist, not in the one of
+    the app made last."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    first = make_app(database_url, JWT_SECRET_KEY="first-secret-that-is-long-enough-0123456789")
+    second = make_app(database_url, JWT_SECRET_KEY="second-secret-that-is-long-enough-012345678",
+                      TOKEN_BLOCKLIST_URL=REDIS_URL)
+    with first.app_context():
+        from creditapp import users
+        from creditapp.ledger import Balance
+        created = users.create_user("twoapps", "correct-horse-battery", signup_grant=Balance(5, 0),
+                                    hash_method=first.config["PASSWORD_HASH_METHOD"])
+    client, other = first.test_client(), second.test_client()
+    tokens = client.post("/api/auth/login", json={"username": "twoapps", "password": "correct-horse-battery"}).json
+    for _ in range(2):
+        assert client.get("/api/credits/lots", headers=bearer(tokens["access_token"])).status_code == 200
+    refused = other.get("/api/credits/lots", headers=bearer(tokens["access_token"]))
+    assert (refused.status_code, refused.json["error"]) == (401, "invalid_token")
+    assert client.post("/api/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
+    for path in ("/api/credits/lots", "/api/credits/balance"):
+        revoked = client.get(path, headers=bearer(tokens["access_token"]))
+        assert (revoked.status_code, revoked.json["error"]) == (401, "token_revoked"), path
+    assert created["id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("blocklist", ["database", "redis"])
+def test_right_after_a_logout_no_worker_serves_the_token_anything(blocklist, database_url, make_user, live_server):
+    """On a real server of two workers: the requests sent at once right after a logout, on
+    whichever worker, are all 401 (a paid request, its Idempotency-Key's replay, a stream, a
+    job, a body that is invalid too, the balance); then, the account disabled, the user's other
+    session gets 403 everywhere. No AI call, nothing charged."""
+    import requests
+
+    from creditapp import users
+
+    settings = {}
+    if blocklist == "redis":
+        url = "redis://127.0.0.1:6379/11"
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except redis.RedisError as exc:
+            pytest.skip(f"no Redis at {url}: {exc}")
+        settings["TOKEN_BLOCKLIST_URL"] = url
+    admin, user = make_user(admin=True), make_user(credits=10, tokens=1000)
+    with live_server(**settings) as server:
+        def log_in():
+            return requests.post(f"{server.url}/api/auth/login", timeout=30,
+                                 json={"username": user.username, "password": user.password}).json()["access_token"]
+
+        gone, other = log_in(), log_in()
+        paid = {"Authorization": f"Bearer {gone}", "Idempotency-Key": "before-logout"}
+        first = requests.post(f"{server.url}/api/generate", json={"prompt": "x"}, headers=paid, timeout=30)
+        assert first.status_code == 200
+        assert requests.post(f"{server.url}/api/auth/logout", headers=bearer(gone), timeout=30).status_code == 200
+        stream = {"prompt": "a poem", "max_tokens": 10, "stream": True}
+        attempts = [
+            ("POST", "/api/generate", {"prompt": "y"}, bearer(gone)),
+            ("POST", "/api/generate", {"prompt": "x"}, paid),
+            ("POST", "/api/ai/complete", stream, bearer(gone)),
+            ("POST", "/api/generate", {"prompt": "z"}, {**bearer(gone), "Prefer": "respond-async"}),
+            ("POST", "/api/generate", {}, bearer(gone)),
+            ("GET", "/api/credits/balance", None, bearer(gone)),
+        ] * 2
+
+        def send(i):
+            method, path, body, headers = attempts[i]
+            return requests.request(method, server.url + path, json=body, headers=headers, timeout=30)
+
+        answers = fire_together(len(attempts), send)
+        assert [(a.status_code, a.json()["error"]) for a in answers] == [(401, "token_revoked")] * len(attempts)
+        assert all("Idempotent-Replayed" not in a.headers for a in answers)
+
+        users.set_access(admin.id, user.id, disabled=True)
+        attempts = [(method, path, body, {**headers, **bearer(other)}) for method, path, body, headers in attempts]
+        answers = fire_together(len(attempts), send)
+        assert [(a.status_code, a.json()["error"]) for a in answers] == [(403, "account_disabled")] * len(attempts)
+        assert server.ai_calls() == 1
+    assert credit_service.get_credit_balance(user.id).generation_credits == 9
+    assert credit_service.verify() == []
+
+
+def test_a_cached_token_still_needs_its_csrf_token_and_its_type(cookie_app, make_user):
+    """The cache of verified tokens keeps what verified them: a cookie accepted with its CSRF
+    token is refused with another or none; a refresh token verified by /refresh is still no
+    access token."""
+    client = cookie_app.test_client()
+    user = make_user(credits=5)
+    client.post("/api/auth/login", json={"username": user.username, "password": user.password})
+    csrf = client.get_cookie("csrf_access_token").value
+    for _ in range(2):
+        assert client.post("/api/generate", json={"prompt": "x"}, headers={"X-CSRF-TOKEN": csrf}).status_code == 200
+    for headers in ({"X-CSRF-TOKEN": csrf[:-1] + ("0" if csrf[-1] != "0" else "1")}, {}):
+        refused = client.post("/api/generate", json={"prompt": "x"}, headers=headers)
+        assert (refused.status_code, refused.json["error"]) == (401, "authorization_required"), headers
+    refresh = client.get_cookie("refresh_token_cookie").value
+    refresh_csrf = client.get_cookie("csrf_refresh_token").value
+    assert client.post("/api/auth/refresh", headers={"X-CSRF-TOKEN": refresh_csrf}).status_code == 200
+    bare = cookie_app.test_client()
+    bare.set_cookie("access_token_cookie", refresh)
+    refused = bare.post("/api/generate", json={"prompt": "x"}, headers={"X-CSRF-TOKEN": refresh_csrf})
+    assert refused.status_code == 401, refused.json
+    assert credit_service.get_credit_balance(user.id).generation_credits == 3
+
+
+def test_the_cache_of_verified_tokens_keeps_at_most_its_bound(app, client, make_user, monkeypatch):
+    """Bounded whatever the number of callers: the least recently used token is forgotten
+    first (and verified again if it comes back)."""
+    from flask_jwt_extended import create_access_token
+
+    from creditapp.extensions import jwt
+
+    monkeypatch.setattr(jwt, "_max_tokens", 3)
+    monkeypatch.setattr(jwt, "_verified", type(jwt._verified)())
+    user = make_user(credits=1)
+    tokens = [create_access_token(identity=str(user.id), additional_claims={"n": n}) for n in range(6)]
+    for token in tokens + tokens[:1]:
+        assert client.get("/api/credits/lots", headers=bearer(token)).status_code == 200
+        assert len(jwt._verified) <= 3
+    assert [key[0] for key in jwt._verified] == [tokens[4], tokens[5], tokens[0]]

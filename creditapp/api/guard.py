@@ -57,7 +57,9 @@ class CreditInfo:
 
 @functools.lru_cache(maxsize=8)
 def _limits(setting: str) -> tuple:
-    return tuple(parse_many(setting))
+    # Shortest window first, whatever order the setting lists them in: Flask-Limiter sorted a
+    # route's limits so, and a request refused by one window is not counted in the later ones.
+    return tuple(sorted(parse_many(setting)))
 
 
 def _paid_limits() -> tuple:

@@ -4,7 +4,8 @@ Two checks: its login session, when the web layer left that check to the ledger 
 with revoked sessions in the database: `session_id`), and the paid rate limit, counted per user
 in fixed windows (`windows`: (amount, seconds) pairs) as Flask-Limiter's `fixed-window` counts
 them: a window starts at its first hit and lasts its length, every request counts (those over the
-limit too), and the windows are counted in order up to the first one over its amount. The
+limit too), and the windows are counted in order (the caller's: shortest first, as Flask-Limiter
+sorted them) up to the first one over its amount. The
 counter rows are shared by every worker and host, so the limit is exact however many serve.
 
 On PostgreSQL both checks are part of the hold's one call (creditapp_paid_hold, migration 0018);
@@ -102,18 +103,25 @@ class Admitting:
 def count(session, user_id: int, windows, now: datetime) -> Counted | None:
     """Count a request in the caller's transaction (SQLite's way; PostgreSQL's is in SQL)."""
     shown = None
+    seen: dict[int, tuple[int, datetime]] = {}  # two windows of one length share a row: one hit
     for index, (amount, seconds) in enumerate(windows):
-        statement = insert_for(session, COUNTERS).values(user_id=user_id, window_seconds=seconds, hits=1,
-                                                         window_ends_at=now + timedelta(seconds=seconds))
-        lapsed = COUNTERS.c.window_ends_at <= now
-        hits, resets_at = session.execute(statement.on_conflict_do_update(
-            index_elements=["user_id", "window_seconds"],
-            set_={"hits": case((lapsed, 1), else_=COUNTERS.c.hits + 1),
-                  "window_ends_at": case((lapsed, statement.excluded.window_ends_at),
-                                         else_=COUNTERS.c.window_ends_at)},
-        ).returning(COUNTERS.c.hits, COUNTERS.c.window_ends_at)).one()
+        if seconds not in seen:
+            seen[seconds] = _hit(session, user_id, seconds, now)
+        hits, resets_at = seen[seconds]
         if index == 0 or hits > amount:
             shown = Counted(index, hits, resets_at, limited=hits > amount)
         if hits > amount:
             break
     return shown
+
+
+def _hit(session, user_id: int, seconds: int, now: datetime) -> tuple[int, datetime]:
+    statement = insert_for(session, COUNTERS).values(user_id=user_id, window_seconds=seconds, hits=1,
+                                                     window_ends_at=now + timedelta(seconds=seconds))
+    lapsed = COUNTERS.c.window_ends_at <= now
+    return tuple(session.execute(statement.on_conflict_do_update(
+        index_elements=["user_id", "window_seconds"],
+        set_={"hits": case((lapsed, 1), else_=COUNTERS.c.hits + 1),
+              "window_ends_at": case((lapsed, statement.excluded.window_ends_at),
+                                     else_=COUNTERS.c.window_ends_at)},
+    ).returning(COUNTERS.c.hits, COUNTERS.c.window_ends_at)).one())
