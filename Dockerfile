@@ -26,7 +26,7 @@ RUN useradd --system --uid 10001 creditapp
 USER creditapp
 
 EXPOSE 8000
-# /readyz: the database answers and is migrated (compose.yaml runs `migrate` first).
+# /readyz on GUNICORN_BIND's port: the database answers and is migrated (compose.yaml runs `migrate` first).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
-    CMD python -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)" || exit 1
+    CMD python -c "import os, urllib.request; port = os.environ.get('GUNICORN_BIND', ':8000').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2)" || exit 1
 CMD ["./serve"]

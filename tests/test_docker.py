@@ -133,6 +133,8 @@ def test_the_images_commands_migrate_serve_and_run_jobs(tmp_path):
             url = f"http://127.0.0.1:{port}"
             wait_until_up(f"{url}/readyz", api, timeout=90)
             an_async_generation_runs_to_its_charge(url)  # by the worker, through Redis
+            healthcheck, = re.findall(r"^    CMD (.*)$", DOCKERFILE, re.M)  # the HEALTHCHECK's, in the image's shell
+            assert subprocess.run(["sh", "-c", healthcheck], cwd=app, env=env, timeout=30).returncode == 0
         finally:
             stop(worker)
             stop(api)

@@ -64,6 +64,9 @@ def test_the_package_is_the_installed_one_with_its_files(installed):
                        timeout=120).stdout.splitlines()
     assert found.startswith(str(installed["bin"].parent)) and "site-packages" in found
     assert files == "1 1 1 1"
+    shown = run([str(installed["bin"] / "creditapp"), "--version"], cwd=installed["app"], env=installed["env"],
+                timeout=120).stdout
+    assert shown.splitlines()[0] == f"creditapp {__version__}"
     plugins = run([installed["python"], "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "--trace-config"],
                   cwd=installed["app"], env=installed["env"], timeout=120).stdout
     assert "creditapp.testing" in plugins  # from the entry point: the example's conftest names no plugin
