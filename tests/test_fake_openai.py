@@ -193,9 +193,14 @@ def test_a_hanging_request_times_out_and_the_fake_still_stops_at_once():
         assert time.monotonic() - start < 5
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 2
-    # None of the fake's request threads is left (other tests' threads may come and go meanwhile).
-    left = [t for t in threading.enumerate() if t not in before and "process_request" in t.name]
-    assert left == [], left
+    # None of the fake's request threads is left (other tests' threads may come and go meanwhile);
+    # one told to stop may take a moment to end on a loaded machine, within the same 2 s.
+    def left():
+        return [t for t in threading.enumerate() if t not in before and "process_request" in t.name]
+
+    while left() and time.monotonic() - stopping < 2:
+        time.sleep(0.02)
+    assert left() == [], left()
 
 
 def test_release_lets_the_hanging_requests_answer(fake_openai):
